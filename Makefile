@@ -1,0 +1,47 @@
+# lfm2-edge: `make install` then `make test`.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+BACKEND ?= cpu
+JOBS    ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+
+# CMake flags for llama-cpp-python's build of llama.cpp, per backend.
+CMAKE_ARGS_cpu    :=
+CMAKE_ARGS_cuda   := -DGGML_CUDA=on
+CMAKE_ARGS_metal  := -DGGML_METAL=on
+CMAKE_ARGS_vulkan := -DGGML_VULKAN=on
+
+ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
+$(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
+endif
+
+.PHONY: install test lint models bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+ifneq ($(BACKEND),cpu)
+	# pip caches the CPU wheel; a GPU backend must be built afresh with its flags.
+	CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND))" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+		$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
+endif
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/pip install -e '.[dev]'
+
+test:
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check lfm2_edge tests scripts
+	$(BIN)/mypy
+
+models:
+	$(BIN)/python scripts/make_synthetic_model.py --shape tiny --out models/tiny
+	$(BIN)/python scripts/make_synthetic_model.py --shape lfm2-vl-450m --out models/lfm2-vl-450m
+
+bench: models
+	$(BIN)/lfm2-edge bench --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

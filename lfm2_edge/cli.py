@@ -1,0 +1,223 @@
+"""The ``lfm2-edge`` command line: ``chat``, ``info``.
+
+Every user mistake ends in one line on stderr and exit code 2; ``--json`` gives one
+JSON object on stdout for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from lfm2_edge import __version__
+from lfm2_edge.errors import Lfm2EdgeError
+
+app = typer.Typer(
+    name="lfm2-edge",
+    help="Run Liquid AI's LFM2-VL vision-language models on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn lfm2-edge's typed errors into one line and exit code 2."""
+    try:
+        yield
+    except Lfm2EdgeError as exc:
+        fail(str(exc))
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="LFM2 language model GGUF file.")]
+MmprojOpt = Annotated[
+    Optional[Path], typer.Option("--mmproj", help="Vision projector (mmproj) GGUF for the model.")
+]
+
+
+@app.command()
+def chat(
+    model: ModelOpt,
+    mmproj: MmprojOpt = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
+    ] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")
+    ] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
+    gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
+    temperature: Annotated[Optional[float], typer.Option(min=0.0, help="[default: 0.1]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
+    min_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 0.15]")] = None,
+    repeat_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="[default: 1.05]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.")] = None,
+    min_image_tokens: Annotated[int, typer.Option(min=1, help="Fewest tokens an image is given.")] = 64,
+    max_image_tokens: Annotated[int, typer.Option(min=1, help="Most tokens an image tile is given.")] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+) -> None:
+    """Chat about images: answer --prompt once, or open an interactive session."""
+    from lfm2_edge.images import load_image
+    from lfm2_edge.model import VisionModel
+    from lfm2_edge.prompt import DEFAULT_VL_SYSTEM_PROMPT
+    from lfm2_edge.runtime import set_verbose
+
+    if as_json and prompt is None:
+        fail("--json needs --prompt (the interactive session has no single answer to print)")
+    if min_image_tokens > max_image_tokens:
+        fail(f"--min-image-tokens ({min_image_tokens}) is larger than --max-image-tokens ({max_image_tokens})")
+    set_verbose(verbose)
+    sampling = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repetition_penalty": repeat_penalty,
+        "seed": seed,
+        "max_tokens": max_tokens,
+    }
+    with user_errors():
+        images = [load_image(ref) for ref in image or []]
+        if images and mmproj is None:
+            fail("--image needs --mmproj, the vision projector GGUF that belongs to the model")
+        vm = VisionModel(
+            model,
+            mmproj,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers,
+            n_ctx=ctx,
+            image_min_tokens=min_image_tokens,
+            image_max_tokens=max_image_tokens,
+            system_prompt=system if system is not None else DEFAULT_VL_SYSTEM_PROMPT,
+            verbose=verbose,
+        )
+        with vm:
+            if prompt is not None:
+                _answer_once(vm, prompt, images, sampling, as_json)
+            else:
+                _interactive(vm, images, sampling)
+
+
+def _answer_once(vm: Any, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        result = vm.chat(prompt, images=images, **sampling)
+        _emit_json({"model": str(vm.model_path), **result.to_dict()})
+        return
+    stream = vm.chat(prompt, images=images, stream=True, **sampling)
+    try:
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.close()
+    sys.stdout.write("\n")
+
+
+HELP = "Commands: /image PATH adds an image to your next message, /reset forgets the conversation, /exit quits."
+
+
+def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
+    from lfm2_edge.images import load_image
+
+    out = Console(highlight=False)
+    out.print(f"[dim]{HELP} Ctrl-C stops an answer.[/]")
+    history: list[dict[str, Any]] = []
+    pending = list(images)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history.clear()
+            pending.clear()
+            out.print("[dim]conversation cleared[/]")
+            continue
+        if text.startswith("/image"):
+            ref = text[len("/image") :].strip()
+            try:
+                pending.append(load_image(ref))
+            except Lfm2EdgeError as exc:
+                err.print(f"[bold red]error:[/] {exc}")
+                continue
+            out.print(f"[dim]image added ({len(pending)} waiting for your next message)[/]")
+            continue
+        if text.startswith("/"):
+            out.print(f"[dim]unknown command {text.split()[0]}. {HELP}[/]")
+            continue
+        turn = {"role": "user", "content": [*({"type": "image", "image": im} for im in pending), {"type": "text", "text": text}]}
+        stream = vm.chat([*history, turn], stream=True, **sampling)
+        answer = []
+        try:
+            for piece in stream:
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            stream.close()
+            out.print("\n[dim](stopped)[/]")
+        sys.stdout.write("\n")
+        history += [turn, {"role": "assistant", "content": "".join(answer)}]
+        pending = []
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the version, llama.cpp's build, GPU offload support and the thread count."""
+    from lfm2_edge.runtime import build_info
+
+    b = build_info()
+    data = {
+        "lfm2_edge": __version__,
+        "llama_cpp_python": b.llama_cpp_python,
+        "gpu_offload": b.gpu_offload,
+        "threads": b.default_threads,
+        "system_info": b.system_info,
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    out = Console(highlight=False)
+    for key, value in data.items():
+        out.print(f"[bold]{key}[/]: {value}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Typed errors, each carrying one line that says what is wrong and what to do.
+
+Everything a user can get wrong (a missing file, a model that is not GGUF, a
+projector that does not belong to the model, an image that does not decode, a
+prompt larger than the context) raises a subclass of :class:`Lfm2EdgeError`. The
+CLI prints ``str(error)`` and exits with code 2; an embedding app can catch the
+base class and show the message as is.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextOverflowError",
+    "GenerationError",
+    "ImageError",
+    "Lfm2EdgeError",
+    "ModelFileError",
+    "ModelMismatchError",
+]
+
+
+class Lfm2EdgeError(Exception):
+    """Base class: the message is a single line, fit to show a user."""
+
+
+class ModelFileError(Lfm2EdgeError):
+    """A model or projector file is missing, unreadable, not GGUF, or of the wrong kind."""
+
+
+class ModelMismatchError(ModelFileError):
+    """The projector (mmproj) was made for a different language model."""
+
+
+class ImageError(Lfm2EdgeError):
+    """An image could not be read, decoded or accepted."""
+
+
+class ContextOverflowError(Lfm2EdgeError):
+    """The prompt (text plus image tokens) does not fit in the context window."""
+
+
+class GenerationError(Lfm2EdgeError):
+    """llama.cpp reported a failure while evaluating or sampling."""

@@ -1,0 +1,162 @@
+"""A llama-cpp-python chat handler for LFM2-VL, for apps that already use ``llama_cpp.Llama``.
+
+llama-cpp-python's generic ``MTMDChatHandler`` renders the GGUF's chat template, which
+keeps the image where the client put it (often after the text) and uses mtmd's
+default media marker. This handler writes the LFM2 ChatML itself with every image
+marker first in its turn, decodes images with Pillow, and stops at ``<|im_end|>``::
+
+    from llama_cpp import Llama
+    from lfm2_edge.handler import Lfm2VlChatHandler
+
+    llm = Llama("model-Q4_0.gguf", chat_handler=Lfm2VlChatHandler("mmproj-F16.gguf"), n_ctx=4096)
+    llm.create_chat_completion(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
+    ]}])
+
+:class:`lfm2_edge.VisionModel` is the leaner path; this one returns llama-cpp-python's
+own response dicts and streams.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_chat_format, llama_types
+
+from lfm2_edge.images import load_image
+from lfm2_edge.prompt import (
+    DEFAULT_VL_SYSTEM_PROMPT,
+    IM_END,
+    conversation_images,
+    normalize_messages,
+    render_prompt,
+)
+from lfm2_edge.runtime import Projector
+
+__all__ = ["Lfm2VlChatHandler"]
+
+
+class Lfm2VlChatHandler:
+    """Callable with llama-cpp-python's chat-handler signature.
+
+    The projector is loaded on the first call against the ``Llama`` it is given and
+    freed with that ``Llama``. One handler serves one ``Llama``.
+    """
+
+    def __init__(
+        self,
+        clip_model_path: str | os.PathLike[str],
+        *,
+        system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
+        image_min_tokens: int | None = 64,
+        image_max_tokens: int | None = 256,
+        use_gpu: bool = False,
+        allow_remote_images: bool = True,
+    ) -> None:
+        self.clip_model_path = Path(clip_model_path)
+        if not self.clip_model_path.is_file():
+            raise ValueError(f"mmproj file not found: {self.clip_model_path}")
+        self.system_prompt = system_prompt
+        self.image_min_tokens = image_min_tokens
+        self.image_max_tokens = image_max_tokens
+        self.use_gpu = use_gpu
+        self.allow_remote_images = allow_remote_images
+        self._projector: Projector | None = None
+        self.last_prompt: str | None = None  # the exact text sent, for inspection
+
+    def _projector_for(self, llama: llama_cpp.Llama) -> Projector:
+        if self._projector is None:
+            projector = Projector(
+                self.clip_model_path,
+                llama.model,
+                n_threads=llama.n_threads,
+                use_gpu=self.use_gpu,
+                flash_attn_type=llama.context_params.flash_attn_type,
+                image_min_tokens=self.image_min_tokens,
+                image_max_tokens=self.image_max_tokens,
+                verbose=llama.verbose,
+            )
+            llama._stack.callback(projector.close)
+            self._projector = projector
+        return self._projector
+
+    def render(self, messages: list[Any]) -> tuple[str, list[Any]]:
+        """The prompt text and the images it refers to, in marker order."""
+        msgs = normalize_messages(messages)
+        return render_prompt(msgs, system_prompt=self.system_prompt), conversation_images(msgs)
+
+    def __call__(
+        self,
+        *,
+        llama: llama_cpp.Llama,
+        messages: list[Any],
+        temperature: float = 0.1,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.15,
+        typical_p: float = 1.0,
+        stream: bool = False,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.05,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        logit_bias: dict[str, float] | None = None,
+        model: str | None = None,
+        **_unused: Any,
+    ) -> llama_types.CreateChatCompletionResponse | Iterator[llama_types.CreateChatCompletionStreamResponse]:
+        projector = self._projector_for(llama)
+        prompt, image_refs = self.render(messages)
+        self.last_prompt = prompt
+        images = [load_image(ref, allow_remote=self.allow_remote_images) for ref in image_refs]
+        chunks = projector.tokenize(prompt, images)
+        try:
+            if chunks.n_pos >= llama.n_ctx():
+                raise ValueError(f"Prompt exceeds n_ctx: {chunks.n_pos} > {llama.n_ctx()}")
+            llama.reset()
+            llama._ctx.kv_cache_clear()
+            for i, info in enumerate(chunks.info):
+                if info.is_image:
+                    llama.n_tokens = projector.eval_chunk(
+                        chunks, i, llama._ctx.ctx, llama.n_tokens, llama.n_batch, logits_last=False
+                    )
+                else:
+                    # through Llama.eval, so llama-cpp-python's own bookkeeping stays right
+                    llama.eval(projector.text_tokens(chunks, i))
+            prompt_tokens = llama.input_ids[: llama.n_tokens].tolist()
+        finally:
+            chunks.free()
+
+        im_end = llama.tokenize(IM_END.encode(), add_bos=False, special=True)
+        stopping = llama_cpp.StoppingCriteriaList(
+            [lambda ids, _logits: len(im_end) == 1 and int(ids[-1]) == im_end[0]]
+        )
+        completion = llama.create_completion(
+            prompt=prompt_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            typical_p=typical_p,
+            stream=stream,
+            stop=stop,
+            seed=seed,
+            max_tokens=max_tokens,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repeat_penalty=repeat_penalty,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping,
+            grammar=grammar,
+            logit_bias=logit_bias,
+            model=model,
+        )
+        return llama_chat_format._convert_completion_to_chat(completion, stream=stream)  # type: ignore[arg-type]

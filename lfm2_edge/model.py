@@ -1,0 +1,333 @@
+"""``VisionModel``: the typed surface an app embeds to chat with an LFM2-VL model.
+
+Each instance owns its llama.cpp model, context and projector; two instances in one
+process do not share state. Calls on one instance are serialised by its own lock.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from lfm2_edge.images import load_image
+from lfm2_edge.prompt import (
+    DEFAULT_VL_SYSTEM_PROMPT,
+    MessageInput,
+    conversation_images,
+    normalize_messages,
+    render_prompt,
+)
+from lfm2_edge.runtime import Runtime
+
+__all__ = ["ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VL_SAMPLING", "VisionModel"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; the defaults are the LFM2-VL model card's."""
+
+    temperature: float = 0.1
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.15
+    repetition_penalty: float = 1.05
+    seed: int | None = None
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+    def updated(self, **overrides: Any) -> Sampling:
+        """A copy with the given fields replaced; ``None`` values keep the default."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        if isinstance(given.get("stop"), str):
+            given["stop"] = (given["stop"],)
+        elif "stop" in given:
+            given["stop"] = tuple(given["stop"])
+        return replace(self, **given)
+
+
+VL_SAMPLING = Sampling()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    image_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock figures of one chat call, in milliseconds."""
+
+    prompt_ms: float  # evaluating the prompt, images included
+    image_ms: float  # of which: encoding and decoding image chunks
+    first_token_ms: float  # from the call to the first generated token
+    decode_ms: float  # generating the completion after the first token
+
+    def prompt_tok_s(self, usage: Usage) -> float:
+        return usage.prompt_tokens / (self.prompt_ms / 1000) if self.prompt_ms > 0 else 0.0
+
+    def decode_tok_s(self, usage: Usage) -> float:
+        n = usage.completion_tokens - 1
+        return n / (self.decode_ms / 1000) if n > 0 and self.decode_ms > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    timings: Timings
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the derived token rates."""
+        data = asdict(self)
+        data["usage"]["total_tokens"] = self.usage.total_tokens
+        data["timings"]["prompt_tok_s"] = round(self.timings.prompt_tok_s(self.usage), 2)
+        data["timings"]["decode_tok_s"] = round(self.timings.decode_tok_s(self.usage), 2)
+        return data
+
+
+@dataclass
+class ChatStream:
+    """An iterator of text pieces; :attr:`result` is set once it is exhausted."""
+
+    _pieces: Iterator[str]
+    result: ChatResult | None = field(default=None)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop generating (the model stays usable)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+class _StopScanner:
+    """Holds back text that could be the start of a stop string, so a stream never
+    shows a stop string it is about to cut."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text = ""
+        self.emitted = 0
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        self.text += piece
+        for stop in self.stops:
+            at = self.text.find(stop, max(0, self.emitted - len(stop)))
+            if at != -1:
+                self.text = self.text[:at]
+                return self._flush(len(self.text)), True
+        return self._flush(len(self.text) - self.hold), False
+
+    def finish(self) -> str:
+        return self._flush(len(self.text))
+
+    def _flush(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        out = self.text[self.emitted : upto]
+        self.emitted = upto
+        return out
+
+
+class VisionModel:
+    """An LFM2-VL model (GGUF language model + mmproj projector) ready to chat.
+
+    >>> model = VisionModel("model-Q4_0.gguf", "mmproj-F16.gguf")
+    >>> model.chat("What is in this image?", images=["cat.jpg"]).text
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        mmproj_path: str | os.PathLike[str] | None,
+        *,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        image_min_tokens: int | None = 64,
+        image_max_tokens: int | None = 256,
+        system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
+        sampling: Sampling = VL_SAMPLING,
+        allow_remote_images: bool = True,
+        use_mmap: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        from lfm2_edge.validate import check_model_files
+
+        check_model_files(model_path, mmproj_path)
+        self.model_path = Path(model_path)
+        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
+        self.system_prompt = system_prompt
+        self.sampling = sampling
+        self.allow_remote_images = allow_remote_images
+        self._lock = threading.Lock()
+        self._runtime = Runtime(
+            model_path,
+            mmproj_path,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            use_mmap=use_mmap,
+            image_min_tokens=image_min_tokens,
+            image_max_tokens=image_max_tokens,
+            verbose=verbose,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._runtime.close()
+
+    def __enter__(self) -> VisionModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_ctx(self) -> int:
+        return self._runtime.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self._runtime.n_threads
+
+    # -- chat --------------------------------------------------------------------
+
+    @overload
+    def chat(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = ...,
+        *,
+        stream: Literal[False] = ...,
+        **sampling: Any,
+    ) -> ChatResult: ...
+
+    @overload
+    def chat(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = ...,
+        *,
+        stream: Literal[True],
+        **sampling: Any,
+    ) -> ChatStream: ...
+
+    def chat(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = None,
+        *,
+        stream: bool = False,
+        **sampling: Any,
+    ) -> ChatResult | ChatStream:
+        """Answer a prompt or a conversation, with images before the text of their turn.
+
+        ``images`` (paths, bytes, PIL images, ``data:`` URIs, http(s) URLs) join the
+        last user turn. Sampling options (``temperature``, ``top_p``, ``top_k``,
+        ``min_p``, ``repetition_penalty``, ``seed``, ``max_tokens``, ``stop``)
+        override the model card's defaults for this call.
+        """
+        params = self.sampling.updated(**sampling)
+        messages = normalize_messages(prompt_or_messages, images)
+        loaded = [
+            load_image(img, allow_remote=self.allow_remote_images)
+            for img in conversation_images(messages)
+        ]
+        prompt = render_prompt(messages, system_prompt=self.system_prompt)
+        stream_obj = ChatStream(iter(()))
+        stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj)
+        if stream:
+            return stream_obj
+        for _ in stream_obj:
+            pass
+        assert stream_obj.result is not None
+        return stream_obj.result
+
+    def _generate(
+        self, prompt: str, images: list[Any], params: Sampling, out: ChatStream
+    ) -> Iterator[str]:
+        with self._lock:
+            rt = self._runtime
+            t_start = time.perf_counter()
+            chunks = rt.tokenize_prompt(prompt, images)
+            try:
+                rt.reset()
+                rt.check_fits(chunks.n_pos, chunks.n_images, chunks.n_image_tokens)
+                image_s = rt.eval_chunks(chunks)
+            finally:
+                chunks.free()
+            t_prompt = time.perf_counter()
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            scanner = _StopScanner(params.stop)
+            n_out = 0
+            finish: Literal["stop", "length"] = "length"
+            hit_stop_string = False
+            t_first = t_prompt
+            with rt.sampler(
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                repetition_penalty=params.repetition_penalty,
+                seed=params.seed,
+            ) as chain:
+                while n_out < params.max_tokens and rt.n_past < rt.n_ctx:
+                    token = rt.sample(chain)
+                    if n_out == 0:
+                        t_first = time.perf_counter()
+                    if rt.is_end(token):
+                        finish = "stop"
+                        break
+                    n_out += 1
+                    piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
+                    if piece:
+                        yield piece
+                    if hit_stop_string:
+                        finish = "stop"
+                        break
+                    if n_out < params.max_tokens:
+                        rt.eval_one(token)
+            if not hit_stop_string:
+                piece, _ = scanner.feed(decoder.decode(b"", final=True))
+                tail = piece + scanner.finish()
+                if tail:
+                    yield tail
+            t_end = time.perf_counter()
+            out.result = ChatResult(
+                text=scanner.text,
+                finish_reason=finish,
+                usage=Usage(chunks.n_pos, chunks.n_image_tokens, n_out),
+                timings=Timings(
+                    prompt_ms=(t_prompt - t_start) * 1000,
+                    image_ms=image_s * 1000,
+                    first_token_ms=(t_first - t_start) * 1000,
+                    decode_ms=(t_end - t_first) * 1000,
+                ),
+            )

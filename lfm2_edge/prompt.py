@@ -1,0 +1,151 @@
+"""The LFM2 ChatML prompt, written by hand so that images always precede their text.
+
+LFM2-VL was trained with each image marker *before* the text of its user turn;
+quality drops when the marker follows the text (llama.cpp fixed this for its own CLI
+in PR 17616). Generic chat templates keep the order the client sent, so lfm2-edge
+renders the prompt itself::
+
+    <|startoftext|><|im_start|>system
+    You are a helpful multimodal assistant by Liquid AI.<|im_end|>
+    <|im_start|>user
+    <image>Describe this image.<|im_end|>
+    <|im_start|>assistant
+
+Messages come in the OpenAI shape (``content`` a string or a list of ``text`` /
+``image_url`` / ``image`` parts) or as :class:`Message` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from lfm2_edge.errors import Lfm2EdgeError
+
+__all__ = [
+    "BOS",
+    "DEFAULT_TEXT_SYSTEM_PROMPT",
+    "DEFAULT_VL_SYSTEM_PROMPT",
+    "IMAGE_MARKER",
+    "IM_END",
+    "IM_START",
+    "Message",
+    "MessageInput",
+    "normalize_messages",
+    "render_prompt",
+]
+
+BOS = "<|startoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+IMAGE_MARKER = "<image>"
+DEFAULT_VL_SYSTEM_PROMPT = "You are a helpful multimodal assistant by Liquid AI."
+DEFAULT_TEXT_SYSTEM_PROMPT = "You are a helpful assistant trained by Liquid AI."
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Message:
+    """One chat turn. ``images`` holds anything :func:`lfm2_edge.images.load_image` takes."""
+
+    role: str
+    text: str = ""
+    images: list[Any] = field(default_factory=list)
+
+
+MessageInput = Union[Message, Mapping[str, Any]]
+
+
+def _image_of(part: Mapping[str, Any]) -> Any:
+    if part.get("type") == "image_url":
+        ref = part.get("image_url")
+        url = ref.get("url") if isinstance(ref, Mapping) else ref
+        if not isinstance(url, str) or not url:
+            raise Lfm2EdgeError("an image_url part needs a 'url' string (a data: URI or http(s) URL)")
+        return url
+    image = part.get("image")
+    if image is None:
+        raise Lfm2EdgeError("an image part needs an 'image' value (path, bytes or PIL image)")
+    return image
+
+
+def _to_message(raw: MessageInput) -> Message:
+    if isinstance(raw, Message):
+        return Message(raw.role, raw.text, list(raw.images))
+    role = raw.get("role")
+    if role not in ROLES:
+        raise Lfm2EdgeError(f"message role must be one of {', '.join(ROLES)}, got {role!r}")
+    content = raw.get("content")
+    if content is None:
+        return Message(role)
+    if isinstance(content, str):
+        return Message(role, content)
+    if not isinstance(content, Sequence):
+        raise Lfm2EdgeError("message content must be a string or a list of content parts")
+    texts: list[str] = []
+    images: list[Any] = []
+    for part in content:
+        if not isinstance(part, Mapping):
+            raise Lfm2EdgeError("each content part must be an object with a 'type'")
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind in ("image_url", "image"):
+            images.append(_image_of(part))
+        else:
+            raise Lfm2EdgeError(f"unsupported content part type {kind!r}; use 'text' or 'image_url'")
+    return Message(role, "".join(texts), images)
+
+
+def normalize_messages(
+    prompt_or_messages: str | Sequence[MessageInput],
+    images: Sequence[Any] | None = None,
+) -> list[Message]:
+    """Turn a prompt string or a message list into :class:`Message` objects.
+
+    ``images`` given beside the messages join the last user turn, ahead of its text.
+    """
+    if isinstance(prompt_or_messages, str):
+        messages = [Message("user", prompt_or_messages)]
+    else:
+        messages = [_to_message(m) for m in prompt_or_messages]
+    if images:
+        users = [m for m in messages if m.role == "user"]
+        if not users:
+            raise Lfm2EdgeError("images need a user message to attach to")
+        users[-1].images = [*users[-1].images, *images]
+    for m in messages:
+        if m.images and m.role != "user":
+            raise Lfm2EdgeError(f"images can only be sent in user turns, not in a {m.role} turn")
+    if not messages:
+        raise Lfm2EdgeError("the conversation is empty; send at least one user message")
+    return messages
+
+
+def render_prompt(
+    messages: Sequence[Message],
+    *,
+    system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render LFM2 ChatML with every image marker at the start of its turn.
+
+    A conversation without a system message gets ``system_prompt`` (pass ``None`` for
+    none). The returned text holds one :data:`IMAGE_MARKER` per image, in the order
+    the images appear across the conversation.
+    """
+    parts = [BOS]
+    if system_prompt is not None and (not messages or messages[0].role != "system"):
+        parts.append(f"{IM_START}system\n{system_prompt}{IM_END}\n")
+    for m in messages:
+        parts.append(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}{m.text}{IM_END}\n")
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts)
+
+
+def conversation_images(messages: Sequence[Message]) -> list[Any]:
+    """The images of a conversation in prompt order (one per :data:`IMAGE_MARKER`)."""
+    return [image for m in messages for image in m.images]
