@@ -279,7 +279,7 @@ class VisionModel:
             chunks = rt.tokenize_prompt(prompt, images)
             try:
                 rt.reset()
-                rt.check_fits(chunks.n_pos, chunks.n_images, chunks.n_image_tokens)
+                rt.check_fits(chunks.n_pos, len(images), chunks.n_image_tokens)
                 image_s = rt.eval_chunks(chunks)
             finally:
                 chunks.free()

@@ -109,10 +109,6 @@ class PromptChunks:
     def n_image_tokens(self) -> int:
         return sum(c.n_tokens for c in self.info if c.is_image)
 
-    @property
-    def n_images(self) -> int:
-        return sum(1 for c in self.info if c.is_image)
-
     def free(self) -> None:
         if self.handle:
             mtmd.mtmd_input_chunks_free(self.handle)

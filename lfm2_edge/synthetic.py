@@ -388,7 +388,7 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
 
 def make_synthetic_model(
     out_dir: str | os.PathLike[str],
-    shape: str = "tiny",
+    shape: str | SyntheticShape = "tiny",
     *,
     seed: int = 0,
     quants: Sequence[str] | None = None,
@@ -398,9 +398,12 @@ def make_synthetic_model(
     Returns the written paths keyed by ``"F16"``, each quant name, and ``"mmproj"``.
     The output is deterministic for a given shape and seed.
     """
-    if shape not in SHAPES:
+    if isinstance(shape, SyntheticShape):
+        spec = shape
+    elif shape in SHAPES:
+        spec = SHAPES[shape]
+    else:
         raise Lfm2EdgeError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    spec = SHAPES[shape]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"F16": out / "model-F16.gguf", "mmproj": out / "mmproj-F16.gguf"}

@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny synthetic LFM2-VL pair, written once per test session."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfm2_edge.synthetic import make_synthetic_model
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """model-F16.gguf, mmproj-F16.gguf and Q8_0 / Q4_0 quants of the tiny shape."""
+    return make_synthetic_model(tmp_path_factory.mktemp("tiny"), "tiny", quants=["Q8_0", "Q4_0"])
+
+
+@pytest.fixture(scope="session")
+def vm(tiny: dict[str, Path]):
+    from lfm2_edge import VisionModel
+
+    model = VisionModel(tiny["F16"], tiny["mmproj"], n_ctx=4096)
+    yield model
+    model.close()
+
+
+def noise_image(width: int, height: int, seed: int = 1) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def red() -> Image.Image:
+    return Image.new("RGB", (320, 240), (200, 30, 30))
+
+
+@pytest.fixture
+def noise() -> Image.Image:
+    return noise_image(320, 240)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.prompt import Message, conversation_images, normalize_messages, render_prompt
+
+
+def test_conversation_renders_exact_chatml_with_images_first() -> None:
+    messages = normalize_messages(
+        [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare these."},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}},
+                    {"type": "image", "image": "b.jpg"},
+                ],
+            },
+            {"role": "assistant", "content": "A cat and a dog."},
+            {"role": "user", "content": "Which is bigger?"},
+        ]
+    )
+    assert render_prompt(messages) == (
+        "<|startoftext|><|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n<image><image>Compare these.<|im_end|>\n"
+        "<|im_start|>assistant\nA cat and a dog.<|im_end|>\n"
+        "<|im_start|>user\nWhich is bigger?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert conversation_images(messages) == ["data:image/png;base64,AAA", "b.jpg"]
+
+
+def test_default_system_prompt_and_single_prompt() -> None:
+    messages = normalize_messages("Describe this image.", images=["cat.jpg"])
+    assert render_prompt(messages) == (
+        "<|startoftext|><|im_start|>system\n"
+        "You are a helpful multimodal assistant by Liquid AI.<|im_end|>\n"
+        "<|im_start|>user\n<image>Describe this image.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_no_system_prompt_when_none() -> None:
+    assert render_prompt([Message("user", "hi")], system_prompt=None) == (
+        "<|startoftext|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_images_beside_messages_join_the_last_user_turn() -> None:
+    messages = normalize_messages(
+        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+         {"role": "user", "content": "second"}],
+        images=["x.png"],
+    )
+    assert [m.images for m in messages] == [[], [], ["x.png"]]
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([{"role": "robot", "content": "hi"}], "role must be one of"),
+        ([{"role": "assistant", "content": [{"type": "image", "image": "a.png"}]}], "only be sent in user turns"),
+        ([{"role": "user", "content": [{"type": "audio"}]}], "unsupported content part type 'audio'"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "needs a 'url'"),
+        ([], "conversation is empty"),
+    ],
+)
+def test_bad_messages_raise_one_clear_error(messages: list, message: str) -> None:
+    with pytest.raises(Lfm2EdgeError, match=message):
+        normalize_messages(messages)
