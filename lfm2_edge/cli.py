@@ -51,9 +51,7 @@ def _emit_json(data: Any) -> None:
 
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="LFM2 language model GGUF file.")]
-MmprojOpt = Annotated[
-    Optional[Path], typer.Option("--mmproj", help="Vision projector (mmproj) GGUF for the model.")
-]
+MmprojOpt = Annotated[Optional[Path], typer.Option("--mmproj", help="Vision projector (mmproj) GGUF for the model.")]
 
 
 @app.command()
@@ -64,9 +62,7 @@ def chat(
         Optional[list[str]],
         typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
     ] = None,
-    prompt: Annotated[
-        Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")
-    ] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
     gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
@@ -178,7 +174,10 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
         if text.startswith("/"):
             out.print(f"[dim]unknown command {text.split()[0]}. {HELP}[/]")
             continue
-        turn = {"role": "user", "content": [*({"type": "image", "image": im} for im in pending), {"type": "text", "text": text}]}
+        turn = {
+            "role": "user",
+            "content": [*({"type": "image", "image": im} for im in pending), {"type": "text", "text": text}],
+        }
         stream = vm.chat([*history, turn], stream=True, **sampling)
         answer = []
         try:

@@ -109,7 +109,7 @@ class Lfm2VlChatHandler:
         repeat_penalty: float = 1.05,
         logits_processor: Any = None,
         grammar: Any = None,
-        logit_bias: dict[str, float] | None = None,
+        logit_bias: dict[int, float] | None = None,
         model: str | None = None,
         **_unused: Any,
     ) -> llama_types.CreateChatCompletionResponse | Iterator[llama_types.CreateChatCompletionStreamResponse]:
@@ -136,9 +136,7 @@ class Lfm2VlChatHandler:
             chunks.free()
 
         im_end = llama.tokenize(IM_END.encode(), add_bos=False, special=True)
-        stopping = llama_cpp.StoppingCriteriaList(
-            [lambda ids, _logits: len(im_end) == 1 and int(ids[-1]) == im_end[0]]
-        )
+        stopping = llama_cpp.StoppingCriteriaList([lambda ids, _logits: len(im_end) == 1 and int(ids[-1]) == im_end[0]])
         completion = llama.create_completion(
             prompt=prompt_tokens,
             temperature=temperature,
@@ -159,4 +157,4 @@ class Lfm2VlChatHandler:
             logit_bias=logit_bias,
             model=model,
         )
-        return llama_chat_format._convert_completion_to_chat(completion, stream=stream)  # type: ignore[arg-type]
+        return llama_chat_format._convert_completion_to_chat(completion, stream=stream)

@@ -56,9 +56,7 @@ class LoadedImage:
                     "limit; downscale it first"
                 )
             if image.mode != "RGB":
-                if image.mode in ("RGBA", "LA", "PA") or (
-                    image.mode == "P" and "transparency" in image.info
-                ):
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                     image = image.convert("RGBA")
                     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
                     image = Image.alpha_composite(background, image)
@@ -85,7 +83,11 @@ def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{what} declares too many pixels (decompression bomb); refusing it") from None
         except (OSError, ValueError, SyntaxError) as exc:
-            reason = "is not an image Pillow can read" if isinstance(exc, Image.UnidentifiedImageError) else f"could not be decoded ({exc})"
+            reason = (
+                "is not an image Pillow can read"
+                if isinstance(exc, Image.UnidentifiedImageError)
+                else f"could not be decoded ({exc})"
+            )
             raise ImageError(f"{what} {reason}; send a JPEG, PNG, WebP or GIF image") from None
     return LoadedImage.from_pil(image, max_pixels=max_pixels)
 
@@ -104,7 +106,7 @@ def _from_data_uri(uri: str, max_pixels: int) -> LoadedImage:
 def _from_url(url: str, max_pixels: int) -> LoadedImage:
     request = urllib.request.Request(url, headers={"User-Agent": "lfm2-edge"})
     try:
-        with urllib.request.urlopen(request, timeout=REMOTE_TIMEOUT_S) as response:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(request, timeout=REMOTE_TIMEOUT_S) as response:
             data = response.read(REMOTE_MAX_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)

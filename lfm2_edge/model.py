@@ -25,7 +25,7 @@ from lfm2_edge.prompt import (
 )
 from lfm2_edge.runtime import Runtime
 
-__all__ = ["ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VL_SAMPLING", "VisionModel"]
+__all__ = ["VL_SAMPLING", "ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VisionModel"]
 
 
 @dataclass(frozen=True)
@@ -256,10 +256,7 @@ class VisionModel:
         """
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
-        loaded = [
-            load_image(img, allow_remote=self.allow_remote_images)
-            for img in conversation_images(messages)
-        ]
+        loaded = [load_image(img, allow_remote=self.allow_remote_images) for img in conversation_images(messages)]
         prompt = render_prompt(messages, system_prompt=self.system_prompt)
         stream_obj = ChatStream(iter(()))
         stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj)
@@ -270,9 +267,7 @@ class VisionModel:
         assert stream_obj.result is not None
         return stream_obj.result
 
-    def _generate(
-        self, prompt: str, images: list[Any], params: Sampling, out: ChatStream
-    ) -> Iterator[str]:
+    def _generate(self, prompt: str, images: list[Any], params: Sampling, out: ChatStream) -> Iterator[str]:
         with self._lock:
             rt = self._runtime
             t_start = time.perf_counter()

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -359,10 +359,8 @@ class Runtime:
             self._model = None
 
     def __del__(self) -> None:  # last resort; VisionModel.close() is the normal path
-        try:
+        with suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     @property
     def has_vision(self) -> bool:
@@ -407,9 +405,7 @@ class Runtime:
         """Split ``prompt`` at its image markers into text and image chunks."""
         if self._projector is None:
             if images:
-                raise ModelFileError(
-                    "this model was loaded without an mmproj; pass --mmproj to send images"
-                )
+                raise ModelFileError("this model was loaded without an mmproj; pass --mmproj to send images")
             return self._text_only_chunks(prompt)
         return self._projector.tokenize(prompt, images)
 
@@ -495,8 +491,10 @@ class Runtime:
         add = llama_cpp.llama_sampler_chain_add
         try:
             if repetition_penalty != 1.0:
-                add(chain, llama_cpp.llama_sampler_init_penalties(
-                    self.n_vocab, penalty_last_n, repetition_penalty, 0.0, 0.0))
+                add(
+                    chain,
+                    llama_cpp.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repetition_penalty, 0.0, 0.0),
+                )
             if temperature <= 0:
                 add(chain, llama_cpp.llama_sampler_init_greedy())
             else:
@@ -507,8 +505,7 @@ class Runtime:
                 if min_p > 0:
                     add(chain, llama_cpp.llama_sampler_init_min_p(min_p, 1))
                 add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-                add(chain, llama_cpp.llama_sampler_init_dist(
-                    0xFFFFFFFF if seed is None else seed & 0xFFFFFFFF))
+                add(chain, llama_cpp.llama_sampler_init_dist(0xFFFFFFFF if seed is None else seed & 0xFFFFFFFF))
             yield chain
         finally:
             llama_cpp.llama_sampler_free(chain)

@@ -119,9 +119,7 @@ class SyntheticShape:
 
 
 # LFM2-350M: attention at blocks 2, 5, 8, 10, 12, 14; the other ten are short convolutions.
-_LFM2_350M_LAYERS = tuple(
-    "attn" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)
-)
+_LFM2_350M_LAYERS = tuple("attn" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16))
 
 SHAPES: dict[str, SyntheticShape] = {
     "tiny": SyntheticShape(
@@ -165,7 +163,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 def build_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
@@ -294,10 +292,10 @@ def _write_atomic(path: Path, arch: str, writer_fill: object) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _fill_lm(shape: SyntheticShape, seed: int):  # noqa: ANN202 - returns a writer callback
+def _fill_lm(shape: SyntheticShape, seed: int):
     lm = shape.lm
 
-    def fill(w) -> None:  # noqa: ANN001 - gguf.GGUFWriter
+    def fill(w) -> None:
         arch = "lfm2"
         w.add_string("general.name", f"lfm2-edge synthetic {shape.name}")
         w.add_uint32("general.file_type", 1)  # MOSTLY_F16
@@ -332,10 +330,10 @@ def _fill_lm(shape: SyntheticShape, seed: int):  # noqa: ANN202 - returns a writ
     return fill
 
 
-def _fill_mmproj(shape: SyntheticShape, seed: int):  # noqa: ANN202 - returns a writer callback
+def _fill_mmproj(shape: SyntheticShape, seed: int):
     v, lm = shape.vision, shape.lm
 
-    def fill(w) -> None:  # noqa: ANN001 - gguf.GGUFWriter
+    def fill(w) -> None:
         w.add_string("general.type", "mmproj")
         w.add_string("general.name", f"lfm2-edge synthetic {shape.name} mmproj")
         w.add_uint32("general.file_type", 1)
@@ -375,9 +373,7 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
     params.nthread = n_threads or (os.cpu_count() or 1)
     tmp = dst.with_name(dst.name + ".partial")
     try:
-        rc = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
             raise Lfm2EdgeError(f"llama.cpp failed to quantize {src} to {quant} (code {rc})")
         os.replace(tmp, dst)

@@ -63,7 +63,7 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
 
     try:
         reader = gguf.GGUFReader(p, "r")
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
+    except Exception as exc:
         raise ModelFileError(f"{p} is a damaged or truncated GGUF file ({exc}); download it again") from None
     metadata = {name: _scalar(field) for name, field in reader.fields.items()}
     arch = metadata.get("general.architecture")
@@ -78,7 +78,9 @@ def check_model_files(
     """Check that the model is an LFM2 GGUF and the mmproj an LFM2 projector made for it."""
     model = read_summary(model_path, "model")
     if model.architecture == "clip":
-        raise ModelFileError(f"{model.path} is a vision projector (mmproj); pass it as --mmproj and give the language model as --model")
+        raise ModelFileError(
+            f"{model.path} is a vision projector (mmproj); pass it as --mmproj and give the language model as --model"
+        )
     if model.architecture not in MODEL_ARCHS:
         raise ModelFileError(
             f"{model.path} is a {model.architecture!r} model; lfm2-edge runs LFM2 models (arch 'lfm2')"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write a random-weight LFM2-VL GGUF pair (and quantized models) for tests and benchmarks.
 
-    python scripts/make_synthetic_model.py --shape tiny --out models/tiny
-    python scripts/make_synthetic_model.py --shape lfm2-vl-450m --out models/lfm2-vl-450m
+python scripts/make_synthetic_model.py --shape tiny --out models/tiny
+python scripts/make_synthetic_model.py --shape lfm2-vl-450m --out models/lfm2-vl-450m
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--out", required=True, help="directory to write the GGUF files into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quant", action="append", dest="quants", help="quantize to this type too (repeatable)"
-    )
+    parser.add_argument("--quant", action="append", dest="quants", help="quantize to this type too (repeatable)")
     args = parser.parse_args(argv)
     try:
         paths = make_synthetic_model(args.out, args.shape, seed=args.seed, quants=args.quants)

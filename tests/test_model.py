@@ -37,10 +37,18 @@ def test_answer_depends_on_prompt_and_on_image(vm: VisionModel, noise: Image.Ima
 
 
 def test_image_goes_before_text_whatever_the_part_order(vm: VisionModel, noise: Image.Image) -> None:
-    text_first = [{"role": "user", "content": [
-        {"type": "text", "text": "What is in this image?"}, {"type": "image", "image": noise}]}]
-    image_first = [{"role": "user", "content": [
-        {"type": "image", "image": noise}, {"type": "text", "text": "What is in this image?"}]}]
+    text_first = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is in this image?"}, {"type": "image", "image": noise}],
+        }
+    ]
+    image_first = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": noise}, {"type": "text", "text": "What is in this image?"}],
+        }
+    ]
     assert vm.chat(text_first, **GREEDY).text == vm.chat(image_first, **GREEDY).text
 
 
@@ -65,11 +73,22 @@ def test_stop_string_cuts_the_answer(vm: VisionModel, noise: Image.Image) -> Non
 
 def test_several_images_per_turn_and_across_turns(vm: VisionModel, noise: Image.Image, red: Image.Image) -> None:
     conversation = [
-        {"role": "user", "content": [{"type": "image", "image": noise}, {"type": "image", "image": red},
-                                     {"type": "text", "text": "Compare."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": noise},
+                {"type": "image", "image": red},
+                {"type": "text", "text": "Compare."},
+            ],
+        },
         {"role": "assistant", "content": "They differ."},
-        {"role": "user", "content": [{"type": "image", "image": noise_image(512, 512, seed=3)},
-                                     {"type": "text", "text": "And this one?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": noise_image(512, 512, seed=3)},
+                {"type": "text", "text": "And this one?"},
+            ],
+        },
     ]
     result = vm.chat(conversation, **GREEDY)
     assert result.usage.image_tokens == 80 + 80 + 256
@@ -103,14 +122,16 @@ def test_image_sources_give_the_same_answer(vm: VisionModel, noise: Image.Image,
     assert len(answers) == 1
 
 
-def test_two_models_in_one_process_do_not_interfere(tiny: dict[str, Path], noise: Image.Image, red: Image.Image) -> None:
+def test_two_models_in_one_process_do_not_interfere(
+    tiny: dict[str, Path], noise: Image.Image, red: Image.Image
+) -> None:
     with VisionModel(tiny["F16"], tiny["mmproj"]) as a, VisionModel(tiny["Q8_0"], tiny["mmproj"]) as b:
         alone_a = a.chat("Describe.", images=[noise], **GREEDY).text
         alone_b = b.chat("Describe.", images=[red], **GREEDY).text
         sa = a.chat("Describe.", images=[noise], stream=True, **GREEDY)
         sb = b.chat("Describe.", images=[red], stream=True, **GREEDY)
         pieces_a, pieces_b = [], []
-        for pa, pb in zip(sa, sb):  # interleave the two generations token by token
+        for pa, pb in zip(sa, sb, strict=False):  # interleave the two generations token by token
             pieces_a.append(pa)
             pieces_b.append(pb)
         pieces_a += list(sa)
@@ -127,7 +148,9 @@ def test_quantized_models_run(tiny: dict[str, Path], noise: Image.Image) -> None
 
 def test_prompt_larger_than_context_is_refused(tiny: dict[str, Path]) -> None:
     with VisionModel(tiny["F16"], tiny["mmproj"], n_ctx=512) as model:
-        with pytest.raises(ContextOverflowError, match=r"needs \d+ tokens \(\d+ of them for 1 image\(s\)\) but the context holds 512"):
+        with pytest.raises(
+            ContextOverflowError, match=r"needs \d+ tokens \(\d+ of them for 1 image\(s\)\) but the context holds 512"
+        ):
             model.chat("Describe.", images=[noise_image(1024, 768)])
         # the model is still usable afterwards
         assert model.chat("Describe.", images=[noise_image(64, 64)], **GREEDY).text

@@ -50,8 +50,11 @@ def test_no_system_prompt_when_none() -> None:
 
 def test_images_beside_messages_join_the_last_user_turn() -> None:
     messages = normalize_messages(
-        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
-         {"role": "user", "content": "second"}],
+        [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second"},
+        ],
         images=["x.png"],
     )
     assert [m.images for m in messages] == [[], [], ["x.png"]]

@@ -24,13 +24,20 @@ def test_model_metadata_is_lfm2(tiny: dict[str, Path]) -> None:
     r = gguf.GGUFReader(tiny["F16"])
     assert _field(r, "general.architecture") == "lfm2"
     lm = SHAPES["tiny"].lm
-    assert _field(r, "lfm2.attention.head_count_kv") == [
-        lm.n_head_kv if t == "attn" else 0 for t in lm.layer_types
-    ]
+    assert _field(r, "lfm2.attention.head_count_kv") == [lm.n_head_kv if t == "attn" else 0 for t in lm.layer_types]
     assert {"conv", "attn"} == set(lm.layer_types)
     tokens = _field(r, "tokenizer.ggml.tokens")
-    for special in ("<|startoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<|image_start|>",
-                    "<|image_end|>", "<|img_row_2_col_3|>", "<|img_thumbnail|>", "<|tool_call_start|>"):
+    for special in (
+        "<|startoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<image>",
+        "<|image_start|>",
+        "<|image_end|>",
+        "<|img_row_2_col_3|>",
+        "<|img_thumbnail|>",
+        "<|tool_call_start|>",
+    ):
         assert special in tokens
     assert tokens[_field(r, "tokenizer.ggml.eos_token_id")] == "<|im_end|>"
     assert "<|im_start|>" in _field(r, "tokenizer.chat_template")

@@ -1,0 +1,150 @@
+"""The lfm2-edge command, run as a user runs it: a separate process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lfm2_edge.synthetic import SHAPES, make_synthetic_model
+from tests.conftest import noise_image
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "x.jpg"
+    noise_image(320, 240).save(path)
+    return path
+
+
+def chat_args(tiny: dict[str, Path], photo: Path, *extra: str) -> list[str]:
+    return ["chat", "--model", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--image", str(photo), *extra]
+
+
+def test_json_answer_has_usage_and_is_repeatable(tiny: dict[str, Path], photo: Path) -> None:
+    args = chat_args(
+        tiny, photo, "--prompt", "What is in this image?", "--max-tokens", "16", "--temperature", "0", "--json"
+    )
+    first, second = run(*args), run(*args)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["usage"]["image_tokens"] == 80
+    assert data["usage"]["completion_tokens"] == 16
+    assert data["text"] and data["text"] == json.loads(second.stdout)["text"]
+    assert data["timings"]["decode_tok_s"] > 0
+    assert first.stderr == ""  # llama.cpp's log is silenced without --verbose
+
+
+def test_prompt_streams_plain_text(tiny: dict[str, Path], photo: Path) -> None:
+    plain = run(
+        *chat_args(tiny, photo, "--prompt", "What is in this image?", "--max-tokens", "16", "--temperature", "0")
+    )
+    as_json = run(
+        *chat_args(
+            tiny, photo, "--prompt", "What is in this image?", "--max-tokens", "16", "--temperature", "0", "--json"
+        )
+    )
+    assert plain.returncode == 0
+    assert plain.stdout == json.loads(as_json.stdout)["text"] + "\n"
+
+
+def test_verbose_shows_llama_cpp_log(tiny: dict[str, Path], photo: Path) -> None:
+    result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "2", "--verbose"))
+    assert result.returncode == 0
+    assert "llama_model_loader" in result.stderr
+
+
+def test_interactive_session(tiny: dict[str, Path], photo: Path) -> None:
+    script = f"hello\n/image {photo}\nwhat is it?\n/image /missing.png\n/reset\n/bogus\n/exit\n"
+    result = run(
+        "chat",
+        "--model",
+        str(tiny["F16"]),
+        "--mmproj",
+        str(tiny["mmproj"]),
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        stdin=script,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "image added (1 waiting" in result.stdout
+    assert "conversation cleared" in result.stdout
+    assert "unknown command /bogus" in result.stdout
+    assert "image file not found: /missing.png" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_info_json() -> None:
+    result = run("info", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["llama_cpp_python"] == "0.3.36"
+    assert data["gpu_offload"] in (True, False) and data["threads"] >= 1
+    assert "CPU" in data["system_info"]
+
+
+@pytest.fixture(scope="module")
+def wide_mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An mmproj made for a 128-wide model: it does not belong to the tiny model."""
+    tiny = SHAPES["tiny"]
+    shape = dataclasses.replace(tiny, name="tiny-wide", lm=dataclasses.replace(tiny.lm, n_embd=128))
+    return make_synthetic_model(tmp_path_factory.mktemp("wide"), shape, quants=[])["mmproj"]
+
+
+def _bad_inputs(tiny: dict[str, Path], photo: Path, tmp: Path, wide_mmproj: Path) -> dict[str, tuple[list[str], str]]:
+    not_gguf = tmp / "notes.gguf"
+    not_gguf.write_text("hello")
+    not_image = tmp / "notes.jpg"
+    not_image.write_text("hello")
+    truncated = tmp / "truncated.gguf"
+    truncated.write_bytes(tiny["F16"].read_bytes()[:4096])
+    big = tmp / "big.png"
+    noise_image(1024, 768).save(big)
+    m, p = str(tiny["F16"]), str(tiny["mmproj"])
+    return {
+        "missing model": (["--model", str(tmp / "nope.gguf"), "--mmproj", p], "model file not found"),
+        "missing mmproj": (["--model", m, "--mmproj", str(tmp / "nope.gguf")], "mmproj file not found"),
+        "not gguf": (["--model", str(not_gguf), "--mmproj", p], "is not a GGUF file"),
+        "truncated": (["--model", str(truncated), "--mmproj", p], "damaged or truncated GGUF"),
+        "mmproj as model": (["--model", p, "--mmproj", p], "is a vision projector (mmproj)"),
+        "model as mmproj": (["--model", m, "--mmproj", m], "not a vision projector"),
+        "mismatched mmproj": (["--model", m, "--mmproj", str(wide_mmproj)], "projects to 128 dims but"),
+        "not an image": (["--model", m, "--mmproj", p, "--image", str(not_image)], "is not an image"),
+        "missing image": (["--model", m, "--mmproj", p, "--image", str(tmp / "none.jpg")], "image file not found"),
+        "image without mmproj": (["--model", m, "--image", str(photo)], "--image needs --mmproj"),
+        "too many image tokens": (
+            ["--model", m, "--mmproj", p, "--image", str(big), "--ctx", "512"],
+            "but the context holds 512",
+        ),
+        "json without prompt": (["--model", m, "--json"], "--json needs --prompt"),
+    }
+
+
+def test_bad_input_exits_2_with_one_line(tiny: dict[str, Path], photo: Path, tmp_path: Path, wide_mmproj: Path) -> None:
+    for name, (args, message) in _bad_inputs(tiny, photo, tmp_path, wide_mmproj).items():
+        extra = [] if "--json" in args else ["--prompt", "hi"]
+        result = run("chat", *args, *extra)
+        assert result.returncode == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (name, result.stderr)
+        assert lines[0].startswith("error: ") and message in lines[0], (name, lines[0])
+        assert result.stdout == "", name

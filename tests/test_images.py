@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lfm2_edge.errors import ImageError
+from lfm2_edge.images import load_image
+from tests.conftest import png_bytes
+
+
+def _encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_modes_are_converted_to_rgb() -> None:
+    base = Image.new("RGB", (8, 6), (10, 20, 30))
+    for image in (
+        base.convert("CMYK"),
+        base.convert("P"),
+        base.convert("L"),
+        base.convert("RGBA"),
+        Image.new("I;16", (8, 6), 40000),
+    ):
+        loaded = load_image(image)
+        assert (loaded.width, loaded.height) == (8, 6)
+        assert len(loaded.rgb) == 8 * 6 * 3
+
+
+def test_transparent_pixels_become_white() -> None:
+    loaded = load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 0)))
+    assert loaded.rgb == b"\xff" * 12
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (1, 2, 3))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    loaded = load_image(_encode(image, "JPEG", exif=exif.tobytes()))
+    assert (loaded.width, loaded.height) == (20, 40)
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    loaded = load_image(data)
+    assert loaded.rgb[:3] == bytes((255, 0, 0))
+
+
+def test_same_pixels_same_digest_from_any_source(tmp_path: Path) -> None:
+    image = Image.new("RGB", (5, 5), (9, 8, 7))
+    data = png_bytes(image)
+    (tmp_path / "a.png").write_bytes(data)
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    digests = {load_image(s).digest for s in (image, data, tmp_path / "a.png", str(tmp_path / "a.png"), uri)}
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (b"", "is empty"),
+        (b"not an image at all", "is not an image Pillow can read"),
+        ("data:image/png;base64", "must look like data:image/png;base64"),
+        ("file:///etc/passwd", "file:// image URLs are not supported"),
+        ("/definitely/missing.png", "image file not found"),
+        (12, "cannot use a int as an image"),
+    ],
+)
+def test_bad_sources_raise_image_error(source: object, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        load_image(source)
+
+
+def test_truncated_file_is_an_error() -> None:
+    data = _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")
+    with pytest.raises(ImageError, match=r"could not be decoded|not an image"):
+        load_image(data[: len(data) // 2])
+
+
+def test_pixel_cap_refuses_huge_images() -> None:
+    with pytest.raises(ImageError, match="over the 100-pixel limit"):
+        load_image(Image.new("RGB", (20, 20)), max_pixels=100)
+
+
+def test_remote_urls_can_be_disabled() -> None:
+    with pytest.raises(ImageError, match="remote image URLs are disabled"):
+        load_image("http://127.0.0.1:9/x.png", allow_remote=False)
