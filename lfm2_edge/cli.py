@@ -214,6 +214,39 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         out.print(f"[bold]{key}[/]: {value}")
 
 
+@app.command()
+def bench(
+    models: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Model GGUF files [default: the synthetic 450M-shaped F16, Q8_0, Q4_0]."),
+    ] = None,
+    mmproj: MmprojOpt = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs per figure; the median is reported.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measure load, image encode, prefill, decode, time to first token and peak RSS."""
+    from rich.table import Table
+
+    from lfm2_edge.bench import DEFAULT_MODEL_DIR, BenchConfig, run_bench
+
+    paths = models or [DEFAULT_MODEL_DIR / f"model-{q}.gguf" for q in ("F16", "Q8_0", "Q4_0")]
+    config = BenchConfig(mmproj=mmproj or paths[0].parent / "mmproj-F16.gguf", repeat=repeat, n_threads=threads)
+    with user_errors():
+        results = run_bench(paths, config)
+    failed = [r for r in results if "error" in r]
+    if as_json:
+        _emit_json({"repeat": repeat, "results": results})
+    else:
+        ok = [r for r in results if "error" not in r]
+        table = Table("figure", *(Path(r["model"]).name for r in ok), title=f"lfm2-edge bench (median of {repeat})")
+        for key in [k for k in (ok[0] if ok else {}) if k != "model"]:
+            table.add_row(key, *(str(r[key]) for r in ok))
+        Console().print(table)
+    if failed:
+        fail("; ".join(f"{Path(r['model']).name}: {r['error']}" for r in failed))
+
+
 def main() -> None:
     app()
 

@@ -148,3 +148,27 @@ def test_bad_input_exits_2_with_one_line(tiny: dict[str, Path], photo: Path, tmp
         assert len(lines) == 1, (name, result.stderr)
         assert lines[0].startswith("error: ") and message in lines[0], (name, lines[0])
         assert result.stdout == "", name
+
+
+def test_bench_json_on_the_tiny_model(tiny: dict[str, Path]) -> None:
+    result = run("bench", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]), "--repeat", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    for key in (
+        "load_ms",
+        "image_512x512_ms",
+        "image_1024x768_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_turn1_ms",
+        "ttft_turn2_ms",
+        "peak_rss_mib",
+    ):
+        assert row[key] > 0, key
+    assert row["image_1024x768_ms"] > row["image_512x512_ms"]  # five tiles against one
+
+
+def test_bench_without_models_says_how_to_make_them(tmp_path: Path) -> None:
+    result = run("bench", str(tmp_path / "model-Q4_0.gguf"))
+    assert result.returncode == 2
+    assert "run `make models`" in result.stderr
