@@ -142,7 +142,7 @@ HELP = "Commands: /image PATH adds an image to your next message, /reset forgets
 def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
     from lfm2_edge.images import load_image
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     out.print(f"[dim]{HELP} Ctrl-C stops an answer.[/]")
     history: list[dict[str, Any]] = []
     pending = list(images)
@@ -178,15 +178,17 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
             "role": "user",
             "content": [*({"type": "image", "image": im} for im in pending), {"type": "text", "text": text}],
         }
-        stream = vm.chat([*history, turn], stream=True, **sampling)
-        answer = []
+        answer: list[str] = []
+        stream = None
         try:
+            stream = vm.chat([*history, turn], stream=True, **sampling)
             for piece in stream:
                 answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except KeyboardInterrupt:
-            stream.close()
+            if stream is not None:
+                stream.close()
             out.print("\n[dim](stopped)[/]")
         sys.stdout.write("\n")
         history += [turn, {"role": "assistant", "content": "".join(answer)}]

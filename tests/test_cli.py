@@ -172,3 +172,42 @@ def test_bench_without_models_says_how_to_make_them(tmp_path: Path) -> None:
     result = run("bench", str(tmp_path / "model-Q4_0.gguf"))
     assert result.returncode == 2
     assert "run `make models`" in result.stderr
+
+
+def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path]) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lfm2_edge.cli",
+            "chat",
+            "--model",
+            str(tiny["F16"]),
+            "--ctx",
+            "8192",
+            "--max-tokens",
+            "8000",
+            "--temperature",
+            "0",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().startswith("Commands:")  # the session is up
+    proc.stdin.write("tell me everything\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(2) == "> "
+    proc.stdout.read(8)  # the answer has started streaming
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate("and now?\n/exit\n", timeout=120)
+    assert proc.returncode == 0, errs
+    _, after = out.split("(stopped)")
+    assert after.count("> ") == 2  # the session went on: a second answer, then /exit
+    assert len(after) > 100
+    assert "Traceback" not in errs
