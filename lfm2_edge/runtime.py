@@ -319,8 +319,7 @@ class Runtime:
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch = self.n_batch
-        cparams.n_ubatch = n_batch
+        cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.no_perf = False
