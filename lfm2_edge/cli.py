@@ -50,44 +50,76 @@ def _emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="LFM2 language model GGUF file.")]
-MmprojOpt = Annotated[Optional[Path], typer.Option("--mmproj", help="Vision projector (mmproj) GGUF for the model.")]
+RefArg = Annotated[
+    Optional[str],
+    typer.Argument(
+        metavar="[MODEL]",
+        help="NAME[:QUANT] (LFM2-VL-450M:Q8_0), ORG/REPO[:QUANT] or a .gguf path [default: LFM2-VL-450M:Q4_0].",
+        show_default=False,
+    ),
+]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Same as MODEL.", show_default=False)]
+MmprojOpt = Annotated[
+    Optional[Path], typer.Option("--mmproj", help="Vision projector GGUF [default: the model's own].")
+]
+
+
+def _hub() -> Any:
+    from lfm2_edge.hub import Hub, RichProgress
+
+    return Hub(progress=RichProgress(err))
+
+
+def _model_ref(ref: str | None, model: str | None) -> str | None:
+    if ref is not None and model is not None and ref != model:
+        fail(f"give the model once: as MODEL ({ref}) or as --model ({model})")
+    return ref or model
 
 
 @app.command()
 def chat(
-    model: ModelOpt,
+    ref: RefArg = None,
+    model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     image: Annotated[
         Optional[list[str]],
         typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
     ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
     gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
-    temperature: Annotated[Optional[float], typer.Option(min=0.0, help="[default: 0.1]")] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(min=0.0, help="[default: the card's, 0.1 VL / 0.3 text]")
+    ] = None,
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
     top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
     min_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 0.15]")] = None,
     repeat_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="[default: 1.05]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.")] = None,
-    min_image_tokens: Annotated[int, typer.Option(min=1, help="Fewest tokens an image is given.")] = 64,
-    max_image_tokens: Annotated[int, typer.Option(min=1, help="Most tokens an image tile is given.")] = 256,
+    min_image_tokens: Annotated[
+        Optional[int], typer.Option(min=1, help="Fewest tokens an image is given [64].")
+    ] = None,
+    max_image_tokens: Annotated[
+        Optional[int], typer.Option(min=1, help="Most tokens an image tile is given [256].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
 ) -> None:
-    """Chat about images: answer --prompt once, or open an interactive session."""
+    """Chat about images: answer --prompt once, or open an interactive session.
+
+    The model is downloaded into the hub cache on first use and runs from there after,
+    also offline.
+    """
     from lfm2_edge.images import load_image
     from lfm2_edge.model import VisionModel
-    from lfm2_edge.prompt import DEFAULT_VL_SYSTEM_PROMPT
     from lfm2_edge.runtime import set_verbose
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
-    if min_image_tokens > max_image_tokens:
+    if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
         fail(f"--min-image-tokens ({min_image_tokens}) is larger than --max-image-tokens ({max_image_tokens})")
     set_verbose(verbose)
     sampling = {
@@ -99,20 +131,26 @@ def chat(
         "seed": seed,
         "max_tokens": max_tokens,
     }
+    overrides = {
+        "system_prompt": system,
+        "image_min_tokens": min_image_tokens,
+        "image_max_tokens": max_image_tokens,
+    }
     with user_errors():
         images = [load_image(ref) for ref in image or []]
-        if images and mmproj is None:
-            fail("--image needs --mmproj, the vision projector GGUF that belongs to the model")
-        vm = VisionModel(
-            model,
-            mmproj,
+        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        if images and resolved.mmproj_path is None:
+            fail(
+                f"{resolved.ref.display} has no vision projector: give --mmproj, the mmproj GGUF that "
+                "belongs to the model, or use an LFM2-VL model"
+            )
+        vm = VisionModel.from_resolved(
+            resolved,
             n_threads=threads,
             n_gpu_layers=gpu_layers,
             n_ctx=ctx,
-            image_min_tokens=min_image_tokens,
-            image_max_tokens=max_image_tokens,
-            system_prompt=system if system is not None else DEFAULT_VL_SYSTEM_PROMPT,
             verbose=verbose,
+            **{k: v for k, v in overrides.items() if v is not None},
         )
         with vm:
             if prompt is not None:
@@ -214,6 +252,85 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     out = Console(highlight=False)
     for key, value in data.items():
         out.print(f"[bold]{key}[/]: {value}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+@app.command()
+def pull(
+    ref: RefArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Download a model and its vision projector into the hub cache (or check the cached copy)."""
+    with user_errors():
+        resolved = _hub().pull(ref)
+    files = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None]
+    if as_json:
+        _emit_json(
+            {
+                "model": resolved.ref.display,
+                "repo": resolved.ref.repo,
+                "quant": resolved.quant,
+                "model_path": str(resolved.model_path),
+                "mmproj_path": str(resolved.mmproj_path) if resolved.mmproj_path else None,
+                "downloaded": resolved.downloaded,
+                "bytes": sum(p.stat().st_size for p in files),
+            }
+        )
+        return
+    state = "downloaded" if resolved.downloaded else "already in the cache, checked"
+    err.print(f"{resolved.ref.display}: {state}")
+    for path in files:
+        err.print(f"  {path} ({_size(path.stat().st_size)})")
+
+
+@app.command("models")
+def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the models in the cache: name, quant, size and path."""
+    from rich.table import Table
+
+    from lfm2_edge.hub import Hub
+
+    hub = Hub()
+    files = hub.cached()
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "name": f.name,
+                    "repo": f.repo,
+                    "file": f.filename,
+                    "quant": f.quant,
+                    "kind": "mmproj" if f.is_mmproj else "model",
+                    "bytes": f.size,
+                    "path": str(f.path),
+                }
+                for f in files
+            ]
+        )
+        return
+    if not files:
+        err.print(f"no models in {hub.cache_dir}; `lfm2-edge pull LFM2-VL-450M` fetches the default one")
+        return
+    table = Table("model", "quant", "kind", "size", "path", title=f"models in {hub.cache_dir}")
+    for f in files:
+        table.add_row(f.name, f.quant or "?", "mmproj" if f.is_mmproj else "model", _size(f.size), str(f.path))
+    Console(highlight=False).print(table)
+
+
+@app.command("rm")
+def remove(
+    ref: Annotated[str, typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")],
+) -> None:
+    """Remove a cached model (one quant, or every file of the model when no quant is named)."""
+    from lfm2_edge.hub import Hub
+
+    with user_errors():
+        removed = Hub().remove(ref)
+    for f in removed:
+        err.print(f"removed {f.filename} ({_size(f.size)})")
 
 
 @app.command()

@@ -10,12 +10,18 @@ base class and show the message as is.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "ContextOverflowError",
+    "DownloadError",
     "GenerationError",
+    "HubError",
+    "HubUnavailableError",
     "ImageError",
     "Lfm2EdgeError",
     "ModelFileError",
     "ModelMismatchError",
+    "UnknownModelError",
+    "UnknownQuantError",
 ]
 
 
@@ -41,3 +47,27 @@ class ContextOverflowError(Lfm2EdgeError):
 
 class GenerationError(Lfm2EdgeError):
     """llama.cpp reported a failure while evaluating or sampling."""
+
+
+class UnknownModelError(Lfm2EdgeError):
+    """A model reference names no catalog model, hub repo or local file."""
+
+
+class UnknownQuantError(UnknownModelError):
+    """The repo has no file for the quant asked for; the message lists those it has."""
+
+
+class HubError(Lfm2EdgeError):
+    """Getting a model from the Hugging Face hub failed."""
+
+
+class HubUnavailableError(HubError):
+    """The hub cannot be reached (no network, or offline mode) and the cache cannot help."""
+
+
+class AccessDeniedError(HubError):
+    """The repo is gated or private and the token is missing or not allowed."""
+
+
+class DownloadError(HubError):
+    """A download failed: a full disk, or a file whose sha256 does not match the hub's."""

@@ -11,10 +11,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from lfm2_edge.errors import ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import (
     DEFAULT_VL_SYSTEM_PROMPT,
@@ -24,37 +25,12 @@ from lfm2_edge.prompt import (
     render_prompt,
 )
 from lfm2_edge.runtime import Runtime
+from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
 
-__all__ = ["VL_SAMPLING", "ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VisionModel"]
+if TYPE_CHECKING:
+    from lfm2_edge.hub import Hub, ResolvedModel
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings; the defaults are the LFM2-VL model card's."""
-
-    temperature: float = 0.1
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.15
-    repetition_penalty: float = 1.05
-    seed: int | None = None
-    max_tokens: int = 512
-    stop: tuple[str, ...] = ()
-
-    def updated(self, **overrides: Any) -> Sampling:
-        """A copy with the given fields replaced; ``None`` values keep the default."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        if isinstance(given.get("stop"), str):
-            given["stop"] = (given["stop"],)
-        elif "stop" in given:
-            given["stop"] = tuple(given["stop"])
-        return replace(self, **given)
-
-
-VL_SAMPLING = Sampling()
+__all__ = ["TEXT_SAMPLING", "VL_SAMPLING", "ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VisionModel"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +172,41 @@ class VisionModel:
             image_max_tokens=image_max_tokens,
             verbose=verbose,
         )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        ref: str | None = None,
+        *,
+        mmproj: str | os.PathLike[str] | None = None,
+        hub: Hub | None = None,
+        **kwargs: Any,
+    ) -> VisionModel:
+        """Load a model by reference, downloading it into the hub cache on first use.
+
+        ``ref`` is ``NAME[:QUANT]`` (``"LFM2-VL-450M:Q8_0"``), ``REPO[:QUANT]`` or a local
+        ``.gguf`` path; ``None`` is the default model (LFM2-VL-450M at Q4_0). The card's
+        sampling, system prompt and image-token budget are the defaults; ``kwargs``
+        override them. A cached model loads without any network request.
+        """
+        from lfm2_edge.hub import Hub, RichProgress
+
+        return cls.from_resolved((hub or Hub(progress=RichProgress())).resolve(ref, mmproj=mmproj), **kwargs)
+
+    @classmethod
+    def from_resolved(cls, resolved: ResolvedModel, **kwargs: Any) -> VisionModel:
+        """Load files :meth:`lfm2_edge.hub.Hub.resolve` found, with the card's presets."""
+        try:
+            return cls(resolved.model_path, resolved.mmproj_path, **{**resolved.model_kwargs(), **kwargs})
+        except ModelMismatchError:
+            raise
+        except ModelFileError as exc:
+            if resolved.ref.is_local:
+                raise
+            raise ModelFileError(
+                f"the cached copy of {resolved.ref.display} is damaged ({exc}); "
+                f"`lfm2-edge pull {resolved.ref.display}` downloads it again"
+            ) from None
 
     # -- lifecycle ---------------------------------------------------------------
 

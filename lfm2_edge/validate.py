@@ -63,8 +63,12 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
 
     try:
         reader = gguf.GGUFReader(p, "r")
-    except Exception as exc:
-        raise ModelFileError(f"{p} is a damaged or truncated GGUF file ({exc}); download it again") from None
+    except Exception:
+        raise ModelFileError(f"{p} is a damaged or truncated GGUF file; download it again") from None
+    size = p.stat().st_size
+    data_end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if data_end > size:
+        raise ModelFileError(f"{p} is truncated ({size} of at least {data_end} bytes); download it again")
     metadata = {name: _scalar(field) for name, field in reader.fields.items()}
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):

@@ -120,6 +120,9 @@ def _bad_inputs(tiny: dict[str, Path], photo: Path, tmp: Path, wide_mmproj: Path
     big = tmp / "big.png"
     noise_image(1024, 768).save(big)
     m, p = str(tiny["F16"]), str(tiny["mmproj"])
+    alone = tmp / "alone" / "model-F16.gguf"  # no mmproj next to it to be found
+    alone.parent.mkdir()
+    alone.write_bytes(tiny["F16"].read_bytes())
     return {
         "missing model": (["--model", str(tmp / "nope.gguf"), "--mmproj", p], "model file not found"),
         "missing mmproj": (["--model", m, "--mmproj", str(tmp / "nope.gguf")], "mmproj file not found"),
@@ -130,7 +133,10 @@ def _bad_inputs(tiny: dict[str, Path], photo: Path, tmp: Path, wide_mmproj: Path
         "mismatched mmproj": (["--model", m, "--mmproj", str(wide_mmproj)], "projects to 128 dims but"),
         "not an image": (["--model", m, "--mmproj", p, "--image", str(not_image)], "is not an image"),
         "missing image": (["--model", m, "--mmproj", p, "--image", str(tmp / "none.jpg")], "image file not found"),
-        "image without mmproj": (["--model", m, "--image", str(photo)], "--image needs --mmproj"),
+        "image without mmproj": (
+            ["--model", str(alone), "--image", str(photo)],
+            "has no vision projector: give --mmproj",
+        ),
         "too many image tokens": (
             ["--model", m, "--mmproj", p, "--image", str(big), "--ctx", "512"],
             "but the context holds 512",
