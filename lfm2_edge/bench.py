@@ -1,12 +1,22 @@
-"""``lfm2-edge bench``: load time, image encode, prefill, decode, time to first token, peak RSS.
+"""``lfm2-edge bench``: what a user waits for, next to the peer and llama.cpp itself.
 
-Each model file is measured in a child process of its own, so that its peak RSS is
-its own and not the largest model's. Figures are medians of ``repeat`` runs.
+For each model it measures load time, image encode time (one 512x512 tile and a tiled
+1024x768 image), prefill and decode speed, time to first token for turn 1 and turn 2 of
+a conversation about one image, and peak RSS. The same conversation then runs through
+llama-cpp-python's generic ``MTMDChatHandler`` (the peer), and decode speed is compared
+with a bare llama.cpp decode loop on the same context. Ratios come from one run.
+
+Each side runs in a child process of its own, so that peak RSS is its own. Every figure
+is the median of ``repeat`` runs; every run uses a new image or text, so no cache turns a
+cold figure into a warm one by accident.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -19,120 +29,249 @@ from typing import Any
 
 from lfm2_edge.errors import ModelFileError
 
-__all__ = ["DEFAULT_MODEL_DIR", "BenchConfig", "bench_model", "run_bench"]
+__all__ = ["DEFAULT_MODEL_DIR", "BenchConfig", "BenchTarget", "run_bench"]
 
 DEFAULT_MODEL_DIR = Path("models/lfm2-vl-450m")
-# Sized so 1024x768 is tiled (2x2 tiles + thumbnail) and 512x512 is one tile.
+# 512x512 is one tile; 1024x768 is tiled (2x2 tiles + a thumbnail at the card's budget).
 IMAGE_SIZES = ((512, 512), (1024, 768))
 PREFILL_WORDS = 200
+GREEDY: dict[str, Any] = {"temperature": 0.0, "repetition_penalty": 1.0}
+# Turn 2 of the conversation: a short answer and a follow-up question about the image.
+ANSWER, FOLLOW_UP = "A red square.", "What colour is it?"
+
+
+@dataclass(frozen=True)
+class BenchTarget:
+    """One model to measure: its GGUF and its projector."""
+
+    name: str
+    model: Path
+    mmproj: Path
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    mmproj: Path
     repeat: int = 3
     n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool | None = None
     decode_tokens: int = 64
     n_ctx: int = 4096
+    peer: bool = True
 
 
-def _image(width: int, height: int) -> Any:
+def _image(width: int, height: int, seed: int) -> Any:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(width * height)
+    rng = np.random.default_rng(seed * 7919 + width * height)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
 
 
-def _median(runs: int, measure: Callable[[], float]) -> float:
-    return round(statistics.median(measure() for _ in range(runs)), 2)
+def _median(values: Sequence[float]) -> float:
+    return round(statistics.median(values), 2)
 
 
-def bench_model(model_path: Path, config: BenchConfig) -> dict[str, Any]:
-    """Measure one model file in this process."""
+def _peak_rss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / 2**20 if sys.platform == "darwin" else rss / 1024, 1)
+
+
+def _turn1(photo: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": photo}, {"type": "text", "text": "What is in this image?"}],
+        }
+    ]
+
+
+def _turn2(turn1: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [*turn1, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": FOLLOW_UP}]
+
+
+def bench_ours(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
+    """Measure lfm2-edge's ``VisionModel`` on one model, in this process."""
     from lfm2_edge.model import VisionModel
 
     t0 = time.perf_counter()
-    vm = VisionModel(model_path, config.mmproj, n_threads=config.n_threads, n_ctx=config.n_ctx)
-    load_ms = (time.perf_counter() - t0) * 1000
-    greedy: dict[str, Any] = {"temperature": 0.0, "repetition_penalty": 1.0}
+    vm = VisionModel(
+        target.model,
+        target.mmproj,
+        n_threads=config.n_threads,
+        n_ctx=config.n_ctx,
+        n_batch=config.n_batch,
+        flash_attn=config.flash_attn,
+    )
+    out: dict[str, Any] = {"load_ms": round((time.perf_counter() - t0) * 1000, 1), "threads": vm.n_threads}
+    reps = range(config.repeat)
     with vm:
-        vm.chat("warm up", max_tokens=2, **greedy)
-        result: dict[str, Any] = {
-            "model": str(model_path),
-            "threads": vm.n_threads,
-            "load_ms": round(load_ms, 1),
-        }
-
-        def encode(image: Any) -> float:
-            return vm.chat("hi", images=[image], max_tokens=1).timings.image_ms
-
+        vm.chat("warm up", max_tokens=2, **GREEDY)
         for w, h in IMAGE_SIZES:
-            image = _image(w, h)
-            result[f"image_{w}x{h}_ms"] = _median(config.repeat, lambda: encode(image))  # noqa: B023
-        text = " ".join(["the quick brown fox jumps over a lazy dog"] * (PREFILL_WORDS // 9))
-
-        def prefill() -> float:
-            r = vm.chat(text, max_tokens=1)
-            return r.timings.prompt_tok_s(r.usage)
-
-        def decode() -> float:
-            r = vm.chat("Tell me a story.", max_tokens=config.decode_tokens, **greedy)
-            return r.timings.decode_tok_s(r.usage)
-
-        result["prefill_tok_s"] = _median(config.repeat, prefill)
-        result["decode_tok_s"] = _median(config.repeat, decode)
-        photo = _image(320, 240)
-        turn1 = [
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": photo}, {"type": "text", "text": "What is in this image?"}],
-            }
-        ]
-
-        def conversation() -> tuple[float, float]:
-            """Time to first token of turn 1 and of the turn 2 that follows it."""
-            first = vm.chat(turn1, max_tokens=16, **greedy)
-            turn2 = [
-                *turn1,
-                {"role": "assistant", "content": first.text},
-                {"role": "user", "content": "What colour is it?"},
-            ]
-            second = vm.chat(turn2, max_tokens=1, **greedy)
-            return first.timings.first_token_ms, second.timings.first_token_ms
-
-        runs = [conversation() for _ in range(config.repeat)]
-        result["ttft_turn1_ms"] = round(statistics.median(r[0] for r in runs), 2)
-        result["ttft_turn2_ms"] = round(statistics.median(r[1] for r in runs), 2)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["peak_rss_mib"] = round(rss_kib / 1024 if sys.platform != "darwin" else rss_kib / 2**20, 1)
-    return result
+            runs = [vm.chat("hi", images=[_image(w, h, seed=r)], max_tokens=1).timings.image_ms for r in reps]
+            out[f"image_{w}x{h}_ms"] = _median(runs)
+        words = "the quick brown fox jumps over a lazy dog " * (PREFILL_WORDS // 9)
+        prefill = [vm.chat(f"{r}: {words}", max_tokens=1) for r in reps]
+        out["prefill_tok_s"] = _median([p.timings.prompt_tok_s(p.usage) for p in prefill])
+        decode = [vm.chat(f"Tell me story {r}.", max_tokens=config.decode_tokens, **GREEDY) for r in reps]
+        out["decode_tok_s"] = _median([d.timings.decode_tok_s(d.usage) for d in decode])
+        out["llama_cpp_decode_tok_s"] = _median([_llama_cpp_decode(vm, config.decode_tokens) for _ in reps])
+        turn1, turn2 = [], []
+        for r in reps:
+            conversation = _turn1(_image(320, 240, seed=100 + r))
+            turn1.append(vm.chat(conversation, max_tokens=1, **GREEDY))
+            turn2.append(vm.chat(_turn2(conversation), max_tokens=1, **GREEDY))
+        out["ttft_turn1_ms"] = _median([t.timings.first_token_ms for t in turn1])
+        out["ttft_turn2_ms"] = _median([t.timings.first_token_ms for t in turn2])
+        last = turn2[-1].usage
+        out["turn2_image_encodes"] = last.image_encodes
+        out["turn2_evaluated_tokens"] = last.prompt_tokens - last.cached_tokens
+        out["turn2_prompt_tokens"] = last.prompt_tokens
+    out["peak_rss_mib"] = _peak_rss_mib()
+    return out
 
 
-def _child(model_path: Path, config: BenchConfig, queue: Any) -> None:
+def _llama_cpp_decode(vm: Any, n: int) -> float:
+    """Tokens/s of a bare llama.cpp decode loop (sample greedily, decode one token) on
+    the model's own context: the ceiling ``VisionModel.chat`` is held to."""
+    import llama_cpp
+
+    rt = vm._runtime
+    vm.reset()
+    rt.eval_tokens(rt.tokenize("<|startoftext|><|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n"))
+    one = (llama_cpp.llama_token * 1)()
+    with rt.sampler(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None) as chain:
+        token = llama_cpp.llama_sampler_sample(chain, rt.ctx, -1)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one[0] = token
+            if llama_cpp.llama_decode(rt.ctx, llama_cpp.llama_batch_get_one(one, 1)) != 0:
+                break
+            token = llama_cpp.llama_sampler_sample(chain, rt.ctx, -1)
+        elapsed = time.perf_counter() - t0
+    vm.reset()
+    return n / elapsed
+
+
+def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
+    """The same conversation through llama-cpp-python's generic ``MTMDChatHandler``."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import MTMDChatHandler
+
+    from lfm2_edge.runtime import default_threads
+
+    t0 = time.perf_counter()
+    llm = Llama(
+        str(target.model),
+        chat_handler=MTMDChatHandler(str(target.mmproj), verbose=False),
+        n_ctx=config.n_ctx,
+        n_batch=config.n_batch,
+        n_threads=config.n_threads or default_threads(),
+        verbose=False,
+    )
+    out: dict[str, Any] = {"load_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    def ask(messages: list[dict[str, Any]], max_tokens: int) -> tuple[float, float, int]:
+        """(ms to the first token, decode tok/s, tokens) of one streamed answer."""
+        start = time.perf_counter()
+        first = end = 0.0
+        n = 0
+        request: Any = messages
+        stream: Any = llm.create_chat_completion(
+            messages=request, max_tokens=max_tokens, stream=True, temperature=0.0, repeat_penalty=1.0
+        )
+        for chunk in stream:
+            if chunk["choices"][0]["delta"].get("content") is not None:
+                n += 1
+                end = time.perf_counter()
+                first = first or end
+        rate = (n - 1) / (end - first) if n > 1 and end > first else 0.0
+        return (first - start) * 1000, rate, n
+
+    def as_url(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for m in messages:
+            if isinstance(m["content"], list):
+                parts = [
+                    {"type": "image_url", "image_url": {"url": _data_uri(p["image"])}} if p["type"] == "image" else p
+                    for p in m["content"]
+                ]
+                m = {**m, "content": parts}
+            out.append(m)
+        return out
+
+    reps = range(config.repeat)
+    ask([{"role": "user", "content": "warm up"}], 2)
+    decode = [ask([{"role": "user", "content": f"Tell me story {r}."}], config.decode_tokens)[1] for r in reps]
+    out["decode_tok_s"] = _median(decode)
+    t1, t2 = [], []
+    for r in reps:
+        conversation = _turn1(_image(320, 240, seed=100 + r))
+        t1.append(ask(as_url(conversation), 1)[0])
+        t2.append(ask(as_url(_turn2(conversation)), 1)[0])
+    out["ttft_turn1_ms"] = _median(t1)
+    out["ttft_turn2_ms"] = _median(t2)
+    out["peak_rss_mib"] = _peak_rss_mib()
+    llm.close()
+    return out
+
+
+def _data_uri(image: Any) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _child(fn: Callable[[BenchTarget, BenchConfig], dict[str, Any]], target: Any, config: Any, queue: Any) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)  # llama.cpp and mtmd print to fds 1 and 2
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     try:
-        queue.put(bench_model(model_path, config))
+        queue.put(fn(target, config))
     except Exception as exc:  # reported by the parent as one line
-        queue.put({"model": str(model_path), "error": str(exc)})
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_bench(models: Sequence[Path], config: BenchConfig) -> list[dict[str, Any]]:
-    """Measure each model in a fresh child process; returns one dict per model."""
-    for path in [*models, config.mmproj]:
-        if not Path(path).is_file():
-            raise ModelFileError(f"{path} not found; run `make models` to write the synthetic benchmark models")
+def _in_child(
+    fn: Callable[[BenchTarget, BenchConfig], dict[str, Any]], target: BenchTarget, config: BenchConfig
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, target, config, queue))
+    proc.start()
+    result: dict[str, Any] | None = None
+    while result is None and (proc.is_alive() or not queue.empty()):
+        try:
+            result = queue.get(timeout=1.0)
+        except Empty:
+            continue
+    proc.join()
+    return result or {"error": f"crashed (exit code {proc.exitcode})"}
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+def run_bench(targets: Sequence[BenchTarget], config: BenchConfig) -> list[dict[str, Any]]:
+    """Measure each model (and the peer on it) in fresh child processes."""
+    for t in targets:
+        for path in (t.model, t.mmproj):
+            if not Path(path).is_file():
+                raise ModelFileError(f"{path} not found; run `make models` to write the synthetic benchmark models")
     results = []
-    for path in models:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(Path(path), config, queue))
-        proc.start()
-        result: dict[str, Any] | None = None
-        while result is None and (proc.is_alive() or not queue.empty()):
-            try:
-                result = queue.get(timeout=1.0)
-            except Empty:
-                continue
-        proc.join()
-        results.append(result or {"model": str(path), "error": f"crashed (exit code {proc.exitcode})"})
+    for t in targets:
+        ours = _in_child(bench_ours, t, config)
+        result: dict[str, Any] = {"model": t.name, "model_path": str(t.model), **ours}
+        if config.peer and "error" not in ours:
+            peer = _in_child(bench_peer, t, config)
+            result["peer"] = peer
+            result["ratios"] = {
+                "turn2_over_turn1_ttft": _ratio(ours["ttft_turn2_ms"], ours["ttft_turn1_ms"]),
+                "peer_turn2_over_ours": _ratio(peer.get("ttft_turn2_ms"), ours["ttft_turn2_ms"]),
+                "peer_turn1_over_ours": _ratio(peer.get("ttft_turn1_ms"), ours["ttft_turn1_ms"]),
+                "decode_over_llama_cpp": _ratio(ours["decode_tok_s"], ours["llama_cpp_decode_tok_s"]),
+                "decode_over_peer": _ratio(ours["decode_tok_s"], peer.get("decode_tok_s")),
+            }
+        results.append(result)
     return results

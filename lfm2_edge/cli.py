@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from lfm2_edge import __version__
-from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
 
 app = typer.Typer(
     name="lfm2-edge",
@@ -179,10 +179,11 @@ HELP = "Commands: /image PATH adds an image to your next message, /reset forgets
 
 def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
     from lfm2_edge.images import load_image
+    from lfm2_edge.session import ChatSession
 
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"[dim]{HELP} Ctrl-C stops an answer.[/]")
-    history: list[dict[str, Any]] = []
+    session = ChatSession(vm)
     pending = list(images)
     while True:
         try:
@@ -196,7 +197,7 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
         if text in ("/exit", "/quit"):
             return
         if text == "/reset":
-            history.clear()
+            session.reset()
             pending.clear()
             out.print("[dim]conversation cleared[/]")
             continue
@@ -212,16 +213,10 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
         if text.startswith("/"):
             out.print(f"[dim]unknown command {text.split()[0]}. {HELP}[/]")
             continue
-        turn = {
-            "role": "user",
-            "content": [*({"type": "image", "image": im} for im in pending), {"type": "text", "text": text}],
-        }
-        answer: list[str] = []
         stream = None
         try:
-            stream = vm.chat([*history, turn], stream=True, **sampling)
+            stream = session.send(text, pending, stream=True, **sampling)
             for piece in stream:
-                answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except KeyboardInterrupt:
@@ -229,7 +224,6 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
                 stream.close()
             out.print("\n[dim](stopped)[/]")
         sys.stdout.write("\n")
-        history += [turn, {"role": "assistant", "content": "".join(answer)}]
         pending = []
 
 
@@ -336,34 +330,69 @@ def remove(
 @app.command()
 def bench(
     models: Annotated[
-        Optional[list[Path]],
-        typer.Argument(help="Model GGUF files [default: the synthetic 450M-shaped F16, Q8_0, Q4_0]."),
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[MODEL]...",
+            help="Model references or .gguf files [default: the synthetic 450M-shaped F16, Q8_0, Q4_0].",
+            show_default=False,
+        ),
     ] = None,
     mmproj: MmprojOpt = None,
     repeat: Annotated[int, typer.Option(min=1, help="Runs per figure; the median is reported.")] = 3,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
+    batch: Annotated[int, typer.Option(min=32, help="Prompt batch size (n_batch = n_ubatch).")] = 512,
+    flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
+    peer: Annotated[bool, typer.Option(help="Also run llama-cpp-python's MTMDChatHandler and report ratios.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Measure load, image encode, prefill, decode, time to first token and peak RSS."""
+    """Measure load, image encode, prefill, decode, time to first token and peak RSS,
+    next to llama-cpp-python's generic handler and a bare llama.cpp decode loop."""
     from rich.table import Table
 
-    from lfm2_edge.bench import DEFAULT_MODEL_DIR, BenchConfig, run_bench
+    from lfm2_edge.bench import DEFAULT_MODEL_DIR, BenchConfig, BenchTarget, run_bench
 
-    paths = models or [DEFAULT_MODEL_DIR / f"model-{q}.gguf" for q in ("F16", "Q8_0", "Q4_0")]
-    config = BenchConfig(mmproj=mmproj or paths[0].parent / "mmproj-F16.gguf", repeat=repeat, n_threads=threads)
+    if flash_attn not in ("auto", "on", "off"):
+        fail(f"--flash-attn must be auto, on or off (got {flash_attn!r})")
+    refs = models or [str(DEFAULT_MODEL_DIR / f"model-{q}.gguf") for q in ("F16", "Q8_0", "Q4_0")]
+    config = BenchConfig(
+        repeat=repeat,
+        n_threads=threads,
+        n_batch=batch,
+        flash_attn={"auto": None, "on": True, "off": False}[flash_attn],
+        peer=peer,
+    )
     with user_errors():
-        results = run_bench(paths, config)
+        targets = []
+        for ref in refs:
+            if ref.lower().endswith(".gguf") and not Path(ref).is_file():
+                raise ModelFileError(f"{ref} not found; run `make models` to write the synthetic benchmark models")
+            resolved = _hub().resolve(ref, mmproj=mmproj)
+            if resolved.mmproj_path is None:
+                raise ModelFileError(f"{resolved.ref.display} has no vision projector; give --mmproj")
+            name = Path(ref).name if resolved.ref.is_local else resolved.ref.display
+            targets.append(BenchTarget(name, resolved.model_path, resolved.mmproj_path))
+        results = run_bench(targets, config)
     failed = [r for r in results if "error" in r]
     if as_json:
-        _emit_json({"repeat": repeat, "results": results})
+        _emit_json({"repeat": repeat, "config": {"batch": batch, "flash_attn": flash_attn}, "results": results})
     else:
-        ok = [r for r in results if "error" not in r]
-        table = Table("figure", *(Path(r["model"]).name for r in ok), title=f"lfm2-edge bench (median of {repeat})")
-        for key in [k for k in (ok[0] if ok else {}) if k != "model"]:
-            table.add_row(key, *(str(r[key]) for r in ok))
+        ok = [_flatten(r) for r in results if "error" not in r]
+        table = Table("figure", *(r["model"] for r in ok), title=f"lfm2-edge bench (median of {repeat})")
+        for key in [k for k in (ok[0] if ok else {}) if k not in ("model", "model_path")]:
+            table.add_row(key, *(str(r.get(key)) for r in ok))
         Console().print(table)
     if failed:
-        fail("; ".join(f"{Path(r['model']).name}: {r['error']}" for r in failed))
+        fail("; ".join(f"{r['model']}: {r['error']}" for r in failed))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from lfm2_edge.caches import Item, StateCache
 from lfm2_edge.errors import ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import (
@@ -24,7 +25,7 @@ from lfm2_edge.prompt import (
     normalize_messages,
     render_prompt,
 )
-from lfm2_edge.runtime import Runtime
+from lfm2_edge.runtime import Runtime, SavedState
 from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ __all__ = ["TEXT_SAMPLING", "VL_SAMPLING", "ChatResult", "ChatStream", "Sampling
 
 @dataclass(frozen=True)
 class Usage:
-    prompt_tokens: int
+    prompt_tokens: int  # positions in the prompt, image tokens included
     image_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt positions taken from a reused state, not evaluated
+    image_encodes: int = 0  # image tiles the vision encoder ran on (not from its cache)
 
     @property
     def total_tokens(self) -> int:
@@ -149,6 +152,9 @@ class VisionModel:
         sampling: Sampling = VL_SAMPLING,
         allow_remote_images: bool = True,
         use_mmap: bool = True,
+        flash_attn: bool | None = None,
+        embedding_cache_mb: float = 32,
+        state_cache_mb: float = 64,
         verbose: bool = False,
     ) -> None:
         from lfm2_edge.validate import check_model_files
@@ -160,6 +166,8 @@ class VisionModel:
         self.sampling = sampling
         self.allow_remote_images = allow_remote_images
         self._lock = threading.Lock()
+        # States saved before the last turn of earlier prompts: see _restore_prefix.
+        self._states = StateCache(int(state_cache_mb * 2**20))
         self._runtime = Runtime(
             model_path,
             mmproj_path,
@@ -170,6 +178,8 @@ class VisionModel:
             use_mmap=use_mmap,
             image_min_tokens=image_min_tokens,
             image_max_tokens=image_max_tokens,
+            flash_attn=flash_attn,
+            embedding_cache_mb=embedding_cache_mb,
             verbose=verbose,
         )
 
@@ -219,6 +229,22 @@ class VisionModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def reset(self) -> None:
+        """Forget every conversation state (the context and the saved states).
+
+        Answers never depend on it: state is reused only when a prompt extends it exactly.
+        It frees memory, and gives a clean slate after :meth:`chat` raised.
+        """
+        with self._lock:
+            self._runtime.reset()
+            self._states.clear()
+
+    @property
+    def image_encodes(self) -> int:
+        """How many image tiles the vision encoder has run on so far."""
+        projector = self._runtime.projector
+        return projector.encodes if projector else 0
 
     @property
     def n_ctx(self) -> int:
@@ -278,15 +304,50 @@ class VisionModel:
         assert stream_obj.result is not None
         return stream_obj.result
 
+    def _restore_prefix(self, items: list[Item]) -> tuple[int, SavedState | None]:
+        """Load the saved state that covers the longest part of ``items``.
+
+        Returns how many leading items the context now holds (0: it was cleared) and,
+        when that is all of them, the state whose saved logits the first token is
+        sampled from. LFM2's short-conv state cannot be rolled back, so only a state
+        whose whole history is a prefix of the new prompt can be continued; states are
+        saved at :meth:`Runtime.save_points` (after a prompt's last image, and at its
+        end), which the next turn, a regenerated answer and a new question about the
+        same image all extend.
+        """
+        rt = self._runtime
+        saved = self._states.longest_prefix_of(items)
+        if saved is not None:
+            key, state = saved
+            if rt.load_state(state, rt.positions(key)):
+                return len(key), (state if len(key) == len(items) else None)
+        rt.reset()
+        return 0, None
+
     def _generate(self, prompt: str, images: list[Any], params: Sampling, out: ChatStream) -> Iterator[str]:
         with self._lock:
             rt = self._runtime
             t_start = time.perf_counter()
+            encodes_before = self.image_encodes
             chunks = rt.tokenize_prompt(prompt, images)
             try:
-                rt.reset()
+                items = rt.prompt_items(chunks, [im.digest for im in images])
                 rt.check_fits(chunks.n_pos, len(images), chunks.n_image_tokens)
-                image_s = rt.eval_chunks(chunks)
+                start, resumed = self._restore_prefix(items)
+                cached_tokens = rt.positions(items[:start])
+                image_s = 0.0
+                done = start
+                for point in rt.save_points(items):
+                    if point <= done:
+                        continue
+                    image_s += rt.eval_items(chunks, items, done, point)
+                    done = point
+                    if self._states.max_bytes:
+                        state = rt.save_state(with_logits=point == len(items))
+                        self._states.put(tuple(items[:point]), state, state.size + 4 * rt.n_vocab)
+            except BaseException:
+                rt.reset()
+                raise
             finally:
                 chunks.free()
             t_prompt = time.perf_counter()
@@ -304,8 +365,10 @@ class VisionModel:
                 repetition_penalty=params.repetition_penalty,
                 seed=params.seed,
             ) as chain:
+                first_logits = resumed.logits if resumed is not None else None
                 while n_out < params.max_tokens and rt.n_past < rt.n_ctx:
-                    token = rt.sample(chain)
+                    token = rt.sample(chain, first_logits)
+                    first_logits = None
                     if n_out == 0:
                         t_first = time.perf_counter()
                     if rt.is_end(token):
@@ -329,7 +392,13 @@ class VisionModel:
             out.result = ChatResult(
                 text=scanner.text,
                 finish_reason=finish,
-                usage=Usage(chunks.n_pos, chunks.n_image_tokens, n_out),
+                usage=Usage(
+                    chunks.n_pos,
+                    chunks.n_image_tokens,
+                    n_out,
+                    cached_tokens=cached_tokens,
+                    image_encodes=self.image_encodes - encodes_before,
+                ),
                 timings=Timings(
                     prompt_ms=(t_prompt - t_start) * 1000,
                     image_ms=image_s * 1000,

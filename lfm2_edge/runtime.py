@@ -21,15 +21,17 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 
+from lfm2_edge.caches import EmbeddingCache, EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelFileError
 from lfm2_edge.images import LoadedImage
-from lfm2_edge.prompt import IM_END, IMAGE_MARKER
+from lfm2_edge.prompt import IM_END, IM_START, IMAGE_MARKER
 
 __all__ = [
     "BuildInfo",
     "Projector",
     "PromptChunks",
     "Runtime",
+    "SavedState",
     "build_info",
     "default_threads",
     "set_verbose",
@@ -87,6 +89,15 @@ def build_info() -> BuildInfo:
 
 
 @dataclass(frozen=True)
+class SavedState:
+    """A sequence's state copied out of a context, and optionally its last logits."""
+
+    data: ctypes.Array[ctypes.c_uint8]
+    size: int
+    logits: ctypes.Array[ctypes.c_float] | None = None
+
+
+@dataclass(frozen=True)
 class ChunkInfo:
     is_image: bool
     n_tokens: int
@@ -133,9 +144,15 @@ class Projector:
         flash_attn_type: int = -1,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        embedding_cache_mb: float = 0,
         verbose: bool = False,
     ) -> None:
         self.path = Path(mmproj_path)
+        self.budget = (image_min_tokens, image_max_tokens)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
+        self.embeddings = EmbeddingCache(int(embedding_cache_mb * 2**20))
+        self.encodes = 0  # vision-encoder runs, for tests and the benchmark
+        self._no_callback = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
         p = mtmd.mtmd_context_params_default()
         p.use_gpu = use_gpu
         p.print_timings = verbose
@@ -214,6 +231,35 @@ class Projector:
         ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
         return [ptr[j] for j in range(n.value)] if ptr else []
 
+    def eval_image(
+        self, chunks: PromptChunks, index: int, key: EmbeddingKey, ctx: int, n_past: int, n_batch: int
+    ) -> int:
+        """Decode one image chunk into ``ctx`` at ``n_past``; returns the new ``n_past``.
+
+        The vision encoder runs only when the embedding cache has no entry for ``key``.
+        """
+        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        embd = self.embeddings.get(key)
+        if embd is None:
+            if mtmd.mtmd_encode_chunk(self.handle, chunk) != 0:
+                raise GenerationError("the vision encoder failed on an image")
+            self.encodes += 1
+            n = key.n_tokens * self.n_embd
+            out = mtmd.mtmd_get_output_embd(self.handle)
+            if self.embeddings.max_bytes >= n * 4:
+                embd = (ctypes.c_float * n)()
+                ctypes.memmove(embd, out, n * 4)
+                self.embeddings.put(key, embd, n * 4)
+            else:
+                embd = out
+        new_n_past = llama_cpp.llama_pos(n_past)
+        rc = mtmd.mtmd_helper_decode_image_chunk(
+            self.handle, ctx, chunk, embd, n_past, 0, n_batch, ctypes.byref(new_n_past), self._no_callback, None
+        )
+        if rc != 0:
+            raise GenerationError(f"llama.cpp failed to decode an image (code {rc})")
+        return int(new_n_past.value)
+
     def eval_chunk(
         self,
         chunks: PromptChunks,
@@ -261,6 +307,7 @@ class Runtime:
         flash_attn: bool | None = None,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        embedding_cache_mb: float = 0,
         verbose: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
@@ -282,6 +329,7 @@ class Runtime:
                 flash_attn=flash_attn,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                embedding_cache_mb=embedding_cache_mb,
             )
         except BaseException:
             self.close()
@@ -289,6 +337,8 @@ class Runtime:
         self._one_token = (llama_cpp.llama_token * 1)()
         self._piece_buf = ctypes.create_string_buffer(256)
         self.im_end = self.token_id(IM_END)
+        self.im_start = self.token_id(IM_START)
+        self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
 
     # -- loading -----------------------------------------------------------------
 
@@ -302,6 +352,7 @@ class Runtime:
         flash_attn: bool | None,
         image_min_tokens: int | None,
         image_max_tokens: int | None,
+        embedding_cache_mb: float,
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
@@ -342,6 +393,7 @@ class Runtime:
                 flash_attn_type=cparams.flash_attn_type,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                embedding_cache_mb=embedding_cache_mb,
                 verbose=self.verbose,
             )
 
@@ -412,34 +464,140 @@ class Runtime:
         tokens = self.tokenize(prompt)
         return PromptChunks(0, [ChunkInfo(False, len(tokens), len(tokens))], tokens)
 
+    @property
+    def projector(self) -> Projector | None:
+        return self._projector
+
+    def prompt_items(self, chunks: PromptChunks, digests: Sequence[str]) -> list[Item]:
+        """The prompt as a flat list: a token id per text token, a tuple per image tile.
+
+        Two prompts evaluate to the same state exactly when their item lists are equal,
+        which is what state reuse compares.
+        """
+        if chunks.tokens is not None:
+            return list(chunks.tokens)
+        assert self._projector is not None
+        occurrences = {d: digests.count(d) for d in digests}
+        per_id: dict[str, int] = {}
+        for i, info in enumerate(chunks.info):
+            if info.is_image:
+                cid = self._chunk_id(chunks, i)
+                per_id[cid] = per_id.get(cid, 0) + 1
+        seen: dict[str, int] = {}
+        items: list[Item] = []
+        for i, info in enumerate(chunks.info):
+            if info.is_image:
+                cid = self._chunk_id(chunks, i)
+                tiles = max(1, per_id[cid] // max(1, occurrences.get(cid, 1)))
+                tile = seen.get(cid, 0) % tiles
+                seen[cid] = seen.get(cid, 0) + 1
+                items.append(("img", cid, tile, info.n_pos))
+            else:
+                items.extend(self._projector.text_tokens(chunks, i))
+        return items
+
+    @staticmethod
+    def _chunk_id(chunks: PromptChunks, index: int) -> str:
+        raw = mtmd.mtmd_input_chunk_get_id(mtmd.mtmd_input_chunks_get(chunks.handle, index))
+        return (raw or b"").decode("ascii", "replace")
+
+    @staticmethod
+    def positions(items: Sequence[Item]) -> int:
+        return sum(1 if isinstance(it, int) else it[3] for it in items)
+
+    def eval_items(self, chunks: PromptChunks, items: Sequence[Item], start: int, end: int) -> float:
+        """Evaluate ``items[start:end]`` of a tokenized prompt after ``n_past``.
+
+        Text is cut into batches after every ``<|im_start|>assistant\\n`` header (and every
+        ``n_batch`` tokens after that). llama.cpp's quantized CPU kernels round
+        differently for different batch shapes, so batches must depend on the prompt's
+        content only: then a state saved at the end of a prompt (which ends with that
+        header) and continued gives bit-for-bit the logits a fresh context gives.
+        Returns the seconds spent on image tiles.
+        """
+        image_s = 0.0
+        if chunks.tokens is not None or self._projector is None:
+            self._eval_text([t for t in items if isinstance(t, int)], start, end)
+            return image_s
+        lo = 0
+        for i, info in enumerate(chunks.info):
+            hi = lo + (1 if info.is_image else info.n_tokens)
+            if hi > start and lo < end:
+                if info.is_image:
+                    item = items[lo]
+                    assert not isinstance(item, int)
+                    key = EmbeddingKey(
+                        item[1], item[2], info.n_tokens, str(self._projector.path), self._projector.budget
+                    )
+                    t0 = time.perf_counter()
+                    self.n_past = self._projector.eval_image(chunks, i, key, self.ctx, self.n_past, self.n_batch)
+                    image_s += time.perf_counter() - t0
+                else:
+                    self._eval_text(self._projector.text_tokens(chunks, i), max(0, start - lo), end - lo)
+            lo = hi
+        return image_s
+
+    def _eval_text(self, tokens: list[int], start: int, end: int) -> None:
+        """Evaluate ``tokens[start:end]``, cut after each assistant header (see :meth:`eval_items`)."""
+        cut = start
+        for j in range(start + 1, min(end, len(tokens))):
+            if self._ends_assistant_header(tokens, j):
+                self.eval_tokens(tokens[cut:j])
+                cut = j
+        self.eval_tokens(tokens[cut:end])
+
+    def _ends_assistant_header(self, items: Sequence[Item], j: int) -> bool:
+        """Whether ``items[:j]`` ends with ``<|im_start|>assistant\\n``."""
+        n = len(self._assistant_header)
+        return (
+            j >= n and items[j - 1] == self._assistant_header[-1] and list(items[j - n : j]) == self._assistant_header
+        )
+
+    def save_points(self, items: Sequence[Item]) -> list[int]:
+        """Where a saved state is worth having: after the prompt's last image (a new
+        question about the same image continues from there) and at its end (the next
+        turn and a regenerated answer continue from there). Both are batch boundaries,
+        so continuing from them is exact."""
+        points = {len(items)}
+        for j in range(len(items) - 1, -1, -1):
+            if not isinstance(items[j], int):
+                points.add(j + 1)
+                break
+        return sorted(p for p in points if 0 < p <= len(items))
+
+    def save_state(self, *, with_logits: bool = False) -> SavedState:
+        """Copy sequence 0's state (KV cache and recurrent state) out of the context,
+        and the last position's logits when asked (to answer the same prompt again
+        without evaluating anything)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        if written == 0:
+            raise GenerationError("llama.cpp could not save the sequence state")
+        logits = None
+        if with_logits:
+            logits = (ctypes.c_float * self.n_vocab)()
+            ctypes.memmove(logits, llama_cpp.llama_get_logits_ith(self.ctx, -1), self.n_vocab * 4)
+        return SavedState(buf, written, logits)
+
+    def load_state(self, state: SavedState, n_past: int) -> bool:
+        """Replace the context's state with a saved one; False when llama.cpp refuses it."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, state.data, state.size, 0) == 0:
+            self.reset()
+            return False
+        self.n_past = n_past
+        return True
+
     def check_fits(self, n_prompt: int, n_images: int, n_image_tokens: int) -> None:
         """Refuse a prompt that leaves no room to answer, before anything is evaluated."""
-        needed = self.n_past + n_prompt
+        needed = n_prompt
         if needed >= self.n_ctx:
             detail = f" ({n_image_tokens} of them for {n_images} image(s))" if n_images else ""
             fix = "raise --ctx" + (" or lower --max-image-tokens" if n_images else " or shorten the prompt")
             raise ContextOverflowError(
                 f"the prompt needs {needed} tokens{detail} but the context holds {self.n_ctx}; {fix}"
             )
-
-    def eval_chunks(self, chunks: PromptChunks) -> float:
-        """Evaluate every chunk after ``n_past``, leaving logits for the last position.
-
-        Returns the seconds spent on image chunks (vision encoder plus their decode).
-        """
-        if chunks.tokens is not None or self._projector is None:
-            self.eval_tokens(chunks.tokens or [])
-            return 0.0
-        image_s = 0.0
-        n = len(chunks.info)
-        for i, info in enumerate(chunks.info):
-            t0 = time.perf_counter()
-            self.n_past = self._projector.eval_chunk(
-                chunks, i, self.ctx, self.n_past, self.n_batch, logits_last=i == n - 1
-            )
-            if info.is_image:
-                image_s += time.perf_counter() - t0
-        return image_s
 
     def eval_tokens(self, tokens: Sequence[int]) -> None:
         """Evaluate text tokens after ``n_past`` in batches; logits for the last one."""
@@ -509,6 +667,22 @@ class Runtime:
         finally:
             llama_cpp.llama_sampler_free(chain)
 
-    def sample(self, chain: int) -> int:
-        """Sample from the last evaluated position's logits (and accept the token)."""
-        return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
+    def sample(self, chain: int, logits: ctypes.Array[ctypes.c_float] | None = None) -> int:
+        """Sample from the last evaluated position's logits, or from saved ones (and
+        accept the token), as ``llama_sampler_sample`` does."""
+        if logits is None:
+            return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
+        import numpy as np
+
+        n = self.n_vocab
+        data = (llama_cpp.llama_token_data * n)()
+        view = np.frombuffer(memoryview(data), dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+        view["id"] = np.arange(n, dtype=np.int32)
+        view["logit"] = np.frombuffer(memoryview(logits), dtype=np.float32, count=n)
+        cur = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(cur))
+        if not 0 <= cur.selected < cur.size:
+            raise GenerationError("the sampler selected no token")
+        token = int(data[cur.selected].id)
+        llama_cpp.llama_sampler_accept(chain, token)
+        return token

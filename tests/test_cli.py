@@ -172,6 +172,18 @@ def test_bench_json_on_the_tiny_model(tiny: dict[str, Path]) -> None:
     ):
         assert row[key] > 0, key
     assert row["image_1024x768_ms"] > row["image_512x512_ms"]  # five tiles against one
+    # turn 2 of the conversation: no image encoded, only the new tokens evaluated
+    assert row["turn2_image_encodes"] == 0
+    assert 0 < row["turn2_evaluated_tokens"] < row["turn2_prompt_tokens"] / 2
+    peer = row["peer"]
+    assert peer["ttft_turn1_ms"] > 0 and peer["ttft_turn2_ms"] > 0 and peer["decode_tok_s"] > 0
+    assert set(row["ratios"]) == {
+        "turn2_over_turn1_ttft",
+        "peer_turn2_over_ours",
+        "peer_turn1_over_ours",
+        "decode_over_llama_cpp",
+        "decode_over_peer",
+    }
 
 
 def test_bench_without_models_says_how_to_make_them(tmp_path: Path) -> None:

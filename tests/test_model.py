@@ -58,7 +58,14 @@ def test_stream_yields_the_same_text(vm: VisionModel, noise: Image.Image) -> Non
     pieces = list(stream)
     assert len(pieces) > 1
     assert "".join(pieces) == whole.text
-    assert stream.result is not None and stream.result.usage == whole.usage
+    assert stream.result is not None
+    usage = stream.result.usage
+    assert (usage.prompt_tokens, usage.image_tokens, usage.completion_tokens) == (
+        whole.usage.prompt_tokens,
+        whole.usage.image_tokens,
+        whole.usage.completion_tokens,
+    )
+    assert (usage.image_encodes, usage.cached_tokens > 0) == (0, True)  # the same prompt again: reused
 
 
 def test_stop_string_cuts_the_answer(vm: VisionModel, noise: Image.Image) -> None:
