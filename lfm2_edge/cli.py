@@ -6,7 +6,9 @@ JSON object on stdout for scripts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +107,10 @@ def chat(
     max_image_tokens: Annotated[
         Optional[int], typer.Option(min=1, help="Most tokens an image tile is given [256].")
     ] = None,
+    endpoint: Annotated[
+        Optional[str], typer.Option(help="Send the chat to this OpenAI-compatible server (vLLM, lfm2-edge serve).")
+    ] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
 ) -> None:
@@ -138,6 +144,23 @@ def chat(
     }
     with user_errors():
         images = [load_image(ref) for ref in image or []]
+        if endpoint is not None:
+            from lfm2_edge.catalog import find_entry, presets
+
+            name = _model_ref(ref, model)
+            entry = find_entry(name.split(":")[0]) if name else None
+            remote = VisionModel(
+                endpoint=endpoint,
+                api_key=api_key,
+                remote_model=name,
+                **{**presets(entry, True), **{k: v for k, v in overrides.items() if v is not None}},
+            )
+            with remote:
+                if prompt is not None:
+                    _answer_once(remote, prompt, images, sampling, as_json)
+                else:
+                    _interactive(remote, images, sampling)
+            return
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
         if images and resolved.mmproj_path is None:
             fail(
@@ -162,7 +185,7 @@ def chat(
 def _answer_once(vm: Any, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool) -> None:
     if as_json:
         result = vm.chat(prompt, images=images, **sampling)
-        _emit_json({"model": str(vm.model_path), **result.to_dict()})
+        _emit_json({"model": vm.endpoint or str(vm.model_path), **result.to_dict()})
         return
     stream = vm.chat(prompt, images=images, stream=True, **sampling)
     try:
@@ -246,6 +269,95 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     out = Console(highlight=False)
     for key, value in data.items():
         out.print(f"[bold]{key}[/]: {value}")
+
+
+@app.command()
+def serve(
+    ref: RefArg = None,
+    model: ModelOpt = None,
+    mmproj: MmprojOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="Require Authorization: Bearer KEY on /v1.")
+    ] = None,
+    served_model_name: Annotated[
+        Optional[list[str]], typer.Option(help="Model id(s) clients may ask for [default: the model's names].")
+    ] = None,
+    limit_mm_per_prompt: Annotated[str, typer.Option(help="Most images per request, as vLLM: '{\"image\": N}'.")] = (
+        '{"image": 1}'
+    ),
+    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (off: data: URIs only).")] = False,
+    n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
+    gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
+) -> None:
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
+    import uvicorn
+
+    from lfm2_edge.model import VisionModel
+    from lfm2_edge.runtime import set_verbose
+    from lfm2_edge.server import ServerConfig, create_app
+
+    try:
+        limits = json.loads(limit_mm_per_prompt)
+        max_images = int(limits.get("image", 1))
+        if max_images < 0:
+            raise ValueError
+    except (ValueError, TypeError, AttributeError):
+        fail(f"--limit-mm-per-prompt must look like '{{\"image\": 2}}' (got {limit_mm_per_prompt!r})")
+    set_verbose(verbose)
+    with user_errors():
+        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        models = [
+            VisionModel.from_resolved(
+                resolved,
+                n_threads=threads,
+                n_gpu_layers=gpu_layers,
+                n_ctx=ctx,
+                allow_remote_images=allow_remote_images,
+                verbose=verbose,
+            )
+            for _ in range(n_parallel)
+        ]
+    names = served_model_name or _model_names(resolved)
+    config = ServerConfig(
+        model_names=names,
+        api_key=api_key,
+        max_images=max_images,
+        allow_remote_images=allow_remote_images,
+        max_queue=max_queue,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
+
+    def close_models() -> None:
+        for m in models:
+            m.close()
+
+    app_ = create_app(models, config, on_shutdown=close_models)
+    err.print(f"serving {names[0]} at http://{host}:{port}/v1 ({n_parallel} instance(s), Ctrl-C to stop)")
+    # uvicorn finishes in-flight answers on SIGTERM / Ctrl-C, then re-raises the signal;
+    # catch it so that a clean shutdown exits 0 (systemd reads anything else as a failure).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose)
+
+
+def _model_names(resolved: Any) -> list[str]:
+    """The ids a served model answers to: its reference, its catalog name, its repos."""
+    ref = resolved.ref
+    if ref.is_local:
+        return [Path(ref.text).name, Path(ref.text).stem]
+    names = [ref.display]
+    if resolved.entry is not None:
+        names += [resolved.entry.name, f"LiquidAI/{resolved.entry.name}"]
+    if ref.repo:
+        names += [ref.repo, ref.repo.removesuffix("-GGUF")]
+    return list(dict.fromkeys(names))
 
 
 def _size(n: int) -> str:

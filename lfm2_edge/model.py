@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from lfm2_edge.caches import Item, StateCache
-from lfm2_edge.errors import ModelFileError, ModelMismatchError
+from lfm2_edge.errors import GenerationError, ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import (
     DEFAULT_VL_SYSTEM_PROMPT,
@@ -30,6 +30,7 @@ from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
 
 if TYPE_CHECKING:
     from lfm2_edge.hub import Hub, ResolvedModel
+    from lfm2_edge.remote import RemoteBackend
 
 __all__ = ["TEXT_SAMPLING", "VL_SAMPLING", "ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VisionModel"]
 
@@ -139,9 +140,12 @@ class VisionModel:
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str],
-        mmproj_path: str | os.PathLike[str] | None,
+        model_path: str | os.PathLike[str] | None = None,
+        mmproj_path: str | os.PathLike[str] | None = None,
         *,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        remote_model: str | None = None,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_ctx: int = 4096,
@@ -157,17 +161,34 @@ class VisionModel:
         state_cache_mb: float = 64,
         verbose: bool = False,
     ) -> None:
+        """Load a local model, or (with ``endpoint``) talk to an OpenAI-compatible server.
+
+        With ``endpoint="http://host:8000/v1"`` nothing is loaded: :meth:`chat` sends
+        the conversation to that server (vLLM, or another ``lfm2-edge serve``) as
+        ``remote_model`` (default: the server's first model), with ``api_key`` if given,
+        and returns the same result types. The system prompt and sampling defaults
+        still come from here, so a local and a remote model answer the same request.
+        """
         from lfm2_edge.validate import check_model_files
 
-        check_model_files(model_path, mmproj_path)
-        self.model_path = Path(model_path)
-        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.allow_remote_images = allow_remote_images
         self._lock = threading.Lock()
-        # States saved before the last turn of earlier prompts: see _restore_prefix.
+        # States saved after a prompt's last image and at its end: see _restore_prefix.
         self._states = StateCache(int(state_cache_mb * 2**20))
+        self._remote: RemoteBackend | None = None
+        self._runtime: Runtime | None = None
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
+        if endpoint is not None:
+            from lfm2_edge.remote import RemoteBackend
+
+            self._remote = RemoteBackend(endpoint, api_key=api_key, model=remote_model)
+            return
+        if model_path is None:
+            raise ModelFileError("give a model file (or endpoint= for a remote server)")
+        check_model_files(model_path, mmproj_path)
         self._runtime = Runtime(
             model_path,
             mmproj_path,
@@ -220,9 +241,22 @@ class VisionModel:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    @property
+    def endpoint(self) -> str | None:
+        """The server's URL when this model is remote."""
+        return self._remote.base_url if self._remote else None
+
+    def _local(self) -> Runtime:
+        if self._runtime is None:
+            raise GenerationError("this model is remote; it has no local runtime")
+        return self._runtime
+
     def close(self) -> None:
         with self._lock:
-            self._runtime.close()
+            if self._runtime is not None:
+                self._runtime.close()
+            if self._remote is not None:
+                self._remote.close()
 
     def __enter__(self) -> VisionModel:
         return self
@@ -237,22 +271,23 @@ class VisionModel:
         It frees memory, and gives a clean slate after :meth:`chat` raised.
         """
         with self._lock:
-            self._runtime.reset()
+            if self._runtime is not None:
+                self._runtime.reset()
             self._states.clear()
 
     @property
     def image_encodes(self) -> int:
         """How many image tiles the vision encoder has run on so far."""
-        projector = self._runtime.projector
+        projector = self._runtime.projector if self._runtime else None
         return projector.encodes if projector else 0
 
     @property
     def n_ctx(self) -> int:
-        return self._runtime.n_ctx
+        return self._runtime.n_ctx if self._runtime else 0
 
     @property
     def n_threads(self) -> int:
-        return self._runtime.n_threads
+        return self._runtime.n_threads if self._runtime else 0
 
     # -- chat --------------------------------------------------------------------
 
@@ -294,9 +329,12 @@ class VisionModel:
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
         loaded = [load_image(img, allow_remote=self.allow_remote_images) for img in conversation_images(messages)]
-        prompt = render_prompt(messages, system_prompt=self.system_prompt)
         stream_obj = ChatStream(iter(()))
-        stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj)
+        if self._remote is not None:
+            stream_obj._pieces = self._remote.chat(messages, loaded, params, self.system_prompt, stream_obj)
+        else:
+            prompt = render_prompt(messages, system_prompt=self.system_prompt)
+            stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj)
         if stream:
             return stream_obj
         for _ in stream_obj:
@@ -315,7 +353,7 @@ class VisionModel:
         end), which the next turn, a regenerated answer and a new question about the
         same image all extend.
         """
-        rt = self._runtime
+        rt = self._local()
         saved = self._states.longest_prefix_of(items)
         if saved is not None:
             key, state = saved
@@ -326,7 +364,7 @@ class VisionModel:
 
     def _generate(self, prompt: str, images: list[Any], params: Sampling, out: ChatStream) -> Iterator[str]:
         with self._lock:
-            rt = self._runtime
+            rt = self._local()
             t_start = time.perf_counter()
             encodes_before = self.image_encodes
             chunks = rt.tokenize_prompt(prompt, images)

@@ -1,0 +1,310 @@
+"""``lfm2-edge serve`` against the official ``openai`` client, and the remote backend.
+
+The server runs in this process (uvicorn on 127.0.0.1, a free port) over the tiny
+synthetic model; clients talk to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+
+from lfm2_edge import VisionModel
+from lfm2_edge.errors import ContextOverflowError
+from lfm2_edge.server import ServerConfig, create_app
+from tests.conftest import noise_image, png_bytes
+
+NAME = "LiquidAI/LFM2.5-VL-450M"
+
+
+@dataclass
+class Running:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(models: list[VisionModel], config: ServerConfig) -> Running:
+    server = uvicorn.Server(uvicorn.Config(create_app(models, config), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Running(f"http://127.0.0.1:{port}", server, thread)
+
+
+@pytest.fixture(scope="module")
+def served(tiny: dict[str, Path]) -> Iterator[Running]:
+    model = VisionModel(tiny["F16"], tiny["mmproj"], n_ctx=4096, allow_remote_images=False)
+    running = start_server([model], ServerConfig(model_names=[NAME, "tiny"], max_images=2))
+    yield running
+    running.stop()
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def client(served: Running) -> OpenAI:
+    return OpenAI(base_url=f"{served.url}/v1", api_key="EMPTY", max_retries=0)
+
+
+def data_uri(seed: int = 1, size: tuple[int, int] = (96, 64)) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(noise_image(*size, seed=seed))).decode()
+
+
+def recipe_messages(uri: str, text: str = "What is in this image?") -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": text}]}
+    ]
+
+
+def test_the_vllm_recipe_client_code_works(client: OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=NAME,
+        messages=recipe_messages(data_uri()),  # type: ignore[arg-type]
+        temperature=0.1,
+        max_tokens=16,
+        extra_body={"min_p": 0.15, "repetition_penalty": 1.05},
+    )
+    choice = response.choices[0]
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason in ("stop", "length") and choice.message.role == "assistant"
+    assert response.model == NAME
+    assert response.usage is not None and response.usage.completion_tokens <= 16
+    assert response.usage.prompt_tokens > 64  # the image's tokens are counted
+
+
+def test_streaming_gives_the_same_text_and_usage(client: OpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": NAME, "temperature": 0, "max_tokens": 20, "seed": 3}
+    messages = recipe_messages(data_uri(seed=5), "Describe it.")
+    whole = client.chat.completions.create(messages=messages, **kwargs)  # type: ignore[arg-type]
+    chunks = list(
+        client.chat.completions.create(
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    usage = chunks[-1].usage
+    assert usage is not None and whole.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (whole.usage.prompt_tokens, whole.usage.completion_tokens)
+
+
+def test_models_and_health(client: OpenAI, served: Running) -> None:
+    assert [m.id for m in client.models.list().data] == [NAME, "tiny"]
+    health = httpx.get(f"{served.url}/health").json()
+    assert health["status"] == "ok" and health["queued"] == 0
+
+
+def test_remote_visionmodel_gives_the_local_greedy_answer(served: Running, vm: VisionModel) -> None:
+    photo = noise_image(120, 80, seed=21)
+    greedy: dict[str, Any] = {"temperature": 0, "max_tokens": 24}
+    local = vm.chat("What is in this image?", images=[photo], **greedy)
+    with VisionModel(endpoint=served.url, remote_model="tiny") as remote:
+        answer = remote.chat("What is in this image?", images=[photo], **greedy)
+        streamed = remote.chat("What is in this image?", images=[photo], stream=True, **greedy)
+        pieces = list(streamed)
+    assert answer.text == local.text and answer.finish_reason == local.finish_reason
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
+        local.usage.prompt_tokens,
+        local.usage.completion_tokens,
+    )
+    assert "".join(pieces) == local.text and streamed.result is not None
+    assert streamed.result.timings.first_token_ms > 0
+
+
+def test_sixteen_concurrent_clients_get_their_own_complete_answers(
+    client: OpenAI, vm: VisionModel, served: Running
+) -> None:
+    prompts = [f"Question number {i}: what do you see?" for i in range(16)]
+    uris = [data_uri(seed=100 + i, size=(64, 64)) for i in range(16)]
+    greedy: dict[str, Any] = {"temperature": 0, "max_tokens": 12}
+    expected = []
+    for prompt, uri in zip(prompts, uris, strict=True):
+        expected.append(vm.chat(recipe_messages(uri, prompt), **greedy).text)
+
+    def ask(i: int) -> str:
+        r = client.chat.completions.create(model=NAME, messages=recipe_messages(uris[i], prompts[i]), **greedy)  # type: ignore[arg-type]
+        return r.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(16)))
+    assert answers == expected
+    assert httpx.get(f"{served.url}/health").json()["queued"] == 0
+
+
+def post(served: Running, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(
+        f"{served.url}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "not served here"),
+        ({"model": NAME, "messages": []}, 400, "non-empty list"),
+        ({"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role must be"),
+        (
+            {
+                "model": NAME,
+                "messages": recipe_messages(data_uri(1)) + recipe_messages(data_uri(2)) + recipe_messages(data_uri(3)),
+            },
+            400,
+            "at most 2 per prompt",
+        ),
+        ({"model": NAME, "messages": recipe_messages("data:image/png;base64,bm90IGFuIGltYWdl")}, 400, "not an image"),
+        ({"model": NAME, "messages": recipe_messages("file:///etc/passwd")}, 400, "data: URI or an http(s) URL"),
+        ({"model": NAME, "messages": recipe_messages("http://127.0.0.1:9/cat.jpg")}, 400, "does not fetch image URLs"),
+        ({"model": NAME, "messages": [{"role": "user", "content": "hi " * 6000}]}, 400, "context holds"),
+        ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "'temperature'"),
+        ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n=1"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(
+    served: Running, client: OpenAI, body: Any, status: int, fragment: str
+) -> None:
+    for stream in (False, True):
+        if isinstance(body, dict):
+            body = {**body, "stream": stream}
+        response = post(served, body)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert fragment in error["message"] and error["type"]
+    ok = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "still there?"}], max_tokens=2
+    )
+    assert ok.choices[0].message.content is not None
+
+
+def test_context_overflow_maps_to_the_typed_error_remotely(served: Running) -> None:
+    with VisionModel(endpoint=served.url) as remote, pytest.raises(ContextOverflowError, match="context holds"):
+        remote.chat("hi " * 6000)
+
+
+def test_api_key(tiny: dict[str, Path]) -> None:
+    model = VisionModel(tiny["Q4_0"], tiny["mmproj"], n_ctx=512)
+    running = start_server([model], ServerConfig(model_names=["m"], api_key="s3cret"))
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert post(running, body).status_code == 401
+        wrong = post(running, body, {"authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert post(running, body, {"authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{running.url}/v1/models").status_code == 401
+        assert httpx.get(f"{running.url}/health").status_code == 200  # for load balancers
+        keyed = OpenAI(base_url=f"{running.url}/v1", api_key="s3cret", max_retries=0)
+        assert keyed.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    finally:
+        running.stop()
+        model.close()
+
+
+def test_a_client_that_disconnects_mid_stream_stops_its_generation(served: Running, client: OpenAI) -> None:
+    before = httpx.get(f"{served.url}/health").json()
+    body = {
+        "model": NAME,
+        "messages": [{"role": "user", "content": "Go on forever."}],
+        "max_tokens": 3500,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data:")
+    # the connection is closed: the generation stops at its next token and frees the model
+    deadline = time.monotonic() + 20
+    while (health := httpx.get(f"{served.url}/health").json())["cancelled"] == before["cancelled"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+    assert health["queued"] == 0
+    ok = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "next"}], max_tokens=2)
+    assert ok.choices[0].message.content is not None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lfm2_edge.cli",
+            "serve",
+            str(tiny["F16"]),
+            "--mmproj",
+            str(tiny["mmproj"]),
+            "--port",
+            str(port),
+            "--served-model-name",
+            "m",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        body = {"model": "m", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 2000, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data:")
+            proc.send_signal(signal.SIGTERM)  # while the answer is still streaming
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"  # the in-flight answer was finished
+        finish = [json.loads(x[5:])["choices"][0]["finish_reason"] for x in rest if x.startswith("data: {")]
+        assert finish[-1] in ("stop", "length")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "serving m at http://127.0.0.1" in stderr and "Traceback" not in stderr
