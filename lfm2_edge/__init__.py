@@ -15,6 +15,7 @@ __all__ = [
     "ModelFileError",
     "ModelMismatchError",
     "Sampling",
+    "TextModel",
     "Usage",
     "VisionModel",
     "__version__",
@@ -29,13 +30,13 @@ from lfm2_edge.errors import (
 )
 
 if TYPE_CHECKING:
-    from lfm2_edge.model import ChatResult, ChatStream, Sampling, Usage, VisionModel
+    from lfm2_edge.model import ChatResult, ChatStream, Sampling, TextModel, Usage, VisionModel
 
 
 def __getattr__(name: str) -> Any:
     # The model classes load llama.cpp's shared libraries; import them on first use
     # so that `lfm2-edge --help` and the error types stay cheap.
-    if name in ("ChatResult", "ChatStream", "Sampling", "Usage", "VisionModel"):
+    if name in ("ChatResult", "ChatStream", "Sampling", "TextModel", "Usage", "VisionModel"):
         from lfm2_edge import model
 
         return getattr(model, name)

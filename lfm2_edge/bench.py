@@ -46,7 +46,7 @@ class BenchTarget:
 
     name: str
     model: Path
-    mmproj: Path
+    mmproj: Path | None  # None: a text model (no image figures; the conversation is text)
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,11 @@ def _peak_rss_mib() -> float:
     return round(rss / 2**20 if sys.platform == "darwin" else rss / 1024, 1)
 
 
-def _turn1(photo: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image", "image": photo}, {"type": "text", "text": "What is in this image?"}],
-        }
-    ]
+def _turn1(photo: Any | None) -> list[dict[str, Any]]:
+    if photo is None:
+        return [{"role": "user", "content": "What is a short-convolution layer?"}]
+    text = {"type": "text", "text": "What is in this image?"}
+    return [{"role": "user", "content": [{"type": "image", "image": photo}, text]}]
 
 
 def _turn2(turn1: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,7 +105,7 @@ def bench_ours(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     reps = range(config.repeat)
     with vm:
         vm.chat("warm up", max_tokens=2, **GREEDY)
-        for w, h in IMAGE_SIZES:
+        for w, h in IMAGE_SIZES if target.mmproj else ():
             runs = [vm.chat("hi", images=[_image(w, h, seed=r)], max_tokens=1).timings.image_ms for r in reps]
             out[f"image_{w}x{h}_ms"] = _median(runs)
         words = "the quick brown fox jumps over a lazy dog " * (PREFILL_WORDS // 9)
@@ -118,7 +116,9 @@ def bench_ours(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
         out["llama_cpp_decode_tok_s"] = _median([_llama_cpp_decode(vm, config.decode_tokens) for _ in reps])
         turn1, turn2 = [], []
         for r in reps:
-            conversation = _turn1(_image(320, 240, seed=100 + r))
+            conversation = _turn1(_image(320, 240, seed=100 + r) if target.mmproj else None)
+            if not target.mmproj:
+                conversation[0]["content"] += f" ({r})"
             turn1.append(vm.chat(conversation, max_tokens=1, **GREEDY))
             turn2.append(vm.chat(_turn2(conversation), max_tokens=1, **GREEDY))
         out["ttft_turn1_ms"] = _median([t.timings.first_token_ms for t in turn1])
@@ -163,7 +163,7 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     llm = Llama(
         str(target.model),
-        chat_handler=MTMDChatHandler(str(target.mmproj), verbose=False),
+        chat_handler=MTMDChatHandler(str(target.mmproj), verbose=False) if target.mmproj else None,
         n_ctx=config.n_ctx,
         n_batch=config.n_batch,
         n_threads=config.n_threads or default_threads(),
@@ -206,7 +206,9 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     out["decode_tok_s"] = _median(decode)
     t1, t2 = [], []
     for r in reps:
-        conversation = _turn1(_image(320, 240, seed=100 + r))
+        conversation = _turn1(_image(320, 240, seed=100 + r) if target.mmproj else None)
+        if not target.mmproj:
+            conversation[0]["content"] += f" ({r})"
         t1.append(ask(as_url(conversation), 1)[0])
         t2.append(ask(as_url(_turn2(conversation)), 1)[0])
     out["ttft_turn1_ms"] = _median(t1)
@@ -257,7 +259,7 @@ def run_bench(targets: Sequence[BenchTarget], config: BenchConfig) -> list[dict[
     """Measure each model (and the peer on it) in fresh child processes."""
     for t in targets:
         for path in (t.model, t.mmproj):
-            if not Path(path).is_file():
+            if path is not None and not Path(path).is_file():
                 raise ModelFileError(f"{path} not found; run `make models` to write the synthetic benchmark models")
     results = []
     for t in targets:

@@ -107,6 +107,9 @@ def chat(
     max_image_tokens: Annotated[
         Optional[int], typer.Option(min=1, help="Most tokens an image tile is given [256].")
     ] = None,
+    schema: Annotated[
+        Optional[Path], typer.Option(help="JSON schema file: the answer is JSON that follows it (grammar-constrained).")
+    ] = None,
     endpoint: Annotated[
         Optional[str], typer.Option(help="Send the chat to this OpenAI-compatible server (vLLM, lfm2-edge serve).")
     ] = None,
@@ -128,7 +131,7 @@ def chat(
     if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
         fail(f"--min-image-tokens ({min_image_tokens}) is larger than --max-image-tokens ({max_image_tokens})")
     set_verbose(verbose)
-    sampling = {
+    sampling: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
@@ -137,6 +140,11 @@ def chat(
         "seed": seed,
         "max_tokens": max_tokens,
     }
+    if schema is not None:
+        sampling["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.stem, "schema": _schema(schema)},
+        }
     overrides = {
         "system_prompt": system,
         "image_min_tokens": min_image_tokens,
@@ -180,6 +188,18 @@ def chat(
                 _answer_once(vm, prompt, images, sampling, as_json)
             else:
                 _interactive(vm, images, sampling)
+
+
+def _schema(path: Path) -> Any:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read --schema {path}: {exc.strerror or exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--schema {path} is not JSON ({exc})")
+    if not isinstance(data, dict):
+        fail(f"--schema {path} must hold a JSON schema object")
+    return data
 
 
 def _answer_once(vm: Any, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool) -> None:
@@ -479,8 +499,6 @@ def bench(
             if ref.lower().endswith(".gguf") and not Path(ref).is_file():
                 raise ModelFileError(f"{ref} not found; run `make models` to write the synthetic benchmark models")
             resolved = _hub().resolve(ref, mmproj=mmproj)
-            if resolved.mmproj_path is None:
-                raise ModelFileError(f"{resolved.ref.display} has no vision projector; give --mmproj")
             name = Path(ref).name if resolved.ref.is_local else resolved.ref.display
             targets.append(BenchTarget(name, resolved.model_path, resolved.mmproj_path))
         results = run_bench(targets, config)

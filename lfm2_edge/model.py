@@ -10,15 +10,16 @@ import codecs
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from lfm2_edge.caches import Item, StateCache
-from lfm2_edge.errors import GenerationError, ModelFileError, ModelMismatchError
+from lfm2_edge.errors import GenerationError, Lfm2EdgeError, ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import (
+    DEFAULT_TEXT_SYSTEM_PROMPT,
     DEFAULT_VL_SYSTEM_PROMPT,
     MessageInput,
     conversation_images,
@@ -27,12 +28,23 @@ from lfm2_edge.prompt import (
 )
 from lfm2_edge.runtime import Runtime, SavedState
 from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
+from lfm2_edge.tools import ToolCall, call_grammar, parse_answer, schema_grammar, tool_functions
 
 if TYPE_CHECKING:
     from lfm2_edge.hub import Hub, ResolvedModel
     from lfm2_edge.remote import RemoteBackend
 
-__all__ = ["TEXT_SAMPLING", "VL_SAMPLING", "ChatResult", "ChatStream", "Sampling", "Timings", "Usage", "VisionModel"]
+__all__ = [
+    "TEXT_SAMPLING",
+    "VL_SAMPLING",
+    "ChatResult",
+    "ChatStream",
+    "Sampling",
+    "TextModel",
+    "Timings",
+    "Usage",
+    "VisionModel",
+]
 
 
 @dataclass(frozen=True)
@@ -68,13 +80,15 @@ class Timings:
 @dataclass(frozen=True)
 class ChatResult:
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     usage: Usage
     timings: Timings
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made, when tools were given
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the derived token rates."""
         data = asdict(self)
+        data["tool_calls"] = [c.to_openai() for c in self.tool_calls]
         data["usage"]["total_tokens"] = self.usage.total_tokens
         data["timings"]["prompt_tok_s"] = round(self.timings.prompt_tok_s(self.usage), 2)
         data["timings"]["decode_tok_s"] = round(self.timings.decode_tok_s(self.usage), 2)
@@ -129,6 +143,37 @@ class _StopScanner:
         out = self.text[self.emitted : upto]
         self.emitted = upto
         return out
+
+
+_M = TypeVar("_M", bound="VisionModel")
+
+
+def _tool_plan(
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | Mapping[str, Any] | None,
+    response_format: Mapping[str, Any] | None,
+    grammar: str | None,
+) -> tuple[list[dict[str, Any]], Literal["auto", "forced"] | None, str | None]:
+    """(functions for the prompt, how to read calls in the answer, grammar) of a request."""
+    functions = tool_functions(tools) if tools else []
+    mode: Literal["auto", "forced"] | None = "auto" if functions else None
+    if response_format is not None:
+        if grammar is not None:
+            raise Lfm2EdgeError("give response_format or grammar, not both")
+        grammar = schema_grammar(response_format)
+    if tool_choice in (None, "auto") or not functions:
+        return functions, mode, grammar
+    if tool_choice == "none":
+        return [], None, grammar
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [f for f in functions if f["name"] == name]
+        if not chosen:
+            raise Lfm2EdgeError(f"tool_choice names {name!r}, which is not among the tools")
+        if grammar is not None:
+            raise Lfm2EdgeError("a named tool_choice cannot be combined with response_format or grammar")
+        return functions, "forced", call_grammar(chosen[0])
+    raise Lfm2EdgeError(f"tool_choice must be 'auto', 'none' or {{'type': 'function', ...}}, not {tool_choice!r}")
 
 
 class VisionModel:
@@ -206,13 +251,13 @@ class VisionModel:
 
     @classmethod
     def from_pretrained(
-        cls,
+        cls: type[_M],
         ref: str | None = None,
         *,
         mmproj: str | os.PathLike[str] | None = None,
         hub: Hub | None = None,
         **kwargs: Any,
-    ) -> VisionModel:
+    ) -> _M:
         """Load a model by reference, downloading it into the hub cache on first use.
 
         ``ref`` is ``NAME[:QUANT]`` (``"LFM2-VL-450M:Q8_0"``), ``REPO[:QUANT]`` or a local
@@ -225,10 +270,10 @@ class VisionModel:
         return cls.from_resolved((hub or Hub(progress=RichProgress())).resolve(ref, mmproj=mmproj), **kwargs)
 
     @classmethod
-    def from_resolved(cls, resolved: ResolvedModel, **kwargs: Any) -> VisionModel:
+    def from_resolved(cls: type[_M], resolved: ResolvedModel, **kwargs: Any) -> _M:
         """Load files :meth:`lfm2_edge.hub.Hub.resolve` found, with the card's presets."""
         try:
-            return cls(resolved.model_path, resolved.mmproj_path, **{**resolved.model_kwargs(), **kwargs})
+            return cls(resolved.model_path, mmproj_path=resolved.mmproj_path, **{**resolved.model_kwargs(), **kwargs})
         except ModelMismatchError:
             raise
         except ModelFileError as exc:
@@ -298,6 +343,10 @@ class VisionModel:
         images: Sequence[Any] | None = ...,
         *,
         stream: Literal[False] = ...,
+        tools: Sequence[Mapping[str, Any]] | None = ...,
+        tool_choice: str | Mapping[str, Any] | None = ...,
+        response_format: Mapping[str, Any] | None = ...,
+        grammar: str | None = ...,
         **sampling: Any,
     ) -> ChatResult: ...
 
@@ -308,6 +357,10 @@ class VisionModel:
         images: Sequence[Any] | None = ...,
         *,
         stream: Literal[True],
+        tools: Sequence[Mapping[str, Any]] | None = ...,
+        tool_choice: str | Mapping[str, Any] | None = ...,
+        response_format: Mapping[str, Any] | None = ...,
+        grammar: str | None = ...,
         **sampling: Any,
     ) -> ChatStream: ...
 
@@ -317,6 +370,10 @@ class VisionModel:
         images: Sequence[Any] | None = None,
         *,
         stream: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: str | None = None,
         **sampling: Any,
     ) -> ChatResult | ChatStream:
         """Answer a prompt or a conversation, with images before the text of their turn.
@@ -325,16 +382,25 @@ class VisionModel:
         last user turn. Sampling options (``temperature``, ``top_p``, ``top_k``,
         ``min_p``, ``repetition_penalty``, ``seed``, ``max_tokens``, ``stop``)
         override the model card's defaults for this call.
+
+        ``tools`` (OpenAI function tools) are written into the system turn in LFM2's
+        format; the model's calls come back as ``result.tool_calls``. ``tool_choice``
+        is ``"auto"`` (default), ``"none"`` or ``{"type": "function", "function":
+        {"name": ...}}``, which forces that call with a grammar. ``response_format``
+        (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
+        {"schema": ...}}``) and ``grammar`` (GBNF) constrain the answer's shape.
         """
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
+        functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
         loaded = [load_image(img, allow_remote=self.allow_remote_images) for img in conversation_images(messages)]
         stream_obj = ChatStream(iter(()))
         if self._remote is not None:
-            stream_obj._pieces = self._remote.chat(messages, loaded, params, self.system_prompt, stream_obj)
+            extra = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+            stream_obj._pieces = self._remote.chat(messages, loaded, params, self.system_prompt, stream_obj, extra)
         else:
-            prompt = render_prompt(messages, system_prompt=self.system_prompt)
-            stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj)
+            prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
+            stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj, grammar, tools_mode)
         if stream:
             return stream_obj
         for _ in stream_obj:
@@ -362,7 +428,15 @@ class VisionModel:
         rt.reset()
         return 0, None
 
-    def _generate(self, prompt: str, images: list[Any], params: Sampling, out: ChatStream) -> Iterator[str]:
+    def _generate(
+        self,
+        prompt: str,
+        images: list[Any],
+        params: Sampling,
+        out: ChatStream,
+        grammar: str | None = None,
+        tools_mode: Literal["auto", "forced"] | None = None,
+    ) -> Iterator[str]:
         with self._lock:
             rt = self._local()
             t_start = time.perf_counter()
@@ -402,6 +476,7 @@ class VisionModel:
                 min_p=params.min_p,
                 repetition_penalty=params.repetition_penalty,
                 seed=params.seed,
+                grammar=grammar,
             ) as chain:
                 first_logits = resumed.logits if resumed is not None else None
                 while n_out < params.max_tokens and rt.n_past < rt.n_ctx:
@@ -427,9 +502,14 @@ class VisionModel:
                 if tail:
                     yield tail
             t_end = time.perf_counter()
+            text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
+            if tools_mode is not None:
+                parsed = parse_answer(text, bare=tools_mode == "forced")
+                text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
             out.result = ChatResult(
-                text=scanner.text,
-                finish_reason=finish,
+                text=text,
+                finish_reason="tool_calls" if calls else finish,
+                tool_calls=calls,
                 usage=Usage(
                     chunks.n_pos,
                     chunks.n_image_tokens,
@@ -444,3 +524,24 @@ class VisionModel:
                     decode_ms=(t_end - t_first) * 1000,
                 ),
             )
+
+
+class TextModel(VisionModel):
+    """An LFM2 text model (LFM2-350M / 700M / 1.2B, LFM2.5-1.2B-Instruct): the same API
+    without a projector, with the text card's defaults (temperature 0.3, min_p 0.15,
+    repetition penalty 1.05, its system prompt).
+
+    >>> model = TextModel("LFM2-1.2B-Q4_0.gguf")
+    >>> TextModel.from_pretrained("LFM2-1.2B").chat("What is C. elegans?").text
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        system_prompt: str | None = DEFAULT_TEXT_SYSTEM_PROMPT,
+        sampling: Sampling = TEXT_SAMPLING,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("mmproj_path", None)
+        super().__init__(model_path, None, system_prompt=system_prompt, sampling=sampling, **kwargs)

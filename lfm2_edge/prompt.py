@@ -53,6 +53,7 @@ class Message:
     role: str
     text: str = ""
     images: list[Any] = field(default_factory=list)
+    tool_calls: list[Any] = field(default_factory=list)  # an assistant turn's calls, OpenAI shape
 
 
 MessageInput = Union[Message, Mapping[str, Any]]
@@ -73,15 +74,18 @@ def _image_of(part: Mapping[str, Any]) -> Any:
 
 def _to_message(raw: MessageInput) -> Message:
     if isinstance(raw, Message):
-        return Message(raw.role, raw.text, list(raw.images))
+        return Message(raw.role, raw.text, list(raw.images), list(raw.tool_calls))
     role = raw.get("role")
     if role not in ROLES:
         raise Lfm2EdgeError(f"message role must be one of {', '.join(ROLES)}, got {role!r}")
+    calls = raw.get("tool_calls") or []
+    if calls and (role != "assistant" or not isinstance(calls, Sequence)):
+        raise Lfm2EdgeError("tool_calls belong in an assistant message, as a list")
     content = raw.get("content")
     if content is None:
-        return Message(role)
+        return Message(role, tool_calls=list(calls))
     if isinstance(content, str):
-        return Message(role, content)
+        return Message(role, content, tool_calls=list(calls))
     if not isinstance(content, Sequence):
         raise Lfm2EdgeError("message content must be a string or a list of content parts")
     texts: list[str] = []
@@ -96,7 +100,7 @@ def _to_message(raw: MessageInput) -> Message:
             images.append(_image_of(part))
         else:
             raise Lfm2EdgeError(f"unsupported content part type {kind!r}; use 'text' or 'image_url'")
-    return Message(role, "".join(texts), images)
+    return Message(role, "".join(texts), images, list(calls))
 
 
 def normalize_messages(
@@ -129,18 +133,34 @@ def render_prompt(
     *,
     system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
     add_generation_prompt: bool = True,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Render LFM2 ChatML with every image marker at the start of its turn.
 
     A conversation without a system message gets ``system_prompt`` (pass ``None`` for
-    none). The returned text holds one :data:`IMAGE_MARKER` per image, in the order
-    the images appear across the conversation.
+    none). With ``tools`` (function definitions) the system turn carries the tool list
+    instead, after the conversation's own system message if it has one, as LFM2's chat
+    template writes it. Assistant tool calls and ``tool`` results are written in LFM2's
+    native format. The returned text holds one :data:`IMAGE_MARKER` per image, in the
+    order the images appear across the conversation.
     """
+    from lfm2_edge.tools import TOOL_RESPONSE_END, TOOL_RESPONSE_START, format_calls, tools_system_text
+
     parts = [BOS]
-    if system_prompt is not None and (not messages or messages[0].role != "system"):
+    has_system = bool(messages) and messages[0].role == "system"
+    if tools:
+        own = messages[0].text if has_system else None
+        parts.append(f"{IM_START}system\n{tools_system_text(tools, own)}{IM_END}\n")
+        messages = messages[1:] if has_system else messages
+    elif system_prompt is not None and not has_system:
         parts.append(f"{IM_START}system\n{system_prompt}{IM_END}\n")
     for m in messages:
-        parts.append(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}{m.text}{IM_END}\n")
+        text = m.text
+        if m.tool_calls:
+            text = format_calls(m.tool_calls) + text
+        if m.role == "tool":
+            text = f"{TOOL_RESPONSE_START}{text}{TOOL_RESPONSE_END}"
+        parts.append(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}{text}{IM_END}\n")
     if add_generation_prompt:
         parts.append(f"{IM_START}assistant\n")
     return "".join(parts)

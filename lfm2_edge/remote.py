@@ -100,11 +100,13 @@ class RemoteBackend:
         params: Any,
         system_prompt: str | None,
         out: Any,
+        extra: dict[str, Any] | None = None,
     ) -> Iterator[str]:
         """Stream the answer's text pieces; ``out.result`` gets the :class:`ChatResult`."""
         import httpx
 
         from lfm2_edge.model import ChatResult, Timings, Usage
+        from lfm2_edge.tools import ToolCall
 
         body: dict[str, Any] = {
             "model": self.model,
@@ -123,11 +125,13 @@ class RemoteBackend:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        body.update({k: v for k, v in (extra or {}).items() if v is not None})
         t_start = time.perf_counter()
         t_first: float | None = None
         text: list[str] = []
-        finish: Literal["stop", "length"] = "stop"
+        finish: Literal["stop", "length", "tool_calls"] = "stop"
         usage: dict[str, Any] = {}
+        calls: dict[int, dict[str, str]] = {}
         try:
             with self._client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
@@ -143,21 +147,31 @@ class RemoteBackend:
                         raise RemoteError(f"{self.base_url}: {chunk['error'].get('message', chunk['error'])}")
                     usage = chunk.get("usage") or usage
                     for choice in chunk.get("choices") or []:
+                        for call in (choice.get("delta") or {}).get("tool_calls") or []:
+                            slot = calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                            fn = call.get("function") or {}
+                            slot["id"] = call.get("id") or slot["id"]
+                            slot["name"] += fn.get("name") or ""
+                            slot["arguments"] += fn.get("arguments") or ""
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             t_first = t_first or time.perf_counter()
                             text.append(piece)
                             yield piece
-                        if choice.get("finish_reason") in ("stop", "length"):
+                        if choice.get("finish_reason") in ("stop", "length", "tool_calls"):
                             finish = choice["finish_reason"]
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from None
         t_end = time.perf_counter()
         t_first = t_first or t_end
         details = usage.get("prompt_tokens_details") or {}
+        tool_calls = tuple(
+            ToolCall(c["name"], _json_object(c["arguments"]), id=c["id"]) for _, c in sorted(calls.items())
+        )
         out.result = ChatResult(
             text="".join(text),
             finish_reason=finish,
+            tool_calls=tool_calls,
             usage=Usage(
                 int(usage.get("prompt_tokens", 0)),
                 0,  # the OpenAI usage has no image-token count
@@ -171,6 +185,14 @@ class RemoteBackend:
                 decode_ms=(t_end - t_first) * 1000,
             ),
         )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"_value": value}
 
 
 def _server_error(base_url: str, status: int, content: bytes) -> Lfm2EdgeError:

@@ -25,6 +25,7 @@ from lfm2_edge.caches import EmbeddingCache, EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelFileError
 from lfm2_edge.images import LoadedImage
 from lfm2_edge.prompt import IM_END, IM_START, IMAGE_MARKER
+from lfm2_edge.tools import SPECIAL_TOOL_TOKENS
 
 __all__ = [
     "BuildInfo",
@@ -338,6 +339,8 @@ class Runtime:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.im_end = self.token_id(IM_END)
         self.im_start = self.token_id(IM_START)
+        self._partial_utf8: list[int] | None = None
+        self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
         self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
 
     # -- loading -----------------------------------------------------------------
@@ -440,12 +443,26 @@ class Runtime:
         return ids[0] if len(ids) == 1 else None
 
     def token_bytes(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+        """The text of a token; control tokens are empty, except the tool-call markers."""
+        special = token in self._shown_specials
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
+
+    def _partial_utf8_tokens(self) -> list[int]:
+        """Tokens whose text is not valid UTF-8 on its own (byte-level pieces); cached."""
+        if self._partial_utf8 is None:
+            bad = []
+            for t in range(self.n_vocab):
+                try:
+                    self.token_bytes(t).decode("utf-8")
+                except UnicodeDecodeError:
+                    bad.append(t)
+            self._partial_utf8 = bad
+        return self._partial_utf8
 
     def is_end(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)) or token == self.im_end
@@ -640,13 +657,28 @@ class Runtime:
         repetition_penalty: float,
         seed: int | None,
         penalty_last_n: int = 64,
+        grammar: str | None = None,
     ) -> Iterator[int]:
-        """A llama.cpp sampler chain in the order llama.cpp's own tools use."""
+        """A llama.cpp sampler chain in the order llama.cpp's own tools use; a GBNF
+        ``grammar`` (rule ``root``) comes first, so only tokens it allows survive."""
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = llama_cpp.llama_sampler_chain_init(params)
         add = llama_cpp.llama_sampler_chain_add
         try:
+            if grammar is not None:
+                # llama.cpp's grammar does not check UTF-8 continuation bytes, so byte-level
+                # tokens could spell invalid UTF-8 (and control characters) inside a JSON
+                # string; tokens that are not whole UTF-8 text are banned while it runs.
+                banned = self._partial_utf8_tokens()
+                biases = (llama_cpp.llama_logit_bias * len(banned))(
+                    *(llama_cpp.llama_logit_bias(t, float("-inf")) for t in banned)
+                )
+                add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(banned), biases))
+                constraint = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+                if not constraint:
+                    raise GenerationError("llama.cpp rejected the grammar (run with --verbose for its reason)")
+                add(chain, constraint)
             if repetition_penalty != 1.0:
                 add(
                     chain,

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
+from lfm2_edge.tools import TOOL_CALL_START, parse_answer
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -82,10 +83,17 @@ def _error_for(exc: Lfm2EdgeError) -> ApiError:
 @dataclass
 class ChatRequest:
     messages: list[dict[str, Any]]
-    sampling: dict[str, Any]
+    sampling: dict[str, Any]  # sampling fields, and tools / tool_choice / response_format
     stream: bool
     include_usage: bool
     model: str
+
+    @property
+    def tool_mode(self) -> str | None:
+        """None (no tools), "auto" (calls may appear in the text) or "forced" (the whole answer is a call)."""
+        if not self.sampling.get("tools") or self.sampling.get("tool_choice") == "none":
+            return None
+        return "forced" if isinstance(self.sampling.get("tool_choice"), Mapping) else "auto"
 
 
 def parse_request(body: Any, config: ServerConfig) -> ChatRequest:
@@ -134,6 +142,26 @@ def parse_request(body: Any, config: ServerConfig) -> ChatRequest:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise ApiError(400, "'stop' must be a string or a list of up to 4 strings", param="stop")
         sampling["stop"] = stop
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+            raise ApiError(400, "'tools' must be a list of function tools", param="tools")
+        if tools:
+            sampling["tools"] = tools
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if choice == "required":
+            raise ApiError(
+                400, "tool_choice 'required' is not supported; name the function instead", param="tool_choice"
+            )
+        if choice not in ("auto", "none") and not isinstance(choice, Mapping):
+            raise ApiError(400, "'tool_choice' must be 'auto', 'none' or a named function", param="tool_choice")
+        sampling["tool_choice"] = choice
+    response_format = body.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, Mapping):
+            raise ApiError(400, "'response_format' must be an object", param="response_format")
+        sampling["response_format"] = response_format
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
@@ -161,9 +189,11 @@ def _check_message(raw: Any, index: int, config: ServerConfig) -> dict[str, Any]
     role = raw.get("role")
     if role not in ("system", "user", "assistant", "tool"):
         raise ApiError(400, f"{param}.role must be system, user, assistant or tool", param=param)
+    calls = raw.get("tool_calls")
+    extra = {"tool_calls": calls} if role == "assistant" and isinstance(calls, list) and calls else {}
     content = raw.get("content")
     if content is None or isinstance(content, str):
-        return {"role": role, "content": [{"type": "text", "text": content or ""}]}
+        return {"role": role, "content": [{"type": "text", "text": content or ""}], **extra}
     if not isinstance(content, list):
         raise ApiError(400, f"{param}.content must be a string or a list of parts", param=param)
     parts: list[dict[str, Any]] = []
@@ -177,7 +207,7 @@ def _check_message(raw: Any, index: int, config: ServerConfig) -> dict[str, Any]
             parts.append({"type": "image_url", "image_url": {"url": _check_image_url(url, param, config)}})
         else:
             raise ApiError(400, f"{param} has a content part of type {kind!r}; use 'text' or 'image_url'", param=param)
-    return {"role": role, "content": parts}
+    return {"role": role, "content": parts, **extra}
 
 
 def _check_image_url(url: Any, param: str, config: ServerConfig) -> str:
@@ -306,6 +336,14 @@ class Engine:
 # -- the app ----------------------------------------------------------------------------
 
 
+def _message(result: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["content"] = result.text or None
+        message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
+    return message
+
+
 def _usage(result: Any) -> dict[str, Any]:
     u = result.usage
     return {
@@ -396,13 +434,7 @@ def create_app(
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": req.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason,
-                    }
-                ],
+                "choices": [{"index": 0, "message": _message(result), "finish_reason": result.finish_reason}],
                 "usage": _usage(result),
             }
         try:
@@ -415,6 +447,43 @@ def create_app(
         return StreamingResponse(_sse(events, first, req, completion_id), media_type="text/event-stream")
 
     return app
+
+
+class _ToolHoldback:
+    """Streams text as it comes, but holds back everything from a tool-call marker on
+    (and, for a forced call, everything): those bytes become ``tool_calls``, not text."""
+
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+        self.text = ""
+        self.sent = 0
+        self.held = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.mode is None:
+            return self._send(len(self.text))
+        if self.mode == "forced" or self.held:
+            return ""
+        at = self.text.find(TOOL_CALL_START, self.sent)
+        if at != -1:
+            self.held = True
+            return self._send(at)
+        return self._send(len(self.text) - len(TOOL_CALL_START) + 1)  # a marker may be starting
+
+    def finish(self, result: Any) -> tuple[str, tuple[Any, ...]]:
+        if not result.tool_calls:
+            return self._send(len(self.text)), ()
+        rest = self.text[self.sent :]
+        if self.mode == "forced":
+            return "", result.tool_calls
+        return parse_answer(rest).content, result.tool_calls
+
+    def _send(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent : upto], upto
+        return out
 
 
 async def _sse(
@@ -435,12 +504,20 @@ async def _sse(
 
     try:
         yield chunk({"role": "assistant", "content": ""})
+        hold = _ToolHoldback(req.tool_mode)
         event: tuple[str, Any] | None = first
         while event is not None:
             kind, value = event
             if kind == "piece":
-                yield chunk({"content": value})
+                if text := hold.feed(value):
+                    yield chunk({"content": text})
             elif kind == "done":
+                text, calls = hold.finish(value)
+                if text:
+                    yield chunk({"content": text})
+                if calls:
+                    deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]
+                    yield chunk({"tool_calls": deltas})
                 yield chunk({}, value.finish_reason)
                 if req.include_usage:
                     usage = {

@@ -308,3 +308,99 @@ def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) 
             proc.wait()
     stderr = proc.stderr.read() if proc.stderr else ""
     assert "serving m at http://127.0.0.1" in stderr and "Traceback" not in stderr
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_candidate_status",
+            "description": "Retrieves the current status of a candidate in the recruitment process",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "candidate_id": {"type": "string", "description": "Unique identifier for the candidate"}
+                },
+                "required": ["candidate_id"],
+            },
+        },
+    }
+]
+FORCE = {"type": "function", "function": {"name": "get_candidate_status"}}
+
+
+def test_the_openai_tool_calling_example_works(client: OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "What is the current status of candidate ID 12345?"}]
+    response = client.chat.completions.create(
+        model=NAME,
+        messages=messages,
+        tools=TOOLS,
+        tool_choice=FORCE,
+        max_tokens=120,
+        seed=1,  # type: ignore[arg-type]
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_candidate_status"
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) <= {"candidate_id"}
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"status": "Interview Scheduled"}'})
+    final = client.chat.completions.create(model=NAME, messages=messages, tools=TOOLS, max_tokens=8)  # type: ignore[arg-type]
+    assert final.choices[0].message.content is not None
+
+    streamed = client.chat.completions.create(
+        model=NAME,
+        messages=messages[:1],
+        tools=TOOLS,
+        tool_choice=FORCE,
+        max_tokens=120,
+        seed=1,
+        stream=True,  # type: ignore[arg-type]
+    )
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert [tc.function.name for tc in calls if tc.function] == ["get_candidate_status"]
+    assert json.loads(calls[0].function.arguments or "") == arguments  # same seed, same call
+    assert not "".join(d.content or "" for d in deltas)  # a forced call is not text
+
+
+def test_structured_output_through_the_server(client: OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"animal": {"enum": ["cat", "dog"]}, "count": {"type": "integer"}},
+        "required": ["animal", "count"],
+        "additionalProperties": False,
+    }
+    for seed in range(3):
+        response = client.chat.completions.create(
+            model=NAME,
+            messages=recipe_messages(data_uri(seed)),  # type: ignore[arg-type]
+            response_format={"type": "json_schema", "json_schema": {"name": "pets", "schema": schema}},
+            temperature=1.0,
+            seed=seed,
+            max_tokens=100,
+        )
+        data = json.loads(response.choices[0].message.content or "")
+        assert data["animal"] in ("cat", "dog") and isinstance(data["count"], int)
+
+
+def test_tool_holdback_streams_text_but_not_calls() -> None:
+    from lfm2_edge.server import _ToolHoldback
+    from lfm2_edge.tools import parse_answer
+
+    answer = 'Let me check. <|tool_call_start|>[get_candidate_status(candidate_id="1")]<|tool_call_end|> Done.'
+    pieces = [answer[i : i + 5] for i in range(0, len(answer), 5)]
+    hold = _ToolHoldback("auto")
+    sent = "".join(hold.feed(p) for p in pieces)
+    parsed = parse_answer(answer)
+
+    @dataclass
+    class Result:
+        text: str
+        tool_calls: tuple[Any, ...]
+
+    rest, calls = hold.finish(Result(parsed.content, parsed.tool_calls))
+    assert sent == "Let me check. " and "tool_call" not in sent + rest
+    assert rest == "Done." and [c.name for c in calls] == ["get_candidate_status"]
