@@ -151,7 +151,7 @@ def chat(
         "image_max_tokens": max_image_tokens,
     }
     with user_errors():
-        images = [load_image(ref) for ref in image or []]
+        images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
             from lfm2_edge.catalog import find_entry, presets
 
@@ -247,7 +247,7 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
         if text.startswith("/image"):
             ref = text[len("/image") :].strip()
             try:
-                pending.append(load_image(ref))
+                pending.append(load_image(ref, allow_private=True))
             except Lfm2EdgeError as exc:
                 err.print(f"[bold red]error:[/] {exc}")
                 continue
@@ -308,6 +308,9 @@ def serve(
         '{"image": 1}'
     ),
     allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (off: data: URIs only).")] = False,
+    allow_private_image_urls: Annotated[
+        bool, typer.Option(help="With --allow-remote-images, also fetch from loopback and private addresses.")
+    ] = False,
     n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
@@ -339,6 +342,7 @@ def serve(
                 n_gpu_layers=gpu_layers,
                 n_ctx=ctx,
                 allow_remote_images=allow_remote_images,
+                allow_private_urls=allow_private_image_urls,
                 verbose=verbose,
             )
             for _ in range(n_parallel)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import io
+import ipaddress
 import os
-import urllib.error
-import urllib.request
+import socket
+import ssl
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "LoadedImage", "load_image"]
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; larger is a decompression bomb, not a photo
+MAX_ASPECT_RATIO = 32  # a 32:1 strip is already a degenerate tile grid
 REMOTE_TIMEOUT_S = 20.0
 REMOTE_MAX_BYTES = 50 * 1024 * 1024
 
@@ -50,6 +54,11 @@ class LoadedImage:
             image = ImageOps.exif_transpose(image)
             if image.width < 1 or image.height < 1:
                 raise ImageError("the image has no pixels")
+            ratio = max(image.width, image.height) / min(image.width, image.height)
+            if ratio > MAX_ASPECT_RATIO:
+                raise ImageError(
+                    f"the image is {image.width}x{image.height}, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop it"
+                )
             if image.width * image.height > max_pixels:
                 raise ImageError(
                     f"the image is {image.width}x{image.height}, over the {max_pixels:,}-pixel "
@@ -66,8 +75,8 @@ class LoadedImage:
             rgb = image.tobytes()
         except ImageError:
             raise
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(f"the image could not be decoded: {exc}") from None
+        except Exception as exc:  # Pillow raises many types on hostile data (IndexError, EOFError, ...)
+            raise ImageError(f"the image could not be decoded: {type(exc).__name__}: {exc}") from None
         digest = hashlib.sha256(b"%dx%d:" % (image.width, image.height) + rgb).hexdigest()
         return cls(image.width, image.height, rgb, digest)
 
@@ -82,7 +91,7 @@ def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{what} declares too many pixels (decompression bomb); refusing it") from None
-        except (OSError, ValueError, SyntaxError) as exc:
+        except Exception as exc:  # Pillow raises many types on hostile data
             reason = (
                 "is not an image Pillow can read"
                 if isinstance(exc, Image.UnidentifiedImageError)
@@ -103,26 +112,93 @@ def _from_data_uri(uri: str, max_pixels: int) -> LoadedImage:
     return _decode(data, "the data: URI image", max_pixels)
 
 
-def _from_url(url: str, max_pixels: int) -> LoadedImage:
-    request = urllib.request.Request(url, headers={"User-Agent": "lfm2-edge"})
+def _check_address(host: str, ip: str, url: str) -> None:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    if not address.is_global or address.is_multicast:
+        raise ImageError(
+            f"refusing to fetch {url}: {host} is a private, loopback or link-local address "
+            f"({address}); only public hosts are fetched"
+        )
+
+
+def _resolve(host: str, port: int, url: str, allow_private: bool) -> str:
+    """The address to connect to: resolved once, checked, and then used (no DNS rebinding)."""
     try:
-        with urllib.request.urlopen(request, timeout=REMOTE_TIMEOUT_S) as response:
-            data = response.read(REMOTE_MAX_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ImageError(f"could not fetch {url}: {reason}") from None
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ImageError(f"could not fetch {url}: cannot resolve {host} ({exc.strerror or exc})") from None
+    ip = str(infos[0][4][0])
+    if not allow_private:
+        for info in infos:
+            _check_address(host, str(info[4][0]), url)
+    return ip
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    pinned_ip = ""
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.pinned_ip, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    pinned_ip = ""
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.pinned_ip, self.port), self.timeout)
+        context = ssl.create_default_context()
+        self.sock = context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _fetch(url: str, allow_private: bool, hops: int = 5) -> bytes:
+    """GET ``url`` (and up to ``hops`` redirects), each hop's host checked before connecting."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImageError(f"refusing to fetch {url}: only http(s) URLs with a host are fetched")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ip = _resolve(parts.hostname, port, url, allow_private)
+    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    conn = cls(parts.hostname, port, timeout=REMOTE_TIMEOUT_S)
+    conn.pinned_ip = ip
+    path = parts.path or "/"
+    if parts.query:
+        path += f"?{parts.query}"
+    try:
+        conn.request("GET", path, headers={"User-Agent": "lfm2-edge", "Accept": "image/*"})
+        response = conn.getresponse()
+        if response.status in (301, 302, 303, 307, 308):
+            target = response.getheader("Location")
+            if not target or hops <= 0:
+                raise ImageError(f"could not fetch {url}: too many or empty redirects")
+            return _fetch(urllib.parse.urljoin(url, target), allow_private, hops - 1)
+        if response.status != 200:
+            raise ImageError(f"could not fetch {url}: HTTP {response.status}")
+        data = response.read(REMOTE_MAX_BYTES + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise ImageError(f"could not fetch {url}: {exc}") from None
+    finally:
+        conn.close()
     if len(data) > REMOTE_MAX_BYTES:
         raise ImageError(f"{url} is larger than {REMOTE_MAX_BYTES // 2**20} MiB")
-    return _decode(data, url, max_pixels)
+    return data
+
+
+def _from_url(url: str, max_pixels: int, allow_private: bool) -> LoadedImage:
+    return _decode(_fetch(url, allow_private), url, max_pixels)
 
 
 def load_image(
     source: ImageInput | LoadedImage | Any,
     *,
     allow_remote: bool = True,
+    allow_private: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LoadedImage:
-    """Read an image from a path, bytes, a PIL image, a ``data:`` URI or an http(s) URL."""
+    """Read an image from a path, bytes, a PIL image, a ``data:`` URI or an http(s) URL.
+
+    URLs are fetched only with ``allow_remote``, and then never from loopback, private
+    or link-local addresses (also after a redirect) unless ``allow_private``.
+    """
     if isinstance(source, LoadedImage):
         return source
     if isinstance(source, Image.Image):
@@ -135,7 +211,7 @@ def load_image(
         if source.startswith(("http://", "https://")):
             if not allow_remote:
                 raise ImageError("remote image URLs are disabled here; send the image as a data: URI")
-            return _from_url(source, max_pixels)
+            return _from_url(source, max_pixels, allow_private)
         if "://" in source:
             scheme = source.split("://", 1)[0]
             raise ImageError(f"{scheme}:// image URLs are not supported; use a path, a data: URI or http(s)")

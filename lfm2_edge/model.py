@@ -200,6 +200,7 @@ class VisionModel:
         system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
         sampling: Sampling = VL_SAMPLING,
         allow_remote_images: bool = True,
+        allow_private_urls: bool = False,
         use_mmap: bool = True,
         flash_attn: bool | None = None,
         embedding_cache_mb: float = 32,
@@ -219,6 +220,7 @@ class VisionModel:
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.allow_remote_images = allow_remote_images
+        self.allow_private_urls = allow_private_urls
         self._lock = threading.Lock()
         # States saved after a prompt's last image and at its end: see _restore_prefix.
         self._states = StateCache(int(state_cache_mb * 2**20))
@@ -393,7 +395,10 @@ class VisionModel:
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
         functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
-        loaded = [load_image(img, allow_remote=self.allow_remote_images) for img in conversation_images(messages)]
+        loaded = [
+            load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
+            for img in conversation_images(messages)
+        ]
         stream_obj = ChatStream(iter(()))
         if self._remote is not None:
             extra = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}

@@ -13,11 +13,12 @@ array and takes ~1.7 s on a 65k-token vocabulary, longer than llama.cpp's own lo
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class GgufSummary:
     architecture: str
     metadata: dict[str, Any]  # scalars and strings; arrays as their length
     n_tensors: int = 0
+    tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> shape
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -93,6 +95,16 @@ class _Reader:
             n = self.count(f"the length of {key}")
             if itype in _SCALARS:
                 self.take(n * struct.calcsize(_SCALARS[itype]), f"the array {key}")
+            elif itype == _STRING and key == "tokenizer.ggml.tokens":
+                # llama.cpp asserts (aborts) when two tokens have the same text, read as
+                # C strings (up to a NUL byte)
+                seen = set()
+                for _ in range(n):
+                    size = self.scalar("<Q", f"a string in {key}")
+                    at = self.take(size, f"a string in {key}")
+                    seen.add(bytes(self.buf[at : at + size]).split(b"\0", 1)[0])
+                if len(seen) != n:
+                    raise _Damaged(f"{key} holds {n - len(seen)} duplicate token(s)")
             elif itype == _STRING:
                 for _ in range(n):
                     self.take(self.scalar("<Q", f"a string in {key}"), f"a string in {key}")
@@ -102,8 +114,8 @@ class _Reader:
         raise _Damaged(f"{key} has unknown value type {vtype}")
 
 
-def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], int]:
-    """Metadata and tensor count of a GGUF image, every offset checked."""
+def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], int]:
+    """Metadata, tensor shapes and data offset of a GGUF image, every offset checked."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     r = _Reader(buf)
@@ -118,8 +130,13 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], int]:
         key = r.string("a metadata key")
         metadata[key] = r.value(r.scalar("<I", f"the type of {key}"), key)
     tensors = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for _ in range(n_tensors):
         name = r.string("a tensor name")
+        if not name or not name.isascii() or not name.isprintable():
+            raise _Damaged(f"a tensor name is not text ({name[:40]!r})")
+        if name in shapes:
+            raise _Damaged(f"tensor {name} appears twice")
         n_dims = r.scalar("<I", f"the rank of {name}")
         if not 1 <= n_dims <= MAX_DIMS:
             raise _Damaged(f"tensor {name} has {n_dims} dimensions")
@@ -133,6 +150,7 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], int]:
         if any(d <= 0 or d > 1 << 40 for d in dims) or dims[0] % block:
             raise _Damaged(f"tensor {name} has an impossible shape {dims}")
         tensors.append((name, offset, math.prod(dims) // block * type_size))
+        shapes[name] = tuple(dims)
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise _Damaged(f"general.alignment is {alignment!r}, not a power of two")
@@ -142,7 +160,11 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], int]:
             raise _Damaged(f"tensor {name} is not aligned to {alignment} bytes")
         if data_start + offset + nbytes > r.size:
             raise _Damaged(f"tensor {name} ends past the end of the file (truncated?)")
-    return metadata, n_tensors
+    spans = sorted((data_start + offset, data_start + offset + nbytes, name) for name, offset, nbytes in tensors)
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise _Damaged(f"tensors {first} and {second} overlap")
+    return metadata, shapes, data_start
 
 
 def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSummary:
@@ -157,15 +179,17 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
             if fh.read(4) != GGUF_MAGIC:
                 raise ModelFileError(f"{p} is not a GGUF file; download the {what} as .gguf")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                metadata, n_tensors = _parse(buf)
+                metadata, shapes, _ = _parse(buf)
     except _Damaged as exc:
-        raise ModelFileError(f"{p} is a damaged or truncated GGUF file ({exc}); download it again") from None
+        detail = "".join(c if c.isprintable() else "?" for c in str(exc))  # names may be garbage
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise ModelFileError(f"{p} is a damaged or truncated GGUF file ({detail}); download it again") from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {what} file {p}: {exc.strerror or exc}") from None
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFileError(f"{p} has no general.architecture; it is not a usable GGUF {what}")
-    return GgufSummary(p, arch, metadata, n_tensors)
+    return GgufSummary(p, arch, metadata, len(shapes), shapes)
 
 
 def check_model_files(
@@ -181,6 +205,7 @@ def check_model_files(
         raise ModelFileError(
             f"{model.path} is a {model.architecture!r} model; lfm2-edge runs LFM2 models (arch 'lfm2')"
         )
+    _check_lm(model)
     if mmproj_path is None:
         return model, None
     proj = read_summary(mmproj_path, "mmproj")
@@ -189,6 +214,7 @@ def check_model_files(
     proj_type = proj.get("clip.projector_type") or proj.get("clip.vision.projector_type")
     if proj_type not in PROJECTOR_TYPES:
         raise ModelFileError(f"{proj.path} is a {proj_type!r} projector; LFM2-VL needs projector type 'lfm2'")
+    _check_projector(proj)
     n_embd = model.get(f"{model.architecture}.embedding_length")
     proj_dim = proj.get("clip.vision.projection_dim")
     if n_embd is not None and proj_dim is not None and n_embd != proj_dim:
@@ -197,3 +223,98 @@ def check_model_files(
             "use the mmproj file from the same model repo"
         )
     return model, proj
+
+
+def _hyper(summary: GgufSummary, key: str, low: int, high: int, *, required: bool = True) -> int | None:
+    """An integer hyperparameter within [low, high]: llama.cpp divides by some and sizes
+    buffers by others, and does not check them all before it does."""
+    value = summary.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ModelFileError(
+            f"{summary.path} is damaged: {key} is {repr(value)[:40]}, expected {low}..{high}; download it again"
+        )
+    return value
+
+
+def _check_lm(model: GgufSummary) -> None:
+    arch = model.architecture
+    n_embd = _hyper(model, f"{arch}.embedding_length", 1, 1 << 16)
+    n_head = _hyper(model, f"{arch}.attention.head_count", 1, 1024)
+    _hyper(model, f"{arch}.block_count", 1, 1024)
+    _hyper(model, f"{arch}.context_length", 1, 1 << 24)
+    _hyper(model, f"{arch}.feed_forward_length", 1, 1 << 20)
+    assert n_embd is not None and n_head is not None
+    if n_embd % n_head:
+        raise ModelFileError(f"{model.path} is damaged: {n_head} heads do not divide {n_embd} dims; download it again")
+    n_tokens = model.get("tokenizer.ggml.tokens")
+    embd = model.tensors.get("token_embd.weight")
+    if embd is not None and (
+        len(embd) != 2 or embd[0] != n_embd or (isinstance(n_tokens, int) and embd[1] != n_tokens)
+    ):
+        raise ModelFileError(
+            f"{model.path} is damaged: token_embd.weight is {list(embd)} for {n_embd} dims and "
+            f"{n_tokens} tokens; download it again"
+        )
+
+
+def _check_projector(proj: GgufSummary) -> None:
+    """The hyperparameters and tensors the LFM2 projector's graph is built from.
+
+    clip.cpp trusts them: a missing tensor is a NULL it dereferences, a wrong shape an
+    assertion that aborts the process.
+    """
+    n_embd = _hyper(proj, "clip.vision.embedding_length", 1, 1 << 14)
+    n_head = _hyper(proj, "clip.vision.attention.head_count", 1, 256)
+    n_ff = _hyper(proj, "clip.vision.feed_forward_length", 1, 1 << 16)
+    n_layer = _hyper(proj, "clip.vision.block_count", 1, 256)
+    patch = _hyper(proj, "clip.vision.patch_size", 1, 256)
+    size = _hyper(proj, "clip.vision.image_size", 1, 8192)
+    _hyper(proj, "clip.vision.projection_dim", 1, 1 << 16)
+    _hyper(proj, "clip.vision.projector.scale_factor", 2, 16)  # clip.cpp asserts > 1
+    assert n_embd and n_head and n_ff and n_layer and patch and size
+    if n_embd % n_head or size % patch:
+        raise ModelFileError(
+            f"{proj.path} is damaged: {n_head} heads for {n_embd} dims, {patch}-pixel patches of a "
+            f"{size}-pixel image; download it again"
+        )
+    expected: dict[str, tuple[int, ...] | None] = {
+        "v.patch_embd.weight": None,
+        "mm.1.weight": None,
+        "mm.2.weight": None,
+    }
+    for i in range(n_layer):
+        b = f"v.blk.{i}"
+        expected.update(
+            {
+                f"{b}.attn_q.weight": (n_embd, n_embd),
+                f"{b}.attn_k.weight": (n_embd, n_embd),
+                f"{b}.attn_v.weight": (n_embd, n_embd),
+                f"{b}.attn_out.weight": (n_embd, n_embd),
+                f"{b}.ffn_up.weight": (n_embd, n_ff),
+                f"{b}.ffn_down.weight": (n_ff, n_embd),
+                f"{b}.ln1.weight": (n_embd,),
+                f"{b}.ln2.weight": (n_embd,),
+            }
+        )
+        for part, dims in (
+            ("attn_q", n_embd),
+            ("attn_k", n_embd),
+            ("attn_v", n_embd),
+            ("attn_out", n_embd),
+            ("ffn_up", n_ff),
+            ("ffn_down", n_embd),
+            ("ln1", n_embd),
+            ("ln2", n_embd),
+        ):
+            if f"{b}.{part}.bias" in proj.tensors:
+                expected[f"{b}.{part}.bias"] = (dims,)
+    for name, shape in expected.items():
+        got = proj.tensors.get(name)
+        if got is None:
+            raise ModelFileError(f"{proj.path} is damaged or not an LFM2-VL projector: tensor {name} is missing")
+        if shape is not None and got != shape:
+            raise ModelFileError(
+                f"{proj.path} is damaged: tensor {name} is {list(got)}, expected {list(shape)}; download it again"
+            )

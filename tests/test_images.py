@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -91,3 +95,70 @@ def test_pixel_cap_refuses_huge_images() -> None:
 def test_remote_urls_can_be_disabled() -> None:
     with pytest.raises(ImageError, match="remote image URLs are disabled"):
         load_image("http://127.0.0.1:9/x.png", allow_remote=False)
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+    redirect_to = ""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).hits.append(self.path)
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", type(self).redirect_to)
+            self.end_headers()
+            return
+        body = _encode(Image.new("RGB", (32, 32), (9, 9, 9)), "PNG")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def local_server() -> Iterator[str]:
+    _Counting.hits = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_private_and_loopback_urls_are_refused_without_a_request(local_server: str) -> None:
+    port = local_server.rsplit(":", 1)[1]
+    for url in (f"{local_server}/cat.png", f"http://localhost:{port}/cat.png", f"http://[::1]:{port}/cat.png"):
+        with pytest.raises(ImageError, match=r"refusing to fetch .*private, loopback or link-local"):
+            load_image(url)
+    assert _Counting.hits == []  # nothing was requested
+    assert load_image(f"{local_server}/cat.png", allow_private=True).width == 32  # opting in works
+    _Counting.redirect_to = "file:///etc/passwd"
+    with pytest.raises(ImageError, match="only http\\(s\\) URLs"):
+        load_image(f"{local_server}/redirect", allow_private=True)
+
+
+@pytest.mark.parametrize(
+    "ip",
+    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.10", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0"],
+)
+def test_non_public_addresses_are_refused(ip: str) -> None:
+    from lfm2_edge.images import _check_address
+
+    with pytest.raises(ImageError, match="refusing"):
+        _check_address("host", ip, "http://host/x.png")
+    _check_address("host", "93.184.216.34", "http://host/x.png")  # a public address passes
+
+
+def test_other_schemes_are_never_opened() -> None:
+    for url in ("file:///etc/passwd", "ftp://example.com/x.png", "gopher://x/"):
+        with pytest.raises(ImageError, match="not supported"):
+            load_image(url)
+
+
+def test_absurd_aspect_ratios_are_refused() -> None:
+    with pytest.raises(ImageError, match="aspect ratio over 32:1"):
+        load_image(Image.new("RGB", (3300, 100)))
+    assert load_image(Image.new("RGB", (3200, 100))).width == 3200

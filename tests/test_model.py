@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lfm2_edge import ContextOverflowError, VisionModel
+from lfm2_edge import ContextOverflowError, ImageError, VisionModel
 from tests.conftest import noise_image, png_bytes
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -124,8 +124,16 @@ def test_image_sources_give_the_same_answer(vm: VisionModel, noise: Image.Image,
     path.write_bytes(data)
     uri = "data:image/png;base64," + base64.b64encode(data).decode()
     with _serve(tmp_path) as base:
-        sources = [noise, data, str(path), path, uri, f"{base}/noise.png"]
+        sources = [noise, data, str(path), path, uri]
         answers = {vm.chat("What is this?", images=[s], **GREEDY).text for s in sources}
+        url = f"{base}/noise.png"
+        with pytest.raises(ImageError, match=r"refusing to fetch .*loopback"):  # SSRF: local URLs need opting in
+            vm.chat("What is this?", images=[url])
+        vm.allow_private_urls = True
+        try:
+            answers.add(vm.chat("What is this?", images=[url], **GREEDY).text)
+        finally:
+            vm.allow_private_urls = False
     assert len(answers) == 1
 
 

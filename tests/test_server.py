@@ -404,3 +404,35 @@ def test_tool_holdback_streams_text_but_not_calls() -> None:
     rest, calls = hold.finish(Result(parsed.content, parsed.tool_calls))
     assert sent == "Let me check. " and "tool_call" not in sent + rest
     assert rest == "Done." and [c.name for c in calls] == ["get_candidate_status"]
+
+
+def test_remote_image_urls_never_reach_private_hosts(tiny: dict[str, Path]) -> None:
+    import http.server
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    model = VisionModel(tiny["Q4_0"], tiny["mmproj"], n_ctx=512, allow_remote_images=True)
+    running = start_server([model], ServerConfig(model_names=["m"], allow_remote_images=True))
+    try:
+        for url in (f"http://127.0.0.1:{images.server_address[1]}/cat.jpg", "http://169.254.169.254/latest/meta-data"):
+            response = post(running, {"model": "m", "messages": recipe_messages(url)})
+            assert response.status_code == 400 and "refusing to fetch" in response.json()["error"]["message"]
+        response = post(running, {"model": "m", "messages": recipe_messages("file:///etc/passwd")})
+        assert response.status_code == 400
+        assert hits == []  # never opened
+    finally:
+        running.stop()
+        model.close()
+        images.shutdown()
+        images.server_close()
