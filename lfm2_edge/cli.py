@@ -90,7 +90,13 @@ def chat(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
-    gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
+    gpu_layers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"
+        ),
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
     temperature: Annotated[
@@ -178,11 +184,14 @@ def chat(
         vm = VisionModel.from_resolved(
             resolved,
             n_threads=threads,
-            n_gpu_layers=gpu_layers,
+            n_gpu_layers=gpu_layers or "auto",
+            device=device,
             n_ctx=ctx,
             verbose=verbose,
             **{k: v for k, v in overrides.items() if v is not None},
         )
+        if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
+            err.print(f"note: {vm.gpu_notice}")
         with vm:
             if prompt is not None:
                 _answer_once(vm, prompt, images, sampling, as_json)
@@ -272,14 +281,21 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
 
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the version, llama.cpp's build, GPU offload support and the thread count."""
+    """Show the version, llama.cpp's build, its backends and devices, and the thread count."""
+    from lfm2_edge.backends import list_backends, list_devices
     from lfm2_edge.runtime import build_info
 
     b = build_info()
+    devices = list_devices()
     data = {
         "lfm2_edge": __version__,
         "llama_cpp_python": b.llama_cpp_python,
         "gpu_offload": b.gpu_offload,
+        "backends": list_backends(),
+        "devices": [
+            {"name": d.name, "type": d.type, "description": d.description, "memory_total": d.memory_total}
+            for d in devices
+        ],
         "threads": b.default_threads,
         "system_info": b.system_info,
     }
@@ -288,6 +304,68 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         return
     out = Console(highlight=False)
     for key, value in data.items():
+        if key == "devices":
+            value = "; ".join(f"{d.name} ({d.type}, {d.description}, {_size(d.memory_total)})" for d in devices)
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        out.print(f"[bold]{key}[/]: {value}")
+
+
+@app.command()
+def doctor(
+    ref: Annotated[
+        Optional[str],
+        typer.Argument(metavar="[MODEL]", help="Also estimate (and with --measure, measure) this model's memory."),
+    ] = None,
+    mmproj: MmprojOpt = None,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size to plan for.")] = 4096,
+    measure: Annotated[bool, typer.Option(help="Run one image chat with MODEL and report its peak RSS.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
+    from lfm2_edge.doctor import estimate_memory, measure_peak_rss, system_report
+
+    report = system_report(n_ctx=ctx)
+    if ref is not None:
+        with user_errors():
+            resolved = _hub().resolve(ref, mmproj=mmproj)
+            est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+            report["model"] = {"name": resolved.ref.display, "estimate_mib": est.to_dict()}
+            if measure:
+                rss = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+                report["model"]["measured_peak_rss_mib"] = round(rss / 2**20, 1)
+                report["model"]["estimate_error_pct"] = round(100 * (est.total - rss) / rss, 1)
+    if as_json:
+        _emit_json(report)
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    rec = report["recommendation"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    lines = [
+        (
+            "CPU",
+            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
+            f"{report['cores_logical']} logical cores",
+        ),
+        ("SIMD", " ".join(report["simd"])),
+        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
+        ("GPUs", gpus),
+        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
+        (
+            "recommended",
+            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
+            f"~{rec['estimate_mib']['total']:.0f} MiB, {rec['headroom_mib']} MiB left over",
+        ),
+    ]
+    if "warning" in rec:
+        lines.append(("warning", rec["warning"]))
+    if "model" in report:
+        m = report["model"]
+        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx}"
+        if "measured_peak_rss_mib" in m:
+            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
+        lines.append((m["name"], text))
+    for key, value in lines:
         out.print(f"[bold]{key}[/]: {value}")
 
 
@@ -314,7 +392,13 @@ def serve(
     n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
-    gpu_layers: Annotated[int, typer.Option(min=-1, help="Layers to offload to the GPU (-1: all).")] = 0,
+    gpu_layers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"
+        ),
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
@@ -339,7 +423,8 @@ def serve(
             VisionModel.from_resolved(
                 resolved,
                 n_threads=threads,
-                n_gpu_layers=gpu_layers,
+                n_gpu_layers=gpu_layers or "auto",
+                device=device,
                 n_ctx=ctx,
                 allow_remote_images=allow_remote_images,
                 allow_private_urls=allow_private_image_urls,
@@ -347,6 +432,8 @@ def serve(
             )
             for _ in range(n_parallel)
         ]
+    if models[0].gpu_notice and gpu_layers is not None:
+        err.print(f"note: {models[0].gpu_notice}")
     names = served_model_name or _model_names(resolved)
     config = ServerConfig(
         model_names=names,

@@ -192,7 +192,8 @@ class VisionModel:
         api_key: str | None = None,
         remote_model: str | None = None,
         n_threads: int | None = None,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | str = 0,
+        device: str | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
         image_min_tokens: int | None = 64,
@@ -226,6 +227,8 @@ class VisionModel:
         self._states = StateCache(int(state_cache_mb * 2**20))
         self._remote: RemoteBackend | None = None
         self._runtime: Runtime | None = None
+        self.gpu_notice: str | None = None
+        self.device = "remote" if endpoint is not None else "CPU"
         self.model_path = Path(model_path) if model_path is not None else None
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
         if endpoint is not None:
@@ -236,13 +239,19 @@ class VisionModel:
         if model_path is None:
             raise ModelFileError("give a model file (or endpoint= for a remote server)")
         check_model_files(model_path, mmproj_path)
+        from lfm2_edge.backends import choose_gpu_layers
+
+        gpu = choose_gpu_layers(n_gpu_layers, device)
+        self.gpu_notice = gpu.notice  # one line for the user when a GPU was asked for but is absent
+        self.device = gpu.device.name if gpu.device else "CPU"
         self._runtime = Runtime(
             model_path,
             mmproj_path,
             n_ctx=n_ctx,
             n_batch=n_batch,
             n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
+            n_gpu_layers=gpu.n_gpu_layers,
+            device=gpu.device.handle if gpu.device and gpu.device.is_gpu else None,
             use_mmap=use_mmap,
             image_min_tokens=image_min_tokens,
             image_max_tokens=image_max_tokens,

@@ -303,6 +303,7 @@ class Runtime:
         n_batch: int = 512,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
+        device: int | None = None,
         use_mmap: bool = True,
         use_mlock: bool = False,
         flash_attn: bool | None = None,
@@ -320,6 +321,8 @@ class Runtime:
         self._ctx: int | None = None
         self._projector: Projector | None = None
         self.n_past = 0
+        # a NULL-terminated device list for llama_model_params.devices; kept alive with the model
+        self._devices = (ctypes.c_void_p * 2)(device, None) if device else None
         llama_cpp.llama_backend_init()
         try:
             self._load(
@@ -359,6 +362,8 @@ class Runtime:
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        if self._devices is not None:
+            mparams.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         mode = {(True, False): 1, (False, True): 2, (True, True): 3, (False, False): 0}
         mparams.load_mode = mode[(use_mmap, use_mlock)]
         model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), mparams)

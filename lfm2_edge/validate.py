@@ -46,6 +46,7 @@ class GgufSummary:
     metadata: dict[str, Any]  # scalars and strings; arrays as their length
     n_tensors: int = 0
     tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> shape
+    tensor_types: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ggml type, bytes)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -114,7 +115,9 @@ class _Reader:
         raise _Damaged(f"{key} has unknown value type {vtype}")
 
 
-def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], int]:
+def _parse(
+    buf: mmap.mmap | bytes,
+) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], int, dict[str, tuple[int, int]]]:
     """Metadata, tensor shapes and data offset of a GGUF image, every offset checked."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -131,6 +134,7 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, tuple[int,
         metadata[key] = r.value(r.scalar("<I", f"the type of {key}"), key)
     tensors = []
     shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, tuple[int, int]] = {}
     for _ in range(n_tensors):
         name = r.string("a tensor name")
         if not name or not name.isascii() or not name.isprintable():
@@ -151,6 +155,7 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, tuple[int,
             raise _Damaged(f"tensor {name} has an impossible shape {dims}")
         tensors.append((name, offset, math.prod(dims) // block * type_size))
         shapes[name] = tuple(dims)
+        types[name] = (ttype, math.prod(dims) // block * type_size)
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise _Damaged(f"general.alignment is {alignment!r}, not a power of two")
@@ -164,7 +169,7 @@ def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, tuple[int,
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise _Damaged(f"tensors {first} and {second} overlap")
-    return metadata, shapes, data_start
+    return metadata, shapes, data_start, types
 
 
 def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSummary:
@@ -179,7 +184,7 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
             if fh.read(4) != GGUF_MAGIC:
                 raise ModelFileError(f"{p} is not a GGUF file; download the {what} as .gguf")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                metadata, shapes, _ = _parse(buf)
+                metadata, shapes, _, types = _parse(buf)
     except _Damaged as exc:
         detail = "".join(c if c.isprintable() else "?" for c in str(exc))  # names may be garbage
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
@@ -189,7 +194,7 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFileError(f"{p} has no general.architecture; it is not a usable GGUF {what}")
-    return GgufSummary(p, arch, metadata, len(shapes), shapes)
+    return GgufSummary(p, arch, metadata, len(shapes), shapes, types)
 
 
 def check_model_files(

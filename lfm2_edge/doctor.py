@@ -1,0 +1,284 @@
+"""``lfm2-edge doctor``: what this device has, and which model fits it.
+
+The memory arithmetic is its own function, :func:`estimate_memory`, checked in the tests
+against the measured peak RSS of the synthetic models. A one-image chat holds:
+
+* the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
+  whose llama.cpp repacks weights (``REPACK = 1``), a repacked copy of its matrices;
+* the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
+  10 short-convolution layers keep only a few columns of recurrent state;
+* llama.cpp's compute buffer, dominated by a batch of logits (``n_batch x n_vocab``);
+* the projector file and the vision encoder's compute buffer for one 512x512 tile;
+* the interpreter, the libraries and a chat's buffers (``RUNTIME_BYTES``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SPECS",
+    "MemoryEstimate",
+    "estimate_memory",
+    "estimate_spec",
+    "measure_peak_rss",
+    "recommend",
+    "system_report",
+]
+
+MIB = 2**20
+RUNTIME_BYTES = 80 * MIB  # Python, numpy, Pillow, llama.cpp's code, a chat's buffers (measured: 46 MiB at import)
+LOGITS_RESIDENT = 0.65  # share of the logits buffer a prompt batch touches (measured on the 450M shape)
+GGML_Q4_0 = 2
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a one-image chat needs, by part."""
+
+    weights: int
+    repacked: int
+    projector: int
+    kv_cache: int
+    recurrent: int
+    lm_compute: int
+    vision_compute: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v / MIB, 1) for k, v in {**asdict(self), "total": self.total}.items()}
+
+
+def _kv(n_attn: int, kv_dim: int, n_ctx: int) -> int:
+    return n_attn * n_ctx * kv_dim * 2 * 2  # K and V, f16
+
+
+def _lm_compute(n_batch: int, n_vocab: int, n_embd: int) -> int:
+    return int(LOGITS_RESIDENT * n_batch * n_vocab * 4) + n_batch * n_embd * 4 * 4
+
+
+def _vision_compute(n_patches: int, n_ff: int) -> int:
+    return int(n_patches * n_ff * 4 * 1.75)
+
+
+def repacks() -> bool:
+    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM)."""
+    from lfm2_edge.backends import simd_features
+
+    return "REPACK" in simd_features()
+
+
+def estimate_memory(
+    model_path: str | os.PathLike[str],
+    mmproj_path: str | os.PathLike[str] | None,
+    *,
+    n_ctx: int = 4096,
+    n_batch: int = 512,
+    repack: bool | None = None,
+) -> MemoryEstimate:
+    """Estimate the peak RSS of a one-image chat with these files at ``n_ctx``."""
+    from lfm2_edge.validate import read_summary
+
+    lm = read_summary(model_path, "model")
+    arch = lm.architecture
+    n_embd = int(lm.get(f"{arch}.embedding_length") or 0)
+    n_vocab = int(lm.get("tokenizer.ggml.tokens") or lm.get(f"{arch}.vocab_size") or 0)
+    attn = [shape for name, shape in lm.tensors.items() if name.endswith(".attn_k.weight")]
+    kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
+    l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
+    n_layer = int(lm.get(f"{arch}.block_count") or 0)
+    repack = repacks() if repack is None else repack
+    repacked = sum(size for t, size in lm.tensor_types.values() if t == GGML_Q4_0) if repack else 0
+    projector = vision = 0
+    if mmproj_path is not None:
+        proj = read_summary(mmproj_path, "mmproj")
+        projector = proj.path.stat().st_size
+        patches = (512 // int(proj.get("clip.vision.patch_size") or 16)) ** 2
+        vision = _vision_compute(patches, int(proj.get("clip.vision.feed_forward_length") or 0))
+    return MemoryEstimate(
+        weights=lm.path.stat().st_size,
+        repacked=repacked,
+        projector=projector,
+        kv_cache=_kv(len(attn), kv_dim, n_ctx),
+        recurrent=(n_layer - len(attn)) * n_embd * 3 * (l_cache - 1) * 4,
+        lm_compute=_lm_compute(n_batch, n_vocab, n_embd),
+        vision_compute=vision,
+        runtime=RUNTIME_BYTES,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The published shapes of a catalog model, for estimates without its files."""
+
+    name: str
+    lm_params: float
+    n_embd: int
+    n_attn: int
+    n_layer: int
+    kv_dim: int
+    n_vocab: int
+    vision_params: float
+    vision_ff: int
+    vision_patch: int = 16
+
+    def file_bytes(self, quant: str) -> int:
+        per = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}[quant]
+        return int(self.lm_params * per)
+
+    def mmproj_bytes(self, quant: str) -> int:
+        return int(self.vision_params * (2.0 if quant == "F16" else 1.0625))  # the Q8_0 projector otherwise
+
+
+SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec("LFM2-VL-450M", 354e6, 1024, 6, 16, 512, 65536, 86e6, 3072),
+    ModelSpec("LFM2.5-VL-450M", 354e6, 1024, 6, 16, 512, 65536, 86e6, 3072),
+    ModelSpec("LFM2-VL-1.6B", 1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304),
+    ModelSpec("LFM2.5-VL-1.6B", 1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304),
+)
+
+
+def estimate_spec(
+    spec: ModelSpec, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
+) -> MemoryEstimate:
+    weights = spec.file_bytes(quant)
+    embd = spec.n_vocab * spec.n_embd
+    return MemoryEstimate(
+        weights=weights,
+        repacked=int((spec.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
+        projector=spec.mmproj_bytes(quant),
+        kv_cache=_kv(spec.n_attn, spec.kv_dim, n_ctx),
+        recurrent=(spec.n_layer - spec.n_attn) * spec.n_embd * 3 * 2 * 4,
+        lm_compute=_lm_compute(n_batch, spec.n_vocab, spec.n_embd),
+        vision_compute=_vision_compute((512 // spec.vision_patch) ** 2, spec.vision_ff),
+        runtime=RUNTIME_BYTES,
+    )
+
+
+# Better first: the larger model before the smaller, more precise quants before less.
+PREFERENCE = (
+    ("LFM2.5-VL-1.6B", "Q8_0"),
+    ("LFM2.5-VL-1.6B", "Q4_0"),
+    ("LFM2.5-VL-450M", "Q8_0"),
+    ("LFM2.5-VL-450M", "Q4_0"),
+)
+
+
+def recommend(available: int, *, n_ctx: int = 4096, repack: bool = False) -> dict[str, Any]:
+    """The best catalog model and quant whose estimate fits ``available`` bytes with headroom
+    (a quarter of it, at least 512 MiB, is left to the rest of the system)."""
+    headroom = max(available // 4, 512 * MIB)
+    by_name = {s.name: s for s in SPECS}
+    for name, quant in PREFERENCE:
+        est = estimate_spec(by_name[name], quant, n_ctx=n_ctx, repack=repack)
+        if est.total + headroom <= available:
+            return {"model": f"{name}:{quant}", "estimate_mib": est.to_dict(), "headroom_mib": headroom // MIB}
+    smallest = estimate_spec(by_name["LFM2.5-VL-450M"], "Q4_0", n_ctx=min(n_ctx, 1024), repack=repack)
+    return {
+        "model": "LFM2.5-VL-450M:Q4_0",
+        "n_ctx": min(n_ctx, 1024),
+        "estimate_mib": smallest.to_dict(),
+        "headroom_mib": headroom // MIB,
+        "warning": "even the smallest model leaves little room here; close other programs or lower --ctx",
+    }
+
+
+def _measure_child(model: str, mmproj: str | None, n_ctx: int, queue: Any) -> None:
+    import resource
+    import sys
+
+    from PIL import Image
+
+    from lfm2_edge.model import VisionModel
+
+    try:
+        with VisionModel(model, mmproj, n_ctx=n_ctx) as vm:
+            images = [Image.new("RGB", (512, 512), (120, 60, 30))] if mmproj else []
+            vm.chat("What is in this image?", images=images, max_tokens=8)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        queue.put(rss if sys.platform == "darwin" else rss * 1024)
+    except Exception as exc:
+        queue.put(str(exc))
+
+
+def measure_peak_rss(
+    model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str] | None, *, n_ctx: int = 4096
+) -> int:
+    """Peak RSS, in bytes, of a fresh process that loads the files and answers one
+    question about one 512x512 image: what :func:`estimate_memory` predicts."""
+    import multiprocessing as mp
+
+    from lfm2_edge.errors import Lfm2EdgeError
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(
+        target=_measure_child, args=(str(model_path), str(mmproj_path) if mmproj_path else None, n_ctx, queue)
+    )
+    proc.start()
+    proc.join()
+    result = queue.get() if not queue.empty() else f"the measuring process died (exit code {proc.exitcode})"
+    if isinstance(result, str):
+        raise Lfm2EdgeError(f"could not measure: {result}")
+    return int(result)
+
+
+def _meminfo() -> tuple[int, int]:
+    """(total, available) RAM in bytes."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
+    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
+    from huggingface_hub import constants
+
+    from lfm2_edge.backends import list_devices, simd_features
+    from lfm2_edge.runtime import default_threads
+
+    total, available = _meminfo()
+    cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
+    gpus = [d for d in list_devices() if d.is_gpu]
+    repack = "REPACK" in simd_features()
+    rec = recommend(available, n_ctx=n_ctx, repack=repack)
+    rec["threads"] = default_threads()
+    return {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": default_threads(),
+        "simd": simd_features(),
+        "ram_total_mib": total // MIB,
+        "ram_available_mib": available // MIB,
+        "gpus": [
+            {"name": d.name, "description": d.description, "memory_total_mib": d.memory_total // MIB} for d in gpus
+        ],
+        "cache": str(cache),
+        "disk_free_mib": shutil.disk_usage(probe).free // MIB,
+        "n_ctx": n_ctx,
+        "recommendation": rec,
+    }

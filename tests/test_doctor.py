@@ -1,0 +1,105 @@
+"""`doctor`'s memory arithmetic against measured peak RSS, and the GPU/device choice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lfm2_edge.backends import choose_gpu_layers, list_backends, list_devices, simd_features
+from lfm2_edge.doctor import MIB, SPECS, estimate_memory, estimate_spec, measure_peak_rss, recommend
+from lfm2_edge.errors import Lfm2EdgeError
+
+
+@pytest.mark.parametrize(("quant", "n_ctx"), [("F16", 4096), ("Q4_0", 8192)])
+def test_the_estimate_is_within_20_percent_of_measured_peak_rss(tiny: dict[str, Path], quant: str, n_ctx: int) -> None:
+    estimate = estimate_memory(tiny[quant], tiny["mmproj"], n_ctx=n_ctx)
+    measured = measure_peak_rss(tiny[quant], tiny["mmproj"], n_ctx=n_ctx)
+    assert abs(estimate.total - measured) / measured < 0.20, (estimate.to_dict(), measured / MIB)
+
+
+def test_the_parts_follow_the_shapes(tiny: dict[str, Path]) -> None:
+    small = estimate_memory(tiny["Q4_0"], tiny["mmproj"], n_ctx=1024, repack=False)
+    large = estimate_memory(tiny["Q4_0"], tiny["mmproj"], n_ctx=4096, repack=True)
+    # tiny: 2 attention layers with 2 KV heads of 16 dims: 2 x 32 x (K, V) x 2 bytes per token
+    assert small.kv_cache == 1024 * 2 * 32 * 2 * 2 and large.kv_cache == 4 * small.kv_cache
+    assert small.repacked == 0 < large.repacked < large.weights
+    assert small.weights == tiny["Q4_0"].stat().st_size and small.projector == tiny["mmproj"].stat().st_size
+    text_only = estimate_memory(tiny["Q4_0"], None)
+    assert text_only.projector == text_only.vision_compute == 0
+
+
+def test_recommendations_fit_the_ram() -> None:
+    assert recommend(16 * 1024 * MIB)["model"] == "LFM2.5-VL-1.6B:Q8_0"
+    assert recommend(2 * 1024 * MIB)["model"] == "LFM2.5-VL-1.6B:Q4_0"
+    assert recommend(1200 * MIB)["model"] == "LFM2.5-VL-450M:Q8_0"
+    tight = recommend(900 * MIB)
+    assert tight["model"] == "LFM2.5-VL-450M:Q4_0" and "warning" in tight
+    spec = {s.name: s for s in SPECS}["LFM2-VL-450M"]
+    assert estimate_spec(spec, "Q4_0").total < estimate_spec(spec, "Q8_0").total < estimate_spec(spec, "F16").total
+
+
+def test_doctor_reports_the_device_as_json(tiny: dict[str, Path]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", "doctor", str(tiny["Q4_0"]), "--measure", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["cores_physical"] >= 1 and report["ram_total_mib"] > 0 and report["simd"]
+    assert report["recommendation"]["model"].startswith("LFM2.5-VL-") and report["recommendation"]["threads"] >= 1
+    assert abs(report["model"]["estimate_error_pct"]) < 20
+
+
+def test_gpu_layers_auto_falls_back_to_the_cpu_with_a_notice() -> None:
+    gpus = [d for d in list_devices() if d.is_gpu]
+    choice = choose_gpu_layers("auto")
+    if gpus:
+        assert choice.n_gpu_layers == -1 and choice.device in gpus and choice.notice is None
+    else:
+        assert (choice.n_gpu_layers, choice.device) == (0, None) and "running on the CPU" in (choice.notice or "")
+        assert choose_gpu_layers("-1").notice is not None
+    assert choose_gpu_layers(0) == choose_gpu_layers("0")
+    assert choose_gpu_layers("0", device="CPU").n_gpu_layers == 0
+    with pytest.raises(Lfm2EdgeError, match="must be auto"):
+        choose_gpu_layers("many")
+    with pytest.raises(Lfm2EdgeError, match="no device named 'NOPE0'"):
+        choose_gpu_layers("auto", device="NOPE0")
+
+
+def test_info_lists_backends_and_devices() -> None:
+    assert "CPU" in list_backends() and any(d.type == "cpu" for d in list_devices())
+    assert all(" " not in f and ":" not in f for f in simd_features())
+    proc = subprocess.run([sys.executable, "-m", "lfm2_edge.cli", "info", "--json"], capture_output=True, text=True)
+    data = json.loads(proc.stdout)
+    assert "CPU" in data["backends"] and data["devices"]
+
+
+def test_cli_gpu_layers_auto_on_a_cpu_build_is_one_notice(tiny: dict[str, Path]) -> None:
+    if any(d.is_gpu for d in list_devices()):
+        pytest.skip("this llama.cpp has a GPU backend")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lfm2_edge.cli",
+            "chat",
+            str(tiny["F16"]),
+            "-p",
+            "hi",
+            "--max-tokens",
+            "2",
+            "--gpu-layers",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    assert proc.stderr.strip().splitlines() == ["note: no GPU backend in this llama.cpp build: running on the CPU"]
