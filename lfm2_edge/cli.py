@@ -332,7 +332,7 @@ def doctor(
             est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
             report["model"] = {"name": resolved.ref.display, "estimate_mib": est.to_dict()}
             if measure:
-                rss = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+                rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
                 report["model"]["measured_peak_rss_mib"] = round(rss / 2**20, 1)
                 report["model"]["estimate_error_pct"] = round(100 * (est.total - rss) / rss, 1)
     if as_json:

@@ -192,44 +192,40 @@ def recommend(available: int, *, n_ctx: int = 4096, repack: bool = False) -> dic
     }
 
 
-def _measure_child(model: str, mmproj: str | None, n_ctx: int, queue: Any) -> None:
-    import resource
-    import sys
-
-    from PIL import Image
-
-    from lfm2_edge.model import VisionModel
-
-    try:
-        with VisionModel(model, mmproj, n_ctx=n_ctx) as vm:
-            images = [Image.new("RGB", (512, 512), (120, 60, 30))] if mmproj else []
-            vm.chat("What is in this image?", images=images, max_tokens=8)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        queue.put(rss if sys.platform == "darwin" else rss * 1024)
-    except Exception as exc:
-        queue.put(str(exc))
+_MEASURE = """
+import resource, sys
+from PIL import Image
+from lfm2_edge.model import VisionModel
+scale = 1 if sys.platform == "darwin" else 1024
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)  # after the imports
+model, mmproj, n_ctx = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+with VisionModel(model, mmproj, n_ctx=n_ctx) as vm:
+    images = [Image.new("RGB", (512, 512), (120, 60, 30))] if mmproj else []
+    vm.chat("What is in this image?", images=images, max_tokens=8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+"""
 
 
 def measure_peak_rss(
     model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str] | None, *, n_ctx: int = 4096
-) -> int:
-    """Peak RSS, in bytes, of a fresh process that loads the files and answers one
-    question about one 512x512 image: what :func:`estimate_memory` predicts."""
-    import multiprocessing as mp
+) -> tuple[int, int]:
+    """(peak RSS, RSS after the imports), in bytes, of a fresh interpreter that loads the
+    files and answers one question about one 512x512 image: what :func:`estimate_memory`
+    predicts. The second figure is the interpreter and libraries alone, which
+    :data:`RUNTIME_BYTES` stands for; it moves by tens of MiB with the state of the page
+    cache and transparent huge pages, so small models are compared above it."""
+    import subprocess
+    import sys
 
     from lfm2_edge.errors import Lfm2EdgeError
 
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(
-        target=_measure_child, args=(str(model_path), str(mmproj_path) if mmproj_path else None, n_ctx, queue)
-    )
-    proc.start()
-    proc.join()
-    result = queue.get() if not queue.empty() else f"the measuring process died (exit code {proc.exitcode})"
-    if isinstance(result, str):
-        raise Lfm2EdgeError(f"could not measure: {result}")
-    return int(result)
+    args = [sys.executable, "-c", _MEASURE, str(model_path), str(mmproj_path or ""), str(n_ctx)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.isdigit()]
+    if proc.returncode != 0 or len(lines) < 2:
+        reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise Lfm2EdgeError(f"could not measure: {reason}")
+    return int(lines[-1]), int(lines[0])
 
 
 def _meminfo() -> tuple[int, int]:
