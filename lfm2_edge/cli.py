@@ -97,6 +97,7 @@ def chat(
         ),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
+    mlock: Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")] = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
     temperature: Annotated[
@@ -186,6 +187,7 @@ def chat(
             n_threads=threads,
             n_gpu_layers=gpu_layers or "auto",
             device=device,
+            use_mlock=mlock,
             n_ctx=ctx,
             verbose=verbose,
             **{k: v for k, v in overrides.items() if v is not None},
@@ -399,6 +401,7 @@ def serve(
         ),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
+    mlock: Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")] = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
@@ -425,6 +428,7 @@ def serve(
                 n_threads=threads,
                 n_gpu_layers=gpu_layers or "auto",
                 device=device,
+                use_mlock=mlock,
                 n_ctx=ctx,
                 allow_remote_images=allow_remote_images,
                 allow_private_urls=allow_private_image_urls,
@@ -442,8 +446,8 @@ def serve(
         allow_remote_images=allow_remote_images,
         max_queue=max_queue,
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
+    if warning := exposure_warning(host, api_key):
+        err.print(f"[yellow]warning:[/] {warning}")
 
     def close_models() -> None:
         for m in models:
@@ -456,6 +460,13 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: None)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose)
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server reachable beyond this machine without a key."""
+    if api_key or host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return None
+    return f"serving on {host} without --api-key: anyone who can reach this port can use the model"
 
 
 def _model_names(resolved: Any) -> list[str]:

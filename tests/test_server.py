@@ -436,3 +436,12 @@ def test_remote_image_urls_never_reach_private_hosts(tiny: dict[str, Path]) -> N
         model.close()
         images.shutdown()
         images.server_close()
+
+
+def test_exposing_the_server_without_a_key_warns() -> None:
+    from lfm2_edge.cli import exposure_warning
+
+    assert "without --api-key" in (exposure_warning("0.0.0.0", None) or "")
+    assert "without --api-key" in (exposure_warning("192.168.1.20", None) or "")
+    assert exposure_warning("0.0.0.0", "key") is None
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("localhost", None) is None
