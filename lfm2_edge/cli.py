@@ -66,6 +66,16 @@ MmprojOpt = Annotated[
 ]
 
 
+# Where a model runs: the same options on chat and serve.
+ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")]
+GpuLayersOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")]
+MlockOpt = Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")]
+
+
 def _hub() -> Any:
     from lfm2_edge.hub import Hub, RichProgress
 
@@ -89,15 +99,10 @@ def chat(
     ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
-    gpu_layers: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"
-        ),
-    ] = None,
-    device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
-    mlock: Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")] = False,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    device: DeviceOpt = None,
+    mlock: MlockOpt = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
     temperature: Annotated[
@@ -393,15 +398,10 @@ def serve(
     ] = False,
     n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")] = None,
-    gpu_layers: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"
-        ),
-    ] = None,
-    device: Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")] = None,
-    mlock: Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")] = False,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    device: DeviceOpt = None,
+    mlock: MlockOpt = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:

@@ -7,9 +7,6 @@ the queue is full; the server's memory stays flat across the run.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import httpx
 
 from lfm2_edge import VisionModel
 from tests.conftest import noise_image, png_bytes
-from tests.test_server import free_port
+from tests.test_server import cli_server
 
 CLIENTS, ROUNDS = 32, 4
 
@@ -44,25 +41,7 @@ def test_32_concurrent_clients_are_answered_or_refused_cleanly(tiny: dict[str, P
     with VisionModel(tiny["F16"], tiny["mmproj"]) as local:
         expected = [local.chat(messages(i), **greedy).text for i in range(CLIENTS)]
 
-    port = free_port()
-    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", str(port)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lfm2_edge.cli", *args, "--served-model-name", "m", "--max-queue", "12"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
+    with cli_server(tiny, "--max-queue", "12") as (proc, url):
 
         def ask(i: int) -> tuple[int, int, str]:
             body = {"model": "m", "messages": messages(i), **greedy}
@@ -88,6 +67,5 @@ def test_32_concurrent_clients_are_answered_or_refused_cleanly(tiny: dict[str, P
         assert health["queued"] == 0 and health["served"] == len(answered) + 1
         summary = f"{len(outcomes)} requests: {len(answered)} answered, {len(refused)} refused"
         print(f"{summary}; RSS {rss_first} -> {rss_after} KiB")
-    finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0

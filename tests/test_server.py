@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from lfm2_edge import VisionModel
 from lfm2_edge.errors import ContextOverflowError
 from lfm2_edge.server import ServerConfig, create_app
 from tests.conftest import noise_image, png_bytes
+from tests.test_tools import TOOLS
 
 NAME = "LiquidAI/LFM2.5-VL-450M"
 
@@ -257,27 +262,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) -> None:
-    import signal
-    import subprocess
-    import sys
-
+@contextmanager
+def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`lfm2-edge serve` on the tiny model in its own process, as model "m"; yields (process, url)."""
     port = free_port()
+    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", str(port), "--served-model-name", "m"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lfm2_edge.cli",
-            "serve",
-            str(tiny["F16"]),
-            "--mmproj",
-            str(tiny["mmproj"]),
-            "--port",
-            str(port),
-            "--served-model-name",
-            "m",
-        ],
-        stdout=subprocess.PIPE,
+        [sys.executable, "-m", "lfm2_edge.cli", *args, *extra],
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -292,6 +284,15 @@ def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) 
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) -> None:
+    with cli_server(tiny) as (proc, url):
         body = {"model": "m", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 2000, "stream": True}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
@@ -302,30 +303,10 @@ def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) 
         finish = [json.loads(x[5:])["choices"][0]["finish_reason"] for x in rest if x.startswith("data: {")]
         assert finish[-1] in ("stop", "length")
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stderr = proc.stderr.read() if proc.stderr else ""
+        stderr = proc.stderr.read() if proc.stderr else ""
     assert "serving m at http://127.0.0.1" in stderr and "Traceback" not in stderr
 
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_candidate_status",
-            "description": "Retrieves the current status of a candidate in the recruitment process",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "candidate_id": {"type": "string", "description": "Unique identifier for the candidate"}
-                },
-                "required": ["candidate_id"],
-            },
-        },
-    }
-]
 FORCE = {"type": "function", "function": {"name": "get_candidate_status"}}
 
 
