@@ -76,6 +76,20 @@ DeviceOpt = Annotated[Optional[str], typer.Option(help="The GPU device to use (n
 MlockOpt = Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")]
 
 
+def _placement(
+    threads: int | None, gpu_layers: str | None, device: str | None, mlock: bool, ctx: int, verbose: bool
+) -> dict[str, Any]:
+    """VisionModel arguments for where and how a model runs (chat and serve alike)."""
+    return {
+        "n_threads": threads,
+        "n_gpu_layers": gpu_layers or "auto",
+        "device": device,
+        "use_mlock": mlock,
+        "n_ctx": ctx,
+        "verbose": verbose,
+    }
+
+
 def _hub() -> Any:
     from lfm2_edge.hub import Hub, RichProgress
 
@@ -189,12 +203,7 @@ def chat(
             )
         vm = VisionModel.from_resolved(
             resolved,
-            n_threads=threads,
-            n_gpu_layers=gpu_layers or "auto",
-            device=device,
-            use_mlock=mlock,
-            n_ctx=ctx,
-            verbose=verbose,
+            **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
             **{k: v for k, v in overrides.items() if v is not None},
         )
         if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
@@ -425,14 +434,9 @@ def serve(
         models = [
             VisionModel.from_resolved(
                 resolved,
-                n_threads=threads,
-                n_gpu_layers=gpu_layers or "auto",
-                device=device,
-                use_mlock=mlock,
-                n_ctx=ctx,
+                **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
                 allow_remote_images=allow_remote_images,
                 allow_private_urls=allow_private_image_urls,
-                verbose=verbose,
             )
             for _ in range(n_parallel)
         ]
