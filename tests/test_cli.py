@@ -192,24 +192,13 @@ def test_bench_without_models_says_how_to_make_them(tmp_path: Path) -> None:
     assert "run `make models`" in result.stderr
 
 
-def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path]) -> None:
+def _interrupt_an_answer(tiny: dict[str, Path]) -> tuple[int, str, str]:
+    """Start a session, ask for a long answer, press Ctrl-C while it streams, ask again, exit."""
     import signal
 
+    args = ["chat", "--model", str(tiny["F16"]), "--ctx", "8192", "--max-tokens", "8000", "--temperature", "0"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lfm2_edge.cli",
-            "chat",
-            "--model",
-            str(tiny["F16"]),
-            "--ctx",
-            "8192",
-            "--max-tokens",
-            "8000",
-            "--temperature",
-            "0",
-        ],
+        [sys.executable, "-m", "lfm2_edge.cli", *args, "--threads", "1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -224,9 +213,19 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path]) -> None:
     proc.stdout.read(8)  # the answer has started streaming
     proc.send_signal(signal.SIGINT)
     out, errs = proc.communicate("and now?\n/exit\n", timeout=120)
-    assert proc.returncode == 0, errs
+    return proc.returncode, out, errs
+
+
+def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path]) -> None:
+    # The tiny model writes 8000 tokens in about a second; on a loaded machine the answer
+    # can end before the signal lands (then Ctrl-C ends the session at its prompt, as it
+    # should). Such a run says nothing about stopping an answer: try again, up to 3 times.
+    for _ in range(3):
+        code, out, errs = _interrupt_an_answer(tiny)
+        assert code == 0 and "Traceback" not in errs, errs
+        if "(stopped)" in out:
+            break
     _, after = out.split("(stopped)")
     # the session went on: a prompt, a second answer, and the prompt /exit answered
     assert after.lstrip("\n").startswith("> ") and after.endswith("\n> ")
     assert len(after) > 100
-    assert "Traceback" not in errs
