@@ -225,6 +225,7 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path]) -> None:
         assert code == 0 and "Traceback" not in errs, errs
         if "(stopped)" in out:
             break
+    assert "(stopped)" in out, (out[:300], out[-300:], errs[-300:])
     _, after = out.split("(stopped)")
     # the session went on: a prompt, a second answer, and the prompt /exit answered
     assert after.lstrip("\n").startswith("> ") and after.endswith("\n> ")
