@@ -211,6 +211,8 @@ def _interrupt_an_answer(tiny: dict[str, Path], tmp: Path) -> tuple[int, str, st
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # a shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline().startswith("Commands:")  # the session is up
