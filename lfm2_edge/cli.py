@@ -407,6 +407,12 @@ def serve(
     ] = False,
     n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
+    embedding_cache_mb: Annotated[
+        float, typer.Option(min=0, help="Image embeddings kept per instance (LRU, MB; 0: none).")
+    ] = 32,
+    state_cache_mb: Annotated[
+        float, typer.Option(min=0, help="Conversation states kept per instance (LRU, MB; 0: none).")
+    ] = 64,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -437,6 +443,8 @@ def serve(
                 **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
                 allow_remote_images=allow_remote_images,
                 allow_private_urls=allow_private_image_urls,
+                embedding_cache_mb=embedding_cache_mb,
+                state_cache_mb=state_cache_mb,
             )
             for _ in range(n_parallel)
         ]
