@@ -259,8 +259,7 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
     gpus = [d for d in list_devices() if d.is_gpu]
-    repack = "REPACK" in simd_features()
-    rec = recommend(available, n_ctx=n_ctx, repack=repack)
+    rec = recommend(available, n_ctx=n_ctx, repack=repacks())
     rec["threads"] = default_threads()
     return {
         "cpu": _cpu_model(),

@@ -555,7 +555,8 @@ class Runtime:
                     self.n_past = self._projector.eval_image(chunks, i, key, self.ctx, self.n_past, self.n_batch)
                     image_s += time.perf_counter() - t0
                 else:
-                    self._eval_text(self._projector.text_tokens(chunks, i), max(0, start - lo), end - lo)
+                    text = [t for t in items[lo:hi] if isinstance(t, int)]  # the chunk's tokens, read once
+                    self._eval_text(text, max(0, start - lo), end - lo)
             lo = hi
         return image_s
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,7 +47,6 @@ class ServerConfig:
     max_queue: int = 64  # requests waiting or running; more get 429
     max_body_bytes: int = 32 * 1024 * 1024
     default_max_tokens: int = 512
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ApiError(Exception):
