@@ -426,3 +426,26 @@ def test_exposing_the_server_without_a_key_warns() -> None:
     assert "without --api-key" in (exposure_warning("192.168.1.20", None) or "")
     assert exposure_warning("0.0.0.0", "key") is None
     assert exposure_warning("127.0.0.1", None) is None and exposure_warning("localhost", None) is None
+
+
+def test_n_parallel_instances_answer_at_once_and_correctly(tiny: dict[str, Path], vm: VisionModel) -> None:
+    models = [VisionModel(tiny["F16"], tiny["mmproj"]) for _ in range(2)]
+    running = start_server(models, ServerConfig(model_names=["m"]))
+    try:
+        client = OpenAI(base_url=f"{running.url}/v1", api_key="EMPTY", max_retries=0)
+        prompts = [f"Question {i}?" for i in range(8)]
+        expected = [vm.chat(p, temperature=0, max_tokens=10).text for p in prompts]
+
+        def ask(prompt: str) -> str:
+            messages: Any = [{"role": "user", "content": prompt}]
+            r = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=10)
+            return r.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(ask, prompts)) == expected
+        assert all(len(m._states) > 0 for m in models)  # both instances answered
+        assert httpx.get(f"{running.url}/health").json()["served"] == 8
+    finally:
+        running.stop()
+        for m in models:
+            m.close()
