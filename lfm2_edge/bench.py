@@ -13,8 +13,6 @@ cold figure into a warm one by accident.
 
 from __future__ import annotations
 
-import base64
-import io
 import multiprocessing as mp
 import os
 import resource
@@ -158,6 +156,8 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
+    from lfm2_edge.images import load_image
+    from lfm2_edge.remote import data_uri
     from lfm2_edge.runtime import default_threads
 
     t0 = time.perf_counter()
@@ -193,7 +193,9 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
         for m in messages:
             if isinstance(m["content"], list):
                 parts = [
-                    {"type": "image_url", "image_url": {"url": _data_uri(p["image"])}} if p["type"] == "image" else p
+                    {"type": "image_url", "image_url": {"url": data_uri(load_image(p["image"]))}}
+                    if p["type"] == "image"
+                    else p
                     for p in m["content"]
                 ]
                 m = {**m, "content": parts}
@@ -216,12 +218,6 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     out["peak_rss_mib"] = _peak_rss_mib()
     llm.close()
     return out
-
-
-def _data_uri(image: Any) -> str:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _child(fn: Callable[[BenchTarget, BenchConfig], dict[str, Any]], target: Any, config: Any, queue: Any) -> None:

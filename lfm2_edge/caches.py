@@ -73,9 +73,10 @@ class ByteLRU(Generic[K, V]):
                 _, (_, freed) = self._data.popitem(last=False)
                 self._bytes -= freed
 
-    def keys(self) -> list[K]:
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot of the entries, oldest first (does not count as use)."""
         with self._lock:
-            return list(self._data)
+            return [(k, v) for k, (v, _) in self._data.items()]
 
     def clear(self) -> None:
         with self._lock:
@@ -108,17 +109,14 @@ class StateCache(ByteLRU[tuple[Item, ...], Any]):
         continued: a strict prefix, or all of ``items`` when its logits were saved too
         (there is nothing left to evaluate, and sampling needs logits)."""
         best: tuple[Item, ...] | None = None
-        for key in self.keys():
+        for key, state in self.items():
             if len(key) > len(items) or (best is not None and len(key) <= len(best)):
                 continue
-            if tuple(items[: len(key)]) != key:
+            if len(key) == len(items) and getattr(state, "logits", None) is None:
                 continue
-            if len(key) == len(items):
-                state = self.get(key)
-                if state is None or getattr(state, "logits", None) is None:
-                    continue
-            best = key
+            if tuple(items[: len(key)]) == key:
+                best = key
         if best is None:
             return None
-        state = self.get(best)
+        state = self.get(best)  # marks it recently used
         return (best, state) if state is not None else None

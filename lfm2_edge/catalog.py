@@ -169,7 +169,6 @@ class GgufChoice:
     quant: str
     model: str
     mmproj: str | None
-    available: tuple[str, ...]
 
 
 def available_quants(files: Iterable[str]) -> list[str]:
@@ -204,7 +203,7 @@ def choose_files(
     mmproj = choose_mmproj(projectors, quant)
     if ref.entry is not None and ref.entry.family == "vl" and mmproj is None:
         raise UnknownModelError(f"{name} has no mmproj (vision projector) file in {where}")
-    return GgufChoice(quant, model, mmproj, tuple(available))
+    return GgufChoice(quant, model, mmproj)
 
 
 def choose_mmproj(projectors: Sequence[str], quant: str) -> str | None:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.hub import human_size as _size
 
 app = typer.Typer(
     name="lfm2-edge",
@@ -492,10 +493,6 @@ def _model_names(resolved: Any) -> list[str]:
     if ref.repo:
         names += [ref.repo, ref.repo.removesuffix("-GGUF")]
     return list(dict.fromkeys(names))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
 @app.command()

@@ -92,12 +92,12 @@ def estimate_memory(
     arch = lm.architecture
     n_embd = int(lm.get(f"{arch}.embedding_length") or 0)
     n_vocab = int(lm.get("tokenizer.ggml.tokens") or lm.get(f"{arch}.vocab_size") or 0)
-    attn = [shape for name, shape in lm.tensors.items() if name.endswith(".attn_k.weight")]
+    attn = [t.shape for name, t in lm.tensors.items() if name.endswith(".attn_k.weight")]
     kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
     l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
     n_layer = int(lm.get(f"{arch}.block_count") or 0)
     repack = repacks() if repack is None else repack
-    repacked = sum(size for t, size in lm.tensor_types.values() if t == GGML_Q4_0) if repack else 0
+    repacked = sum(t.nbytes for t in lm.tensors.values() if t.ggml_type == GGML_Q4_0) if repack else 0
     projector = vision = 0
     if mmproj_path is not None:
         proj = read_summary(mmproj_path, "mmproj")

@@ -50,7 +50,7 @@ from lfm2_edge.errors import (
     UnknownQuantError,
 )
 
-__all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj"]
+__all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj", "human_size"]
 
 REVISION = "main"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -96,7 +96,8 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as people read them: ``218.6 MB``."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -272,8 +273,8 @@ class Hub:
             free = shutil.disk_usage(blob.parent).free
             if free < size - have:
                 raise DownloadError(
-                    f"not enough disk space for {filename}: it needs {_human(size - have)} and "
-                    f"{_human(free)} is free in {self.cache_dir}; free some space or point HF_HOME at a larger disk"
+                    f"not enough disk space for {filename}: it needs {human_size(size - have)} and "
+                    f"{human_size(free)} is free in {self.cache_dir}; free some space or point HF_HOME at a larger disk"
                 )
         with self._errors(blob.parent.parent.name, filename), partial.open("ab") as fh:
             http_get(

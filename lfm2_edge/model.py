@@ -472,7 +472,7 @@ class VisionModel:
                     done = point
                     if self._states.max_bytes:
                         state = rt.save_state(with_logits=point == len(items))
-                        self._states.put(tuple(items[:point]), state, state.size + 4 * rt.n_vocab)
+                        self._states.put(tuple(items[:point]), state, state.nbytes)
             except BaseException:
                 rt.reset()
                 raise

@@ -21,14 +21,15 @@ from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
 from lfm2_edge.images import LoadedImage
 from lfm2_edge.prompt import Message
 
-__all__ = ["RemoteBackend", "RemoteError"]
+__all__ = ["RemoteBackend", "RemoteError", "data_uri"]
 
 
 class RemoteError(Lfm2EdgeError):
     """The server could not be reached, or refused the request; the message says which."""
 
 
-def _data_uri(image: LoadedImage) -> str:
+def data_uri(image: LoadedImage) -> str:
+    """A lossless PNG ``data:`` URI of decoded pixels."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -49,7 +50,7 @@ def to_openai_messages(
             out.append({"role": m.role, "content": m.text})
             continue
         parts: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": _data_uri(next(it))}} for _ in m.images
+            {"type": "image_url", "image_url": {"url": data_uri(next(it))}} for _ in m.images
         ]
         parts.append({"type": "text", "text": m.text})
         out.append({"role": m.role, "content": parts})

@@ -97,6 +97,10 @@ class SavedState:
     size: int
     logits: ctypes.Array[ctypes.c_float] | None = None
 
+    @property
+    def nbytes(self) -> int:
+        return self.size + (ctypes.sizeof(self.logits) if self.logits is not None else 0)
+
 
 @dataclass(frozen=True)
 class ChunkInfo:
@@ -500,16 +504,15 @@ class Runtime:
             return list(chunks.tokens)
         assert self._projector is not None
         occurrences = {d: digests.count(d) for d in digests}
+        ids = {i: self._chunk_id(chunks, i) for i, info in enumerate(chunks.info) if info.is_image}
         per_id: dict[str, int] = {}
-        for i, info in enumerate(chunks.info):
-            if info.is_image:
-                cid = self._chunk_id(chunks, i)
-                per_id[cid] = per_id.get(cid, 0) + 1
+        for cid in ids.values():
+            per_id[cid] = per_id.get(cid, 0) + 1
         seen: dict[str, int] = {}
         items: list[Item] = []
         for i, info in enumerate(chunks.info):
             if info.is_image:
-                cid = self._chunk_id(chunks, i)
+                cid = ids[i]
                 tiles = max(1, per_id[cid] // max(1, occurrences.get(cid, 1)))
                 tile = seen.get(cid, 0) % tiles
                 seen[cid] = seen.get(cid, 0) + 1

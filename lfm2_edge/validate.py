@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lfm2_edge.errors import ModelFileError, ModelMismatchError
 
@@ -39,14 +39,22 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 
 
+class TensorInfo(NamedTuple):
+    shape: tuple[int, ...]
+    ggml_type: int
+    nbytes: int
+
+
 @dataclass(frozen=True)
 class GgufSummary:
     path: Path
     architecture: str
     metadata: dict[str, Any]  # scalars and strings; arrays as their length
-    n_tensors: int = 0
-    tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> shape
-    tensor_types: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ggml type, bytes)
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.tensors)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -115,10 +123,8 @@ class _Reader:
         raise _Damaged(f"{key} has unknown value type {vtype}")
 
 
-def _parse(
-    buf: mmap.mmap | bytes,
-) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], int, dict[str, tuple[int, int]]]:
-    """Metadata, tensor shapes and data offset of a GGUF image, every offset checked."""
+def _parse(buf: mmap.mmap | bytes) -> tuple[dict[str, Any], dict[str, TensorInfo], int]:
+    """Metadata, tensors and data offset of a GGUF image, every offset checked."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     r = _Reader(buf)
@@ -132,14 +138,13 @@ def _parse(
     for _ in range(n_kv):
         key = r.string("a metadata key")
         metadata[key] = r.value(r.scalar("<I", f"the type of {key}"), key)
-    tensors = []
-    shapes: dict[str, tuple[int, ...]] = {}
-    types: dict[str, tuple[int, int]] = {}
+    tensors: dict[str, TensorInfo] = {}
+    offsets: dict[str, int] = {}
     for _ in range(n_tensors):
         name = r.string("a tensor name")
         if not name or not name.isascii() or not name.isprintable():
             raise _Damaged(f"a tensor name is not text ({name[:40]!r})")
-        if name in shapes:
+        if name in tensors:
             raise _Damaged(f"tensor {name} appears twice")
         n_dims = r.scalar("<I", f"the rank of {name}")
         if not 1 <= n_dims <= MAX_DIMS:
@@ -153,23 +158,23 @@ def _parse(
             raise _Damaged(f"tensor {name} has unknown type {ttype}") from None
         if any(d <= 0 or d > 1 << 40 for d in dims) or dims[0] % block:
             raise _Damaged(f"tensor {name} has an impossible shape {dims}")
-        tensors.append((name, offset, math.prod(dims) // block * type_size))
-        shapes[name] = tuple(dims)
-        types[name] = (ttype, math.prod(dims) // block * type_size)
+        tensors[name] = TensorInfo(tuple(dims), ttype, math.prod(dims) // block * type_size)
+        offsets[name] = offset
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise _Damaged(f"general.alignment is {alignment!r}, not a power of two")
     data_start = -(-r.pos // alignment) * alignment
-    for name, offset, nbytes in tensors:
+    for name, offset in offsets.items():
+        nbytes = tensors[name].nbytes
         if offset % alignment:
             raise _Damaged(f"tensor {name} is not aligned to {alignment} bytes")
         if data_start + offset + nbytes > r.size:
             raise _Damaged(f"tensor {name} ends past the end of the file (truncated?)")
-    spans = sorted((data_start + offset, data_start + offset + nbytes, name) for name, offset, nbytes in tensors)
+    spans = sorted((offset, offset + tensors[name].nbytes, name) for name, offset in offsets.items())
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise _Damaged(f"tensors {first} and {second} overlap")
-    return metadata, shapes, data_start, types
+    return metadata, tensors, data_start
 
 
 def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSummary:
@@ -184,7 +189,7 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
             if fh.read(4) != GGUF_MAGIC:
                 raise ModelFileError(f"{p} is not a GGUF file; download the {what} as .gguf")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                metadata, shapes, _, types = _parse(buf)
+                metadata, tensors, _ = _parse(buf)
     except _Damaged as exc:
         detail = "".join(c if c.isprintable() else "?" for c in str(exc))  # names may be garbage
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
@@ -194,7 +199,7 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFileError(f"{p} has no general.architecture; it is not a usable GGUF {what}")
-    return GgufSummary(p, arch, metadata, len(shapes), shapes, types)
+    return GgufSummary(p, arch, metadata, tensors)
 
 
 def check_model_files(
@@ -254,7 +259,7 @@ def _check_lm(model: GgufSummary) -> None:
     if n_embd % n_head:
         raise ModelFileError(f"{model.path} is damaged: {n_head} heads do not divide {n_embd} dims; download it again")
     n_tokens = model.get("tokenizer.ggml.tokens")
-    embd = model.tensors.get("token_embd.weight")
+    embd = model.tensors["token_embd.weight"].shape if "token_embd.weight" in model.tensors else None
     if embd is not None and (
         len(embd) != 2 or embd[0] != n_embd or (isinstance(n_tokens, int) and embd[1] != n_tokens)
     ):
@@ -316,9 +321,10 @@ def _check_projector(proj: GgufSummary) -> None:
             if f"{b}.{part}.bias" in proj.tensors:
                 expected[f"{b}.{part}.bias"] = (dims,)
     for name, shape in expected.items():
-        got = proj.tensors.get(name)
-        if got is None:
+        info = proj.tensors.get(name)
+        if info is None:
             raise ModelFileError(f"{proj.path} is damaged or not an LFM2-VL projector: tensor {name} is missing")
+        got = info.shape
         if shape is not None and got != shape:
             raise ModelFileError(
                 f"{proj.path} is damaged: tensor {name} is {list(got)}, expected {list(shape)}; download it again"
