@@ -16,6 +16,7 @@ __all__ = [
     "ModelMismatchError",
     "Sampling",
     "TextModel",
+    "Timings",
     "Usage",
     "VisionModel",
     "__version__",
@@ -29,14 +30,17 @@ from lfm2_edge.errors import (
     ModelMismatchError,
 )
 
+from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
+from lfm2_edge.sampling import Sampling
+
 if TYPE_CHECKING:
-    from lfm2_edge.model import ChatResult, ChatStream, Sampling, TextModel, Usage, VisionModel
+    from lfm2_edge.model import TextModel, VisionModel
 
 
 def __getattr__(name: str) -> Any:
     # The model classes load llama.cpp's shared libraries; import them on first use
     # so that `lfm2-edge --help` and the error types stay cheap.
-    if name in ("ChatResult", "ChatStream", "Sampling", "TextModel", "Usage", "VisionModel"):
+    if name in ("TextModel", "VisionModel"):
         from lfm2_edge import model
 
         return getattr(model, name)

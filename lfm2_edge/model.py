@@ -10,14 +10,14 @@ import codecs
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from lfm2_edge.caches import Item, StateCache
 from lfm2_edge.errors import GenerationError, Lfm2EdgeError, ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
+from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings, Usage
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
     DEFAULT_VL_SYSTEM_PROMPT,
@@ -45,74 +45,6 @@ __all__ = [
     "Usage",
     "VisionModel",
 ]
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int  # positions in the prompt, image tokens included
-    image_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0  # prompt positions taken from a reused state, not evaluated
-    image_encodes: int = 0  # image tiles the vision encoder ran on (not from its cache)
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Wall-clock figures of one chat call, in milliseconds."""
-
-    prompt_ms: float  # evaluating the prompt, images included
-    image_ms: float  # of which: encoding and decoding image chunks
-    first_token_ms: float  # from the call to the first generated token
-    decode_ms: float  # generating the completion after the first token
-
-    def prompt_tok_s(self, usage: Usage) -> float:
-        return usage.prompt_tokens / (self.prompt_ms / 1000) if self.prompt_ms > 0 else 0.0
-
-    def decode_tok_s(self, usage: Usage) -> float:
-        n = usage.completion_tokens - 1
-        return n / (self.decode_ms / 1000) if n > 0 and self.decode_ms > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    text: str
-    finish_reason: Literal["stop", "length", "tool_calls"]
-    usage: Usage
-    timings: Timings
-    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made, when tools were given
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, with the derived token rates."""
-        data = asdict(self)
-        data["tool_calls"] = [c.to_openai() for c in self.tool_calls]
-        data["usage"]["total_tokens"] = self.usage.total_tokens
-        data["timings"]["prompt_tok_s"] = round(self.timings.prompt_tok_s(self.usage), 2)
-        data["timings"]["decode_tok_s"] = round(self.timings.decode_tok_s(self.usage), 2)
-        return data
-
-
-@dataclass
-class ChatStream:
-    """An iterator of text pieces; :attr:`result` is set once it is exhausted."""
-
-    _pieces: Iterator[str]
-    result: ChatResult | None = field(default=None)
-
-    def __iter__(self) -> Iterator[str]:
-        return self._pieces
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        """Stop generating (the model stays usable)."""
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
 
 
 class _StopScanner:
@@ -410,13 +342,13 @@ class VisionModel:
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
-        stream_obj = ChatStream(iter(()))
         if self._remote is not None:
             extra = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
-            stream_obj._pieces = self._remote.chat(messages, loaded, params, self.system_prompt, stream_obj, extra)
+            steps = self._remote.chat(messages, loaded, params, self.system_prompt, extra)
         else:
             prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-            stream_obj._pieces = self._generate(prompt, loaded, params, stream_obj, grammar, tools_mode)
+            steps = self._generate(prompt, loaded, params, grammar, tools_mode)
+        stream_obj = ChatStream(steps)
         if stream:
             return stream_obj
         for _ in stream_obj:
@@ -449,10 +381,9 @@ class VisionModel:
         prompt: str,
         images: list[Any],
         params: Sampling,
-        out: ChatStream,
         grammar: str | None = None,
         tools_mode: Literal["auto", "forced"] | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, ChatResult]:
         with self._lock:
             rt = self._local()
             t_start = time.perf_counter()
@@ -483,7 +414,7 @@ class VisionModel:
             scanner = _StopScanner(params.stop)
             n_out = 0
             finish: Literal["stop", "length"] = "length"
-            hit_stop_string = False
+            hit_stop_string = closed = False
             t_first = t_prompt
             with rt.sampler(
                 temperature=params.temperature,
@@ -506,7 +437,11 @@ class VisionModel:
                     n_out += 1
                     piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
                     if piece:
-                        yield piece
+                        try:
+                            yield piece
+                        except StreamClosed:
+                            finish, closed = "stop", True
+                            break
                     if hit_stop_string:
                         finish = "stop"
                         break
@@ -515,14 +450,17 @@ class VisionModel:
             if not hit_stop_string:
                 piece, _ = scanner.feed(decoder.decode(b"", final=True))
                 tail = piece + scanner.finish()
-                if tail:
-                    yield tail
+                if tail and not closed:
+                    try:
+                        yield tail
+                    except StreamClosed:
+                        pass
             t_end = time.perf_counter()
             text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
             if tools_mode is not None:
                 parsed = parse_answer(text, bare=tools_mode == "forced")
                 text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
-            out.result = ChatResult(
+            return ChatResult(
                 text=text,
                 finish_reason="tool_calls" if calls else finish,
                 tool_calls=calls,

@@ -14,7 +14,7 @@ import base64
 import io
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Literal
 
 from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
@@ -100,13 +100,12 @@ class RemoteBackend:
         images: Sequence[LoadedImage],
         params: Any,
         system_prompt: str | None,
-        out: Any,
         extra: dict[str, Any] | None = None,
-    ) -> Iterator[str]:
-        """Stream the answer's text pieces; ``out.result`` gets the :class:`ChatResult`."""
+    ) -> Generator[str, None, Any]:
+        """Stream the answer's text pieces, then return the :class:`ChatResult`."""
         import httpx
 
-        from lfm2_edge.model import ChatResult, Timings, Usage
+        from lfm2_edge.results import ChatResult, Timings, Usage
         from lfm2_edge.tools import ToolCall
 
         body: dict[str, Any] = {
@@ -169,7 +168,7 @@ class RemoteBackend:
         tool_calls = tuple(
             ToolCall(c["name"], _json_object(c["arguments"]), id=c["id"]) for _, c in sorted(calls.items())
         )
-        out.result = ChatResult(
+        return ChatResult(
             text="".join(text),
             finish_reason=finish,
             tool_calls=tool_calls,

@@ -7,10 +7,11 @@ the new tokens and does not encode the image again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Literal, overload
 
-from lfm2_edge.model import ChatResult, ChatStream, VisionModel
+from lfm2_edge.model import VisionModel
+from lfm2_edge.results import ChatResult, ChatStream, StreamClosed
 
 __all__ = ["ChatSession"]
 
@@ -52,20 +53,21 @@ class ChatSession:
             self.messages += [turn, {"role": "assistant", "content": result.text}]
             return result
         inner = self.model.chat([*self.messages, turn], stream=True, **sampling)
-        out = ChatStream(iter(()))
-        out._pieces = self._record(turn, inner, out)
-        return out
+        return ChatStream(self._record(turn, inner))
 
-    def _record(self, turn: dict[str, Any], inner: ChatStream, out: ChatStream) -> Iterator[str]:
+    def _record(self, turn: dict[str, Any], inner: ChatStream) -> Generator[str, None, ChatResult | None]:
         pieces: list[str] = []
         try:
             for piece in inner:
                 pieces.append(piece)
-                yield piece
+                try:
+                    yield piece
+                except StreamClosed:
+                    break
         finally:
             inner.close()
-            out.result = inner.result
             self.messages += [turn, {"role": "assistant", "content": "".join(pieces)}]
+        return inner.result
 
     def reset(self) -> None:
         """Start a new conversation (the model's saved states stay for other sessions)."""
