@@ -14,6 +14,7 @@ __all__ = [
     "Lfm2EdgeError",
     "ModelFileError",
     "ModelMismatchError",
+    "RemoteModel",
     "Sampling",
     "TextModel",
     "Timings",
@@ -29,12 +30,12 @@ from lfm2_edge.errors import (
     ModelFileError,
     ModelMismatchError,
 )
-
 from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
 from lfm2_edge.sampling import Sampling
 
 if TYPE_CHECKING:
     from lfm2_edge.model import TextModel, VisionModel
+    from lfm2_edge.remote import RemoteModel
 
 
 def __getattr__(name: str) -> Any:
@@ -44,4 +45,8 @@ def __getattr__(name: str) -> Any:
         from lfm2_edge import model
 
         return getattr(model, name)
+    if name == "RemoteModel":
+        from lfm2_edge.remote import RemoteModel
+
+        return RemoteModel
     raise AttributeError(f"module 'lfm2_edge' has no attribute {name!r}")

@@ -157,8 +157,8 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
     from lfm2_edge.images import load_image
-    from lfm2_edge.remote import data_uri
     from lfm2_edge.runtime import default_threads
+    from lfm2_edge.wire import data_uri
 
     t0 = time.perf_counter()
     llm = Llama(

@@ -180,19 +180,11 @@ def chat(
     with user_errors():
         images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
-            from lfm2_edge.catalog import find_entry, presets
+            from lfm2_edge.remote import RemoteModel
 
-            name = _model_ref(ref, model)
-            entry = find_entry(name.split(":")[0]) if name else None
-            remote = VisionModel(
-                endpoint=endpoint,
-                api_key=api_key,
-                remote_model=name,
-                **{**presets(entry, True), **{k: v for k, v in overrides.items() if v is not None}},
-            )
-            with remote:
+            with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
                 if prompt is not None:
-                    _answer_once(remote, prompt, images, sampling, as_json)
+                    _answer_once(remote, remote.endpoint, prompt, images, sampling, as_json)
                 else:
                     _interactive(remote, images, sampling)
             return
@@ -211,7 +203,7 @@ def chat(
             err.print(f"note: {vm.gpu_notice}")
         with vm:
             if prompt is not None:
-                _answer_once(vm, prompt, images, sampling, as_json)
+                _answer_once(vm, str(vm.model_path), prompt, images, sampling, as_json)
             else:
                 _interactive(vm, images, sampling)
 
@@ -228,10 +220,12 @@ def _schema(path: Path) -> Any:
     return data
 
 
-def _answer_once(vm: Any, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool) -> None:
+def _answer_once(
+    vm: Any, label: str, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool
+) -> None:
     if as_json:
         result = vm.chat(prompt, images=images, **sampling)
-        _emit_json({"model": vm.endpoint or str(vm.model_path), **result.to_dict()})
+        _emit_json({"model": label, **result.to_dict()})
         return
     stream = vm.chat(prompt, images=images, stream=True, **sampling)
     try:

@@ -61,9 +61,10 @@ MessageInput = Union[Message, Mapping[str, Any]]
 
 def _image_of(part: Mapping[str, Any]) -> Any:
     if part.get("type") == "image_url":
-        ref = part.get("image_url")
-        url = ref.get("url") if isinstance(ref, Mapping) else ref
-        if not isinstance(url, str) or not url:
+        from lfm2_edge.wire import image_url_of
+
+        url = image_url_of(part)
+        if url is None:
             raise Lfm2EdgeError("an image_url part needs a 'url' string (a data: URI or http(s) URL)")
         return url
     image = part.get("image")

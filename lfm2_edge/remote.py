@@ -1,40 +1,29 @@
-"""The same chat, sent to an OpenAI-compatible server instead of a local model.
+"""``RemoteModel``: the same chat, sent to an OpenAI-compatible server.
 
-An app that outgrows one device points ``VisionModel(endpoint=...)`` (or the CLI's
+An app that outgrows one device points :class:`RemoteModel` (or the CLI's
 ``--endpoint``) at vLLM serving ``LiquidAI/LFM2.5-VL-450M``, or at another
-``lfm2-edge serve``, and keeps its code: the call signature and the result types are
-those of the local model. Images travel as PNG ``data:`` URIs (lossless, so a server
-decoding them sees the pixels the local model would). The answer is always streamed
-from the server, so time to first token is measured the same way as locally.
+``lfm2-edge serve``, and keeps its code: ``chat()`` takes the arguments of
+:meth:`lfm2_edge.VisionModel.chat` and returns the same result types. Images travel as
+PNG ``data:`` URIs (lossless, so a server decoding them sees the pixels the local model
+would). The answer is always streamed from the server, so time to first token is
+measured the same way as locally.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import time
-from collections.abc import Generator, Sequence
-from typing import Any, Literal
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, Literal, overload
 
-from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
-from lfm2_edge.images import LoadedImage
-from lfm2_edge.prompt import Message
+from lfm2_edge.catalog import presets
+from lfm2_edge.errors import RemoteError
+from lfm2_edge.images import LoadedImage, load_image
+from lfm2_edge.prompt import Message, MessageInput, conversation_images, normalize_messages
+from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings
+from lfm2_edge.sampling import Sampling
+from lfm2_edge.wire import StreamReader, data_uri, error_from_response, request_body
 
-__all__ = ["RemoteBackend", "RemoteError", "data_uri"]
-
-
-class RemoteError(Lfm2EdgeError):
-    """The server could not be reached, or refused the request; the message says which."""
-
-
-def data_uri(image: LoadedImage) -> str:
-    """A lossless PNG ``data:`` URI of decoded pixels."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.frombytes("RGB", (image.width, image.height), image.rgb).save(buf, "PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+__all__ = ["RemoteModel"]
 
 
 def to_openai_messages(
@@ -46,27 +35,55 @@ def to_openai_messages(
         out.append({"role": "system", "content": system_prompt})
     it = iter(images)
     for m in messages:
+        extra = {"tool_calls": list(m.tool_calls)} if m.tool_calls else {}
         if not m.images:
-            out.append({"role": m.role, "content": m.text})
+            out.append({"role": m.role, "content": m.text, **extra})
             continue
         parts: list[dict[str, Any]] = [
             {"type": "image_url", "image_url": {"url": data_uri(next(it))}} for _ in m.images
         ]
         parts.append({"type": "text", "text": m.text})
-        out.append({"role": m.role, "content": parts})
+        out.append({"role": m.role, "content": parts, **extra})
     return out
 
 
-class RemoteBackend:
-    """An OpenAI-compatible ``/v1/chat/completions`` endpoint used as a model."""
+class RemoteModel:
+    """An OpenAI-compatible ``/v1/chat/completions`` endpoint, used like a local model.
 
-    def __init__(self, endpoint: str, *, api_key: str | None = None, model: str | None = None, timeout: float = 600):
+    >>> model = RemoteModel("http://gpu-box:8000/v1", model="LiquidAI/LFM2.5-VL-450M")
+    >>> model.chat("What is in this image?", images=["cat.jpg"]).text
+
+    ``model`` is the id requests name (default: the server's first model). The system
+    prompt and sampling defaults are the catalog card's for that model (a VL card when
+    the model is not in the catalog), so a local and a remote model answer the same
+    request the same way.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        system_prompt: str | None = None,
+        sampling: Sampling | None = None,
+        allow_remote_images: bool = True,
+        allow_private_urls: bool = False,
+        timeout: float = 600,
+    ) -> None:
         import httpx
 
+        from lfm2_edge.catalog import find_entry
+
         base = endpoint.rstrip("/")
-        self.base_url = base if base.endswith("/v1") else f"{base}/v1"
+        self.endpoint = base if base.endswith("/v1") else f"{base}/v1"
+        card = presets(find_entry(model.split(":")[0]) if model else None, has_mmproj=True)
+        self.system_prompt = system_prompt if system_prompt is not None else card["system_prompt"]
+        self.sampling = sampling or card["sampling"]
+        self.allow_remote_images = allow_remote_images
+        self.allow_private_urls = allow_private_urls
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10))
+        self._client = httpx.Client(base_url=self.endpoint, headers=headers, timeout=httpx.Timeout(timeout, connect=10))
         self._model = model
 
     @property
@@ -77,11 +94,17 @@ class RemoteBackend:
             try:
                 self._model = str(data["data"][0]["id"])
             except (KeyError, IndexError, TypeError):
-                raise RemoteError(f"{self.base_url}/models lists no model; pass the model name") from None
+                raise RemoteError(f"{self.endpoint}/models lists no model; pass the model name") from None
         return self._model
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> RemoteModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
@@ -89,122 +112,95 @@ class RemoteBackend:
         try:
             response = self._client.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise RemoteError(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from None
+            raise RemoteError(f"cannot reach {self.endpoint} ({type(exc).__name__}: {exc})") from None
         if response.status_code >= 400:
-            raise _server_error(self.base_url, response.status_code, response.content)
+            raise error_from_response(self.endpoint, response.status_code, response.content)
         return response
+
+    @overload
+    def chat(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = ...,
+        *,
+        stream: Literal[False] = ...,
+        tools: Sequence[Mapping[str, Any]] | None = ...,
+        tool_choice: str | Mapping[str, Any] | None = ...,
+        response_format: Mapping[str, Any] | None = ...,
+        **sampling: Any,
+    ) -> ChatResult: ...
+
+    @overload
+    def chat(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = ...,
+        *,
+        stream: Literal[True],
+        tools: Sequence[Mapping[str, Any]] | None = ...,
+        tool_choice: str | Mapping[str, Any] | None = ...,
+        response_format: Mapping[str, Any] | None = ...,
+        **sampling: Any,
+    ) -> ChatStream: ...
 
     def chat(
         self,
-        messages: Sequence[Message],
-        images: Sequence[LoadedImage],
-        params: Any,
-        system_prompt: str | None,
-        extra: dict[str, Any] | None = None,
-    ) -> Generator[str, None, Any]:
-        """Stream the answer's text pieces, then return the :class:`ChatResult`."""
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: Sequence[Any] | None = None,
+        *,
+        stream: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        **sampling: Any,
+    ) -> ChatResult | ChatStream:
+        """Send a prompt or a conversation to the server; the arguments and results are
+        those of :meth:`lfm2_edge.VisionModel.chat`."""
+        params = self.sampling.updated(**sampling)
+        messages = normalize_messages(prompt_or_messages, images)
+        loaded = [
+            load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
+            for img in conversation_images(messages)
+        ]
+        extra = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        body = request_body(self.model, to_openai_messages(messages, loaded, self.system_prompt), params, extra)
+        out = ChatStream(self._stream(body))
+        if stream:
+            return out
+        for _ in out:
+            pass
+        assert out.result is not None
+        return out.result
+
+    def _stream(self, body: dict[str, Any]) -> Generator[str, None, ChatResult]:
         import httpx
 
-        from lfm2_edge.results import ChatResult, Timings, Usage
-        from lfm2_edge.tools import ToolCall
-
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": to_openai_messages(messages, images, system_prompt),
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "min_p": params.min_p,
-            "repetition_penalty": params.repetition_penalty,
-            "max_tokens": params.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if params.top_k > 0:
-            body["top_k"] = params.top_k
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.stop:
-            body["stop"] = list(params.stop)
-        body.update({k: v for k, v in (extra or {}).items() if v is not None})
         t_start = time.perf_counter()
         t_first: float | None = None
-        text: list[str] = []
-        finish: Literal["stop", "length", "tool_calls"] = "stop"
-        usage: dict[str, Any] = {}
-        calls: dict[int, dict[str, str]] = {}
+        reader = StreamReader(self.endpoint)
         try:
             with self._client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
-                    raise _server_error(self.base_url, response.status_code, response.read())
+                    raise error_from_response(self.endpoint, response.status_code, response.read())
                 for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise RemoteError(f"{self.base_url}: {chunk['error'].get('message', chunk['error'])}")
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        for call in (choice.get("delta") or {}).get("tool_calls") or []:
-                            slot = calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
-                            fn = call.get("function") or {}
-                            slot["id"] = call.get("id") or slot["id"]
-                            slot["name"] += fn.get("name") or ""
-                            slot["arguments"] += fn.get("arguments") or ""
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            t_first = t_first or time.perf_counter()
-                            text.append(piece)
+                    piece = reader.feed_line(line)
+                    if piece:
+                        t_first = t_first or time.perf_counter()
+                        try:
                             yield piece
-                        if choice.get("finish_reason") in ("stop", "length", "tool_calls"):
-                            finish = choice["finish_reason"]
+                        except StreamClosed:
+                            break
+                    if reader.done:
+                        break
         except httpx.HTTPError as exc:
-            raise RemoteError(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from None
+            raise RemoteError(f"cannot reach {self.endpoint} ({type(exc).__name__}: {exc})") from None
         t_end = time.perf_counter()
         t_first = t_first or t_end
-        details = usage.get("prompt_tokens_details") or {}
-        tool_calls = tuple(
-            ToolCall(c["name"], _json_object(c["arguments"]), id=c["id"]) for _, c in sorted(calls.items())
-        )
-        return ChatResult(
-            text="".join(text),
-            finish_reason=finish,
-            tool_calls=tool_calls,
-            usage=Usage(
-                int(usage.get("prompt_tokens", 0)),
-                0,  # the OpenAI usage has no image-token count
-                int(usage.get("completion_tokens", len(text))),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-            ),
-            timings=Timings(
+        return reader.result(
+            Timings(
                 prompt_ms=(t_first - t_start) * 1000,
                 image_ms=0.0,
                 first_token_ms=(t_first - t_start) * 1000,
                 decode_ms=(t_end - t_first) * 1000,
-            ),
+            )
         )
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
-        return {"_raw": text}
-    return value if isinstance(value, dict) else {"_value": value}
-
-
-def _server_error(base_url: str, status: int, content: bytes) -> Lfm2EdgeError:
-    try:
-        error = json.loads(content).get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-    except (ValueError, AttributeError):
-        message, code = content[:200].decode("utf-8", "replace"), None
-    text = f"{base_url} answered {status}: {message}"
-    if code == "context_length_exceeded":
-        return ContextOverflowError(text)
-    if code == "invalid_image":
-        return ImageError(text)
-    return RemoteError(text)

@@ -10,6 +10,7 @@ from outside.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
@@ -130,10 +131,8 @@ class ChatStream:
     def __del__(self) -> None:
         # A stream dropped half-way frees its model for the next call.
         if self._steps is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._steps.close()
-            except Exception:
-                pass
 
 
 class ChatModel(Protocol):

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any, Literal, overload
 
-from lfm2_edge.model import VisionModel
-from lfm2_edge.results import ChatResult, ChatStream, StreamClosed
+from lfm2_edge.results import ChatModel, ChatResult, ChatStream, StreamClosed
 
 __all__ = ["ChatSession"]
 
@@ -24,7 +23,7 @@ class ChatSession:
     >>> session.send("What colour is it?").text   # the image is not encoded again
     """
 
-    def __init__(self, model: VisionModel) -> None:
+    def __init__(self, model: ChatModel) -> None:
         self.model = model
         self.messages: list[dict[str, Any]] = []
 
