@@ -17,6 +17,8 @@ import ipaddress
 import os
 import socket
 import ssl
+import stat
+import time
 import urllib.parse
 import warnings
 from dataclasses import dataclass
@@ -33,8 +35,9 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; larger is a decompression bomb, not a photo
 MAX_ASPECT_RATIO = 32  # a 32:1 strip is already a degenerate tile grid
-REMOTE_TIMEOUT_S = 20.0
+REMOTE_TIMEOUT_S = 20.0  # for the whole fetch, redirects included, not per read
 REMOTE_MAX_BYTES = 50 * 1024 * 1024
+FILE_MAX_BYTES = 256 * 1024 * 1024  # a larger "image" file is not a photo
 
 
 @dataclass(frozen=True)
@@ -52,18 +55,7 @@ class LoadedImage:
             if getattr(image, "is_animated", False):
                 image.seek(0)
             image = ImageOps.exif_transpose(image)
-            if image.width < 1 or image.height < 1:
-                raise ImageError("the image has no pixels")
-            ratio = max(image.width, image.height) / min(image.width, image.height)
-            if ratio > MAX_ASPECT_RATIO:
-                raise ImageError(
-                    f"the image is {image.width}x{image.height}, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop it"
-                )
-            if image.width * image.height > max_pixels:
-                raise ImageError(
-                    f"the image is {image.width}x{image.height}, over the {max_pixels:,}-pixel "
-                    "limit; downscale it first"
-                )
+            check_size(image.width, image.height, max_pixels)
             if image.mode != "RGB":
                 if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                     image = image.convert("RGBA")
@@ -81,6 +73,16 @@ class LoadedImage:
         return cls(image.width, image.height, rgb, digest)
 
 
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image by its dimensions alone (read from its header before decoding)."""
+    if width < 1 or height < 1:
+        raise ImageError("the image has no pixels")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(f"the image is {width}x{height}, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop it")
+    if width * height > max_pixels:
+        raise ImageError(f"the image is {width}x{height}, over the {max_pixels:,}-pixel limit; downscale it first")
+
+
 def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:
     if not data:
         raise ImageError(f"{what} is empty (0 bytes); send a JPEG, PNG, WebP or GIF image")
@@ -88,7 +90,10 @@ def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
+            check_size(image.width, image.height, max_pixels)  # from the header, before decoding
             image.load()
+        except ImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{what} declares too many pixels (decompression bomb); refusing it") from None
         except Exception as exc:  # Pillow raises many types on hostile data
@@ -150,15 +155,20 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = context.wrap_socket(sock, server_hostname=self.host)
 
 
-def _fetch(url: str, allow_private: bool, hops: int = 5) -> bytes:
-    """GET ``url`` (and up to ``hops`` redirects), each hop's host checked before connecting."""
+def fetch_url(url: str, allow_private: bool, hops: int = 5, deadline: float | None = None) -> bytes:
+    """GET ``url`` (and up to ``hops`` redirects), each hop's host checked before connecting.
+
+    The whole fetch, redirects included, must end within :data:`REMOTE_TIMEOUT_S`: a
+    server that drips one byte at a time is cut off, not waited for.
+    """
+    deadline = deadline if deadline is not None else time.monotonic() + REMOTE_TIMEOUT_S
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ImageError(f"refusing to fetch {url}: only http(s) URLs with a host are fetched")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ip = _resolve(parts.hostname, port, url, allow_private)
     cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(parts.hostname, port, timeout=REMOTE_TIMEOUT_S)
+    conn = cls(parts.hostname, port, timeout=max(0.1, deadline - time.monotonic()))
     conn.pinned_ip = ip
     path = parts.path or "/"
     if parts.query:
@@ -170,10 +180,10 @@ def _fetch(url: str, allow_private: bool, hops: int = 5) -> bytes:
             target = response.getheader("Location")
             if not target or hops <= 0:
                 raise ImageError(f"could not fetch {url}: too many or empty redirects")
-            return _fetch(urllib.parse.urljoin(url, target), allow_private, hops - 1)
+            return fetch_url(urllib.parse.urljoin(url, target), allow_private, hops - 1, deadline)
         if response.status != 200:
             raise ImageError(f"could not fetch {url}: HTTP {response.status}")
-        data = response.read(REMOTE_MAX_BYTES + 1)
+        data = _read_until(response, deadline, url)
     except (OSError, http.client.HTTPException) as exc:
         raise ImageError(f"could not fetch {url}: {exc}") from None
     finally:
@@ -183,8 +193,43 @@ def _fetch(url: str, allow_private: bool, hops: int = 5) -> bytes:
     return data
 
 
+def _read_until(response: http.client.HTTPResponse, deadline: float, url: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while total <= REMOTE_MAX_BYTES:
+        if time.monotonic() > deadline:
+            raise ImageError(f"could not fetch {url}: it took over {REMOTE_TIMEOUT_S:.0f} s")
+        chunk = response.read1(64 * 1024)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def _from_url(url: str, max_pixels: int, allow_private: bool) -> LoadedImage:
-    return _decode(_fetch(url, allow_private), url, max_pixels)
+    return _decode(fetch_url(url, allow_private), url, max_pixels)
+
+
+def read_file(path: Path, what: str, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``: never a device, FIFO or directory."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path} is a directory, not {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path} is not a regular file (a device, pipe or socket); give {what} file")
+        if info.st_size > max_bytes:
+            raise ImageError(f"{path} is larger than {max_bytes // 2**20} MiB; that is not {what}")
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ImageError(f"{path} is larger than {max_bytes // 2**20} MiB; that is not {what}")
+    return data
 
 
 def load_image(
@@ -217,13 +262,5 @@ def load_image(
             raise ImageError(f"{scheme}:// image URLs are not supported; use a path, a data: URI or http(s)")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"image file not found: {path}") from None
-        except IsADirectoryError:
-            raise ImageError(f"{path} is a directory, not an image file") from None
-        except OSError as exc:
-            raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from None
-        return _decode(data, f"{path}", max_pixels)
+        return _decode(read_file(path, "an image", FILE_MAX_BYTES), f"{path}", max_pixels)
     raise ImageError(f"cannot use a {type(source).__name__} as an image; pass a path, bytes or a PIL image")

@@ -3,7 +3,10 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import os
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -162,3 +165,27 @@ def test_absurd_aspect_ratios_are_refused() -> None:
     with pytest.raises(ImageError, match="aspect ratio over 32:1"):
         load_image(Image.new("RGB", (3300, 100)))
     assert load_image(Image.new("RGB", (3200, 100))).width == 3200
+
+
+def test_devices_and_fifos_are_refused_without_reading(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for source in ("/dev/zero", str(fifo)):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_image(source)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height``: decoding it would fail."""
+    data = png_bytes(Image.new("RGB", (1, 1)))
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    return data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + data[33:]
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
+    # Only the header is read: the claimed 8000x8000 pixels are never decoded (decoding
+    # this file would fail with another error).
+    with pytest.raises(ImageError, match="pixel limit"):
+        load_image(png_claiming(8000, 8000), max_pixels=16_000_000)
+    with pytest.raises(ImageError, match="aspect ratio"):
+        load_image(png_claiming(8000, 10))
