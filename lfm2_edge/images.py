@@ -198,7 +198,7 @@ def _read_until(response: http.client.HTTPResponse, deadline: float, url: str) -
     total = 0
     while total <= REMOTE_MAX_BYTES:
         if time.monotonic() > deadline:
-            raise ImageError(f"could not fetch {url}: it took over {REMOTE_TIMEOUT_S:.0f} s")
+            raise ImageError(f"could not fetch {url}: it did not arrive in time")
         chunk = response.read1(64 * 1024)
         if not chunk:
             break
@@ -207,8 +207,8 @@ def _read_until(response: http.client.HTTPResponse, deadline: float, url: str) -
     return b"".join(chunks)
 
 
-def _from_url(url: str, max_pixels: int, allow_private: bool) -> LoadedImage:
-    return _decode(fetch_url(url, allow_private), url, max_pixels)
+def _from_url(url: str, max_pixels: int, allow_private: bool, timeout: float) -> LoadedImage:
+    return _decode(fetch_url(url, allow_private, deadline=time.monotonic() + timeout), url, max_pixels)
 
 
 def read_file(path: Path, what: str, max_bytes: int) -> bytes:
@@ -238,11 +238,13 @@ def load_image(
     allow_remote: bool = True,
     allow_private: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout: float = REMOTE_TIMEOUT_S,
 ) -> LoadedImage:
     """Read an image from a path, bytes, a PIL image, a ``data:`` URI or an http(s) URL.
 
     URLs are fetched only with ``allow_remote``, and then never from loopback, private
-    or link-local addresses (also after a redirect) unless ``allow_private``.
+    or link-local addresses (also after a redirect) unless ``allow_private``; the whole
+    fetch must end within ``timeout`` seconds.
     """
     if isinstance(source, LoadedImage):
         return source
@@ -256,7 +258,7 @@ def load_image(
         if source.startswith(("http://", "https://")):
             if not allow_remote:
                 raise ImageError("remote image URLs are disabled here; send the image as a data: URI")
-            return _from_url(source, max_pixels, allow_private)
+            return _from_url(source, max_pixels, allow_private, timeout)
         if "://" in source:
             scheme = source.split("://", 1)[0]
             raise ImageError(f"{scheme}:// image URLs are not supported; use a path, a data: URI or http(s)")

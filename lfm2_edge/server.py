@@ -11,8 +11,8 @@ serving. A client that disconnects mid-stream stops its generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-import json
 import queue
 import threading
 import time
@@ -25,6 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.holdback import HoldBack
@@ -39,6 +40,7 @@ from lfm2_edge.wire import (
     chunk_body,
     completion_body,
     parse_chat_request,
+    parse_json_body,
     sse,
 )
 
@@ -56,9 +58,29 @@ class ServerConfig(RequestLimits):
     api_key: str | None = None
     max_queue: int = 64  # requests waiting or running; more get 429
     max_body_bytes: int = 32 * 1024 * 1024
+    allow_private_image_urls: bool = False
+    max_image_pixels: int = 16_000_000  # per image, read from its header before decoding
+    max_request_pixels: int = 32_000_000  # all of a request's images together
+    image_fetch_timeout_s: float = 20.0  # a remote image URL, fetched whole, redirects included
 
 
 # -- the engine: a FIFO queue in front of a pool of models -----------------------------
+
+
+class Ticket:
+    """A request's place in the queue, taken before its body is read; its ``cancel``
+    event stops the request wherever it is (queued, evaluating or generating)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.cancel = threading.Event()
+        self.outcome = "failed"  # served, cancelled or failed
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.engine._release(self.outcome)
 
 
 class Engine:
@@ -73,13 +95,14 @@ class Engine:
         self._pending = 0
         self._lock = threading.Lock()
         self.served = 0  # answers completed
-        self.cancelled = 0  # streams stopped because their client went away
+        self.cancelled = 0  # requests stopped because their client went away
 
     @property
     def queued(self) -> int:
         return self._pending
 
-    def _admit(self) -> None:
+    def admit(self) -> Ticket:
+        """A place in the queue, or a 429 when it is full."""
         with self._lock:
             if self._pending >= self.max_queue:
                 raise ApiError(
@@ -89,55 +112,52 @@ class Engine:
                     code="queue_full",
                 )
             self._pending += 1
+        return Ticket(self)
 
-    def _release(self, served: bool = False, cancelled: bool = False) -> None:
+    def _release(self, outcome: str) -> None:
         with self._lock:
             self._pending -= 1
-            self.served += served
-            self.cancelled += cancelled
+            self.served += outcome == "served"
+            self.cancelled += outcome == "cancelled"
 
-    async def complete(self, request: ChatRequest) -> Any:
-        self._admit()
-        served = False
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, request)
-            served = True
-            return result
-        finally:
-            self._release(served=served)
-
-    def _run(self, request: ChatRequest) -> Any:
-        model = self._free.get()
-        try:
-            return model.chat(request.messages, **request.options)
-        finally:
-            self._free.put(model)
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ("piece", text) events, then ("done", ChatResult). Closing the iterator
-        (a client gone) stops the generation at its next token."""
-        self._admit()
+    async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
+        """Yield ("piece", text) events, then ("done", ChatResult). Setting
+        ``ticket.cancel`` (or closing the iterator) stops the request: a queued one never
+        reaches a model, a running one stops at its next token. The ticket is released
+        once the model is free again."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
-        outcome = {"served": False, "cancelled": False}
+        cancel = ticket.cancel
 
         def emit(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
+        def take_model() -> Any | None:
+            while not cancel.is_set():
+                try:
+                    return self._free.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            return None
+
         def work() -> None:
-            model = self._free.get()
+            model = take_model()
+            if model is None:
+                ticket.outcome = "cancelled"
+                emit("cancelled", None)
+                return
             try:
                 stream = model.chat(request.messages, stream=True, **request.options)
                 try:
                     for piece in stream:
                         if cancel.is_set():
-                            outcome["cancelled"] = True
+                            ticket.outcome = "cancelled"
+                            emit("cancelled", None)
                             return
                         emit("piece", piece)
                 finally:
                     stream.close()
-                outcome["served"] = True
+                ticket.outcome = "served"
                 emit("done", stream.result)
             except BaseException as exc:  # handed to the request's coroutine
                 emit("error", exc)
@@ -145,12 +165,14 @@ class Engine:
                 self._free.put(model)
 
         future = loop.run_in_executor(self._pool, work)
-        future.add_done_callback(lambda f: self._release(**outcome))  # once the model is free again
+        future.add_done_callback(lambda _: ticket.release())
         try:
             while True:
                 kind, value = await events.get()
                 if kind == "error":
                     raise value
+                if kind == "cancelled":
+                    raise ApiError(499, "the request was cancelled: its client went away", code="cancelled")
                 yield kind, value
                 if kind == "done":
                     return
@@ -162,6 +184,56 @@ class Engine:
 
 
 # -- the app ----------------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused past ``limit`` bytes whether or not it declared its length."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise ApiError(413, f"the request body is over {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def _load_images(req: ChatRequest, config: ServerConfig) -> None:
+    """Fetch and decode the request's images off the model worker, within the request's
+    pixel budget (counted from the headers before decoding) and a total deadline for
+    remote URLs; the messages then carry decoded images."""
+    from lfm2_edge.images import load_image
+
+    budget = [config.max_request_pixels]
+
+    def load(url: str) -> Any:
+        image = load_image(
+            url,
+            allow_remote=config.allow_remote_images,
+            allow_private=config.allow_private_image_urls,
+            max_pixels=min(config.max_image_pixels, budget[0]),
+            timeout=config.image_fetch_timeout_s,
+        )
+        budget[0] -= image.width * image.height
+        return image
+
+    for message in req.messages:
+        for i, part in enumerate(message["content"]):
+            if part.get("type") == "image_url":
+                image = await asyncio.to_thread(load, part["image_url"]["url"])
+                message["content"][i] = {"type": "image", "image": image}
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client goes away, while its request waits or runs."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(0.1)
 
 
 def create_app(
@@ -180,26 +252,23 @@ def create_app(
     app = FastAPI(title="lfm2-edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     created = int(time.time())
 
-    def error_response(err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes and methods get an OpenAI-shaped body too, not FastAPI's {"detail": ...}.
+        message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code, exc.detail)
+        return error_response(ApiError(exc.status_code, str(message), code=_CODES.get(exc.status_code)))
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith("/v1/") and config.api_key is not None:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {config.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(
-                    ApiError(
-                        401,
-                        "a valid API key is required (Authorization: Bearer KEY)",
-                        type="authentication_error",
-                        code="invalid_api_key",
-                    )
+        if request.url.path.startswith("/v1/") and config.api_key is not None and not _authorized(request, config):
+            return error_response(
+                ApiError(
+                    401,
+                    "a valid API key is required (Authorization: Bearer KEY)",
+                    type="authentication_error",
+                    code="invalid_api_key",
                 )
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return error_response(ApiError(413, f"the request body is over {config.max_body_bytes} bytes"))
+            )
         try:
             return await call_next(request)
         except Exception as exc:  # the server keeps serving
@@ -220,38 +289,57 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        raw = await request.body()
-        if len(raw) > config.max_body_bytes:
-            return error_response(ApiError(413, f"the request body is over {config.max_body_bytes} bytes"))
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(ApiError(400, f"the request body is not valid JSON ({exc})"))
-        try:
-            req = parse_chat_request(body, config)
+            ticket = engine.admit()  # before the body is read: a full queue costs nothing
         except ApiError as err:
             return error_response(err)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if not req.stream:
-            try:
-                result = await engine.complete(req)
-            except ApiError as err:
-                return error_response(err)
-            except Lfm2EdgeError as exc:
-                return error_response(api_error(exc))
-            return completion_body(result, completion_id, req.model, int(time.time()))
+        watcher: asyncio.Task[None] | None = None
+        events: AsyncIterator[tuple[str, Any]] | None = None
         try:
-            events = engine.stream(req)
+            req = parse_chat_request(parse_json_body(await _read_body(request, config.max_body_bytes)), config)
+            watcher = asyncio.create_task(_watch_disconnect(request, ticket.cancel))
+            await _load_images(req, config)
+            events = engine.run(ticket, req)  # from here on the engine releases the ticket
             first = await events.__anext__()  # errors before the first token are plain 4xx answers
-        except ApiError as err:
-            return error_response(err)
-        except Lfm2EdgeError as exc:
-            return error_response(api_error(exc))
-        return StreamingResponse(_sse(events, first, req, completion_id), media_type="text/event-stream")
+            if not req.stream:
+                while first[0] != "done":
+                    first = await events.__anext__()
+        except (ApiError, Lfm2EdgeError) as exc:
+            if events is None:
+                ticket.release()
+            return error_response(exc if isinstance(exc, ApiError) else api_error(exc))
+        finally:
+            if watcher is not None:
+                watcher.cancel()  # a streaming response notices a disconnect itself
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return StreamingResponse(_sse(events, first, req, completion_id), media_type="text/event-stream")
+        await events.aclose()  # type: ignore[attr-defined]
+        return completion_body(first[1], completion_id, req.model, int(time.time()))
 
     return app
 
 
+_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if err.status == 429 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def _authorized(request: Request, config: ServerConfig) -> bool:
+    """``Authorization: Bearer KEY``, the scheme in any case, the key in UTF-8 or Latin-1."""
+    assert config.api_key is not None
+    raw = request.headers.get("authorization", "").encode("latin-1")  # the header's bytes as sent
+    scheme, _, token = raw.strip().partition(b" ")
+    keys = [config.api_key.encode("utf-8")]
+    with contextlib.suppress(UnicodeEncodeError):
+        keys.append(config.api_key.encode("latin-1"))
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.strip(), key)
+    return scheme.lower() == b"bearer" and ok
 
 
 def _tool_deltas(hold: HoldBack, mode: str | None, result: ChatResult) -> tuple[str, list[dict[str, Any]]]:
@@ -295,7 +383,7 @@ async def _sse(
                 break
             event = await events.__anext__()
         yield SSE_DONE
-    except Lfm2EdgeError as exc:
-        yield sse(api_error(exc).body())
+    except (ApiError, Lfm2EdgeError) as exc:
+        yield sse((exc if isinstance(exc, ApiError) else api_error(exc)).body())
     finally:
         await events.aclose()  # type: ignore[attr-defined]

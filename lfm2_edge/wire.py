@@ -18,7 +18,7 @@ import base64
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError, RemoteError
@@ -44,9 +44,21 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
-# Sampling fields a request may carry (OpenAI's, plus vLLM's extra_body ones).
-_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty")
-_INT_FIELDS = ("top_k", "seed", "max_tokens", "max_completion_tokens")
+# Sampling fields a request may carry (OpenAI's, plus vLLM's extra_body ones), with the
+# ranges OpenAI (and vLLM, for its own fields) accept.
+_FLOAT_FIELDS = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "repetition_penalty": (0.01, 10.0),
+}
+_INT_FIELDS = {
+    "top_k": (-1, 1 << 20),  # -1 (vLLM) and 0 both mean off
+    "seed": (-(1 << 63), (1 << 64) - 1),
+    "max_tokens": (1, 1 << 31),
+    "max_completion_tokens": (1, 1 << 31),
+}
+MAX_JSON_DEPTH = 64
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -132,7 +144,39 @@ class RequestLimits:
     max_images: int = 1
     allow_remote_images: bool = False
     default_max_tokens: int = 512
-    extra: dict[str, Any] = field(default_factory=dict)
+    max_messages: int = 4096
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON, refusing what Python's json accepts but JSON does not
+    (NaN, Infinity), nesting deeper than :data:`MAX_JSON_DEPTH`, and lone surrogates."""
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        body = json.loads(raw, parse_constant=no_constants)
+    except RecursionError:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, child in items:
+                if isinstance(key, str):
+                    stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "the request body holds an invalid \\u escape (a lone surrogate)") from None
+    return body
 
 
 def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
@@ -151,6 +195,11 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    if len(messages) > limits.max_messages:
+        raise ApiError(
+            400, f"the request has {len(messages)} messages; this server takes at most {limits.max_messages}",
+            param="messages",
+        )
     checked = [_check_message(m, i, limits) for i, m in enumerate(messages)]
     n_images = sum(1 for m in checked for p in m["content"] if p.get("type") == "image_url")
     if n_images > limits.max_images:
@@ -163,16 +212,16 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     options: dict[str, Any] = {}
-    for name in _FLOAT_FIELDS:
+    for name, bounds in _FLOAT_FIELDS.items():
         if body.get(name) is not None:
-            options[name] = _number(body[name], name, float)
-    for name in _INT_FIELDS:
+            options[name] = _number(body[name], name, float, bounds)
+    for name, bounds in _INT_FIELDS.items():
         if body.get(name) is not None:
-            options[name] = _number(body[name], name, int)
+            options[name] = _number(body[name], name, int, bounds)
     if "max_completion_tokens" in options:
         options["max_tokens"] = options.pop("max_completion_tokens")
-    if "max_tokens" in options and options["max_tokens"] < 1:
-        raise ApiError(400, "'max_tokens' must be at least 1", param="max_tokens")
+    if options.get("top_k") == -1:
+        options["top_k"] = 0
     options.setdefault("max_tokens", limits.default_max_tokens)
     stop = body.get("stop")
     if stop is not None:
@@ -193,8 +242,13 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
             raise ApiError(
                 400, "tool_choice 'required' is not supported; name the function instead", param="tool_choice"
             )
-        if choice not in ("auto", "none") and not isinstance(choice, Mapping):
-            raise ApiError(400, "'tool_choice' must be 'auto', 'none' or a named function", param="tool_choice")
+        named = choice.get("function") if isinstance(choice, Mapping) else None
+        if choice not in ("auto", "none") and not (isinstance(named, Mapping) and isinstance(named.get("name"), str)):
+            raise ApiError(
+                400,
+                "'tool_choice' must be 'auto', 'none' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                param="tool_choice",
+            )
         options["tool_choice"] = choice
     response_format = body.get("response_format")
     if response_format is not None:
@@ -209,15 +263,16 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
     return ChatRequest(checked, options, stream, include_usage, model)
 
 
-def _number(value: Any, name: str, kind: type) -> Any:
+def _number(value: Any, name: str, kind: type, bounds: tuple[float, float]) -> Any:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or (kind is int and not float(value).is_integer())
+        or (kind is int and isinstance(value, float) and not value.is_integer())
     ):
-        raise ApiError(400, f"'{name}' must be a number", param=name)
-    if name in ("temperature", "top_p", "min_p", "repetition_penalty", "top_k") and value < 0:
-        raise ApiError(400, f"'{name}' must not be negative", param=name)
+        raise ApiError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}", param=name)
+    low, high = bounds
+    if not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be between {low:g} and {high:g}, not {value!r}", param=name)
     return kind(value)
 
 
@@ -226,10 +281,25 @@ def _check_message(raw: Any, index: int, limits: RequestLimits) -> dict[str, Any
     if not isinstance(raw, Mapping):
         raise ApiError(400, f"{param} must be an object", param=param)
     role = raw.get("role")
+    if role == "developer":  # OpenAI's newer name for the system turn
+        role = "system"
     if role not in ROLES:
-        raise ApiError(400, f"{param}.role must be {', '.join(ROLES[:-1])} or {ROLES[-1]}", param=param)
+        raise ApiError(400, f"{param}.role must be developer, {', '.join(ROLES[:-1])} or {ROLES[-1]}", param=param)
     calls = raw.get("tool_calls")
-    extra = {"tool_calls": calls} if role == "assistant" and isinstance(calls, list) and calls else {}
+    if calls is not None and not (
+        isinstance(calls, list)
+        and all(
+            isinstance(c, Mapping)
+            and isinstance(c.get("function"), Mapping)
+            and isinstance(c["function"].get("name"), str)
+            and isinstance(c["function"].get("arguments", "{}"), (str, Mapping))
+            for c in calls
+        )
+    ):
+        raise ApiError(
+            400, f"{param}.tool_calls must be a list of {{'function': {{'name', 'arguments'}}}} objects", param=param
+        )
+    extra = {"tool_calls": calls} if role == "assistant" and calls else {}
     content = raw.get("content")
     if content is None or isinstance(content, str):
         return {"role": role, "content": [{"type": "text", "text": content or ""}], **extra}

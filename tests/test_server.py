@@ -6,56 +6,28 @@ synthetic model; clients talk to it over real HTTP.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from openai import OpenAI
 
 from lfm2_edge import VisionModel
 from lfm2_edge.errors import ContextOverflowError
 from lfm2_edge.remote import RemoteModel
-from lfm2_edge.server import ServerConfig, create_app
-from tests.conftest import noise_image, png_bytes
+from lfm2_edge.server import ServerConfig
+from tests.conftest import noise_image
+from tests.helpers import Running, cli_server, data_uri, post, recipe_messages, start_server
 from tests.test_tools import TOOLS
 
 NAME = "LiquidAI/LFM2.5-VL-450M"
-
-
-@dataclass
-class Running:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def start_server(models: list[VisionModel], config: ServerConfig) -> Running:
-    server = uvicorn.Server(uvicorn.Config(create_app(models, config), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return Running(f"http://127.0.0.1:{port}", server, thread)
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +42,6 @@ def served(tiny: dict[str, Path]) -> Iterator[Running]:
 @pytest.fixture(scope="module")
 def client(served: Running) -> OpenAI:
     return OpenAI(base_url=f"{served.url}/v1", api_key="EMPTY", max_retries=0)
-
-
-def data_uri(seed: int = 1, size: tuple[int, int] = (96, 64)) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(noise_image(*size, seed=seed))).decode()
-
-
-def recipe_messages(uri: str, text: str = "What is in this image?") -> list[dict[str, Any]]:
-    return [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": text}]}
-    ]
 
 
 def test_the_vllm_recipe_client_code_works(client: OpenAI) -> None:
@@ -162,14 +124,7 @@ def test_sixteen_concurrent_clients_get_their_own_complete_answers(
     assert httpx.get(f"{served.url}/health").json()["queued"] == 0
 
 
-def post(served: Running, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(
-        f"{served.url}/v1/chat/completions",
-        content=content,
-        headers={"content-type": "application/json", **(headers or {})},
-        timeout=60,
-    )
+
 
 
 @pytest.mark.parametrize(
@@ -258,43 +213,6 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(served: Runni
     assert health["queued"] == 0
     ok = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "next"}], max_tokens=2)
     assert ok.choices[0].message.content is not None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`lfm2-edge serve` on the tiny model in its own process, as model "m"; yields (process, url)."""
-    port = free_port()
-    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", str(port), "--served-model-name", "m"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lfm2_edge.cli", *args, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
 
 
 def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) -> None:

@@ -1,0 +1,116 @@
+"""What several test modules share: servers on 127.0.0.1, request builders, the CLI runner."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from lfm2_edge.server import ServerConfig, create_app
+from tests.conftest import noise_image, png_bytes
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
+    """``lfm2-edge ARGS`` in its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+@dataclass
+class Running:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(models: list[Any], config: ServerConfig) -> Running:
+    server = uvicorn.Server(uvicorn.Config(create_app(models, config), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Running(f"http://127.0.0.1:{port}", server, thread)
+
+
+def data_uri(seed: int = 1, size: tuple[int, int] = (96, 64)) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(noise_image(*size, seed=seed))).decode()
+
+
+def recipe_messages(uri: str, text: str = "What is in this image?") -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": text}]}
+    ]
+
+
+def post(served: Running, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(
+        f"{served.url}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=60,
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`lfm2-edge serve` on the tiny model in its own process, as model "m"; yields (process, url)."""
+    port = free_port()
+    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", str(port), "--served-model-name", "m"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lfm2_edge.cli", *args, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
