@@ -258,21 +258,13 @@ def create_app(
         message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code, exc.detail)
         return error_response(ApiError(exc.status_code, str(message), code=_CODES.get(exc.status_code)))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith("/v1/") and config.api_key is not None and not _authorized(request, config):
-            return error_response(
-                ApiError(
-                    401,
-                    "a valid API key is required (Authorization: Bearer KEY)",
-                    type="authentication_error",
-                    code="invalid_api_key",
-                )
-            )
-        try:
-            return await call_next(request)
-        except Exception as exc:  # the server keeps serving
-            return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:  # the server keeps serving
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+    if config.api_key is not None:
+        # A plain ASGI wrapper, not @app.middleware: that one hides client disconnects from handlers.
+        app.add_middleware(_KeyCheck, config=config)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -305,10 +297,10 @@ def create_app(
                 while first[0] != "done":
                     first = await events.__anext__()
         except (ApiError, Lfm2EdgeError) as exc:
-            if events is None:
-                ticket.release()
             return error_response(exc if isinstance(exc, ApiError) else api_error(exc))
         finally:
+            if events is None:  # failed (or the client left) before reaching the engine
+                ticket.release()
             if watcher is not None:
                 watcher.cancel()  # a streaming response notices a disconnect itself
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -328,14 +320,37 @@ def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-def _authorized(request: Request, config: ServerConfig) -> bool:
-    """``Authorization: Bearer KEY``, the scheme in any case, the key in UTF-8 or Latin-1."""
-    assert config.api_key is not None
-    raw = request.headers.get("authorization", "").encode("latin-1")  # the header's bytes as sent
+class _KeyCheck:
+    """ASGI middleware: ``/v1/*`` needs the API key."""
+
+    def __init__(self, app: Any, config: ServerConfig) -> None:
+        self.app, self.config = app, config
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self._authorized(scope):
+            response = error_response(
+                ApiError(
+                    401,
+                    "a valid API key is required (Authorization: Bearer KEY)",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                )
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Any) -> bool:
+        raw = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        return _key_matches(raw, self.config.api_key or "")
+
+
+def _key_matches(raw: bytes, api_key: str) -> bool:
+    """``Bearer KEY`` as sent (bytes), the scheme in any case, the key in UTF-8 or Latin-1."""
     scheme, _, token = raw.strip().partition(b" ")
-    keys = [config.api_key.encode("utf-8")]
+    keys = [api_key.encode("utf-8")]
     with contextlib.suppress(UnicodeEncodeError):
-        keys.append(config.api_key.encode("latin-1"))
+        keys.append(api_key.encode("latin-1"))
     ok = False
     for key in keys:
         ok |= hmac.compare_digest(token.strip(), key)

@@ -67,10 +67,12 @@ def recipe_messages(uri: str, text: str = "What is in this image?") -> list[dict
     ]
 
 
-def post(served: Running, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+def post(served: Running | str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST a chat-completions body (an object, or raw text) to a server or its base URL."""
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    url = served if isinstance(served, str) else served.url
     return httpx.post(
-        f"{served.url}/v1/chat/completions",
+        f"{url}/v1/chat/completions",
         content=content,
         headers={"content-type": "application/json", **(headers or {})},
         timeout=60,
