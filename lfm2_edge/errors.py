@@ -20,6 +20,7 @@ __all__ = [
     "Lfm2EdgeError",
     "ModelFileError",
     "ModelMismatchError",
+    "RemoteError",
     "UnknownModelError",
     "UnknownQuantError",
 ]
@@ -71,3 +72,7 @@ class AccessDeniedError(HubError):
 
 class DownloadError(HubError):
     """A download failed: a full disk, or a file whose sha256 does not match the hub's."""
+
+
+class RemoteError(Lfm2EdgeError):
+    """An OpenAI-compatible server (``--endpoint``) could not be reached or answered with an error."""
