@@ -37,8 +37,8 @@ lint:
 	$(BIN)/mypy
 
 models:
-	$(BIN)/python scripts/make_synthetic_model.py --shape tiny --out models/tiny
-	$(BIN)/python scripts/make_synthetic_model.py --shape lfm2-vl-450m --out models/lfm2-vl-450m
+	$(BIN)/python -m lfm2_edge.testing --shape tiny --out models/tiny
+	$(BIN)/python -m lfm2_edge.testing --shape lfm2-vl-450m --out models/lfm2-vl-450m
 
 bench: models
 	$(BIN)/lfm2-edge bench --json

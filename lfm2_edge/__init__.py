@@ -1,4 +1,23 @@
-"""lfm2-edge: run Liquid AI's LFM2-VL vision-language models on laptops, phones and Pis."""
+"""lfm2-edge: run Liquid AI's LFM2-VL vision-language models on laptops, phones and Pis.
+
+The public API:
+
+* :class:`VisionModel` (LFM2-VL, images and text), :class:`TextModel` (LFM2 text
+  models) and :class:`RemoteModel` (the same chat against an OpenAI-compatible
+  server): ``chat()`` returns a :class:`ChatResult` (text, tool calls, :class:`Usage`,
+  :class:`Timings`), ``chat(..., stream=True)`` a :class:`ChatStream`;
+* :class:`Sampling`: temperature, top-p/top-k/min-p, repetition penalty, seed, stop;
+* the errors, all subclasses of :class:`Lfm2EdgeError` with a one-line message:
+  :class:`ModelFileError`, :class:`ModelMismatchError`, :class:`ImageError`,
+  :class:`ContextOverflowError`, :class:`GenerationError`, :class:`UnknownModelError`,
+  :class:`UnknownQuantError`, :class:`HubError`, :class:`HubUnavailableError`,
+  :class:`AccessDeniedError`, :class:`DownloadError`, :class:`RemoteError`.
+
+Also: :mod:`lfm2_edge.catalog` (the models known by name, with their cards' defaults),
+:mod:`lfm2_edge.hub` (the hub cache), :mod:`lfm2_edge.handler` (a chat handler for
+``llama_cpp.Llama``), :mod:`lfm2_edge.tokens` (LFM2's special tokens) and, for tests,
+:mod:`lfm2_edge.testing` (synthetic models).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +26,44 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "ChatResult",
     "ChatStream",
     "ContextOverflowError",
+    "DownloadError",
+    "GenerationError",
+    "HubError",
+    "HubUnavailableError",
     "ImageError",
     "Lfm2EdgeError",
     "ModelFileError",
     "ModelMismatchError",
+    "RemoteError",
     "RemoteModel",
     "Sampling",
     "TextModel",
     "Timings",
+    "UnknownModelError",
+    "UnknownQuantError",
     "Usage",
     "VisionModel",
     "__version__",
 ]
 
 from lfm2_edge.errors import (
+    AccessDeniedError,
     ContextOverflowError,
+    DownloadError,
+    GenerationError,
+    HubError,
+    HubUnavailableError,
     ImageError,
     Lfm2EdgeError,
     ModelFileError,
     ModelMismatchError,
+    RemoteError,
+    UnknownModelError,
+    UnknownQuantError,
 )
 from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
 from lfm2_edge.sampling import Sampling
@@ -50,3 +85,7 @@ def __getattr__(name: str) -> Any:
 
         return RemoteModel
     raise AttributeError(f"module 'lfm2_edge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -27,9 +27,14 @@ from typing import Any
 
 from lfm2_edge.errors import ModelFileError
 
-__all__ = ["DEFAULT_MODEL_DIR", "BenchConfig", "BenchTarget", "run_bench"]
+__all__ = ["DEFAULT_MODEL_DIR", "GET_MODELS", "BenchConfig", "BenchTarget", "run_bench"]
 
-DEFAULT_MODEL_DIR = Path("models/lfm2-vl-450m")
+# `make models` writes the benchmark's default models into the checkout (not the CWD).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "lfm2-vl-450m"
+GET_MODELS = (
+    "run `make models` in a checkout, or `python -m lfm2_edge.testing --shape lfm2-vl-450m --out DIR` "
+    "and pass DIR/model-Q4_0.gguf as MODEL"
+)
 # 512x512 is one tile; 1024x768 is tiled (2x2 tiles + a thumbnail at the card's budget).
 IMAGE_SIZES = ((512, 512), (1024, 768))
 PREFILL_WORDS = 200
@@ -256,7 +261,7 @@ def run_bench(targets: Sequence[BenchTarget], config: BenchConfig) -> list[dict[
     for t in targets:
         for path in (t.model, t.mmproj):
             if path is not None and not Path(path).is_file():
-                raise ModelFileError(f"{path} not found; run `make models` to write the synthetic benchmark models")
+                raise ModelFileError(f"{path} not found; {GET_MODELS}")
     results = []
     for t in targets:
         ours = _in_child(bench_ours, t, config)

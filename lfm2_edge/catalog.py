@@ -6,8 +6,11 @@ A reference is one of:
 * ``REPO[:QUANT]`` — any GGUF repo on the hub, such as ``LiquidAI/LFM2-VL-450M-GGUF:Q8_0``;
 * a path to a local ``.gguf`` file.
 
-The catalog carries what the model cards recommend (sampling, image-token budget, system
-prompt); it does not carry file names. Those are read from the repo's file list (or the
+The catalog is the one table of per-model facts: name, family, repo, what the model card
+recommends (sampling, system prompt, image-token budget, default quant) and the published
+shapes ``doctor`` estimates memory from. Family-level card defaults (:data:`VL`,
+:data:`TEXT`) live here too; adding a model is one :data:`CATALOG` line. It does not carry
+file names. Those are read from the repo's file list (or the
 cache), so a renamed or newly added quant still resolves.
 """
 
@@ -20,20 +23,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lfm2_edge.errors import UnknownModelError, UnknownQuantError
-from lfm2_edge.prompt import DEFAULT_TEXT_SYSTEM_PROMPT, DEFAULT_VL_SYSTEM_PROMPT
-from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
+from lfm2_edge.sampling import Sampling
 
 __all__ = [
     "CATALOG",
     "DEFAULT_REF",
+    "DEFAULT_TEXT_SYSTEM_PROMPT",
+    "DEFAULT_VL_SYSTEM_PROMPT",
+    "FAMILIES",
+    "TEXT",
+    "TEXT_SAMPLING",
+    "VL",
+    "VL_SAMPLING",
+    "Arch",
     "CatalogEntry",
+    "FamilyDefaults",
     "GgufChoice",
     "ModelRef",
+    "catalog_entry",
     "choose_files",
     "find_entry",
     "parse_ref",
     "presets",
     "quant_of",
+    "text_model",
+    "vl_model",
 ]
 
 Family = Literal["vl", "text"]
@@ -45,8 +59,58 @@ MMPROJ_PREFERENCE = ("Q8_0", "F16", "BF16", "F32")
 
 
 @dataclass(frozen=True)
+class FamilyDefaults:
+    """What the model cards of a family share: sampling, system prompt, image-token budget."""
+
+    family: Family
+    sampling: Sampling
+    system_prompt: str
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+
+
+# The LFM2-VL cards: low temperature, min_p 0.15, 64 to 256 tokens per image tile.
+VL = FamilyDefaults(
+    "vl",
+    Sampling(),  # Sampling's own defaults are the LFM2-VL card's
+    "You are a helpful multimodal assistant by Liquid AI.",
+    image_min_tokens=64,
+    image_max_tokens=256,
+)
+# The LFM2 text cards: a little more temperature than the VL card.
+TEXT = FamilyDefaults("text", VL.sampling.updated(temperature=0.3), "You are a helpful assistant trained by Liquid AI.")
+FAMILIES: dict[Family, FamilyDefaults] = {"vl": VL, "text": TEXT}
+
+VL_SAMPLING, TEXT_SAMPLING = VL.sampling, TEXT.sampling
+DEFAULT_VL_SYSTEM_PROMPT, DEFAULT_TEXT_SYSTEM_PROMPT = VL.system_prompt, TEXT.system_prompt
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A model's published shapes: what ``doctor`` estimates memory from without its files."""
+
+    lm_params: float  # language-model parameters
+    n_embd: int
+    n_attn: int  # attention layers (the rest are short convolutions)
+    n_layer: int
+    kv_dim: int  # K (and V) width of one attention layer
+    n_vocab: int
+    vision_params: float = 0.0  # 0: no vision tower
+    vision_ff: int = 0
+    vision_patch: int = 16
+
+
+_LFM2_VL_450M = Arch(354e6, 1024, 6, 16, 512, 65536, 86e6, 3072)
+_LFM2_VL_1_6B = Arch(1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304)
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
-    """A model lfm2-edge knows by name, with its model card's recommendations."""
+    """A model lfm2-edge knows by name: its repo, its card's recommendations and its shapes.
+
+    ``recommend`` lists the quants ``doctor`` may recommend, better first (it ranks models
+    by ``arch.lm_params``, larger first); empty: never recommended.
+    """
 
     name: str
     family: Family
@@ -55,29 +119,47 @@ class CatalogEntry:
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
     default_quant: str = "Q4_0"
+    arch: Arch | None = None
+    recommend: tuple[str, ...] = ()
+    repo_id: str | None = None  # default: LiquidAI/NAME-GGUF
 
     @property
     def repo(self) -> str:
-        return f"LiquidAI/{self.name}-GGUF"
+        return self.repo_id or f"LiquidAI/{self.name}-GGUF"
 
 
-def _vl(name: str) -> CatalogEntry:
-    return CatalogEntry(name, "vl", VL_SAMPLING, DEFAULT_VL_SYSTEM_PROMPT, image_min_tokens=64, image_max_tokens=256)
+def catalog_entry(name: str, family: Family, **facts: Any) -> CatalogEntry:
+    """A catalog entry with its family's card defaults, overridden by ``facts``."""
+    defaults = FAMILIES[family]
+    base: dict[str, Any] = {
+        "sampling": defaults.sampling,
+        "system_prompt": defaults.system_prompt,
+        "image_min_tokens": defaults.image_min_tokens,
+        "image_max_tokens": defaults.image_max_tokens,
+    }
+    return CatalogEntry(name, family, **{**base, **facts})
 
 
-def _text(name: str) -> CatalogEntry:
-    return CatalogEntry(name, "text", TEXT_SAMPLING, DEFAULT_TEXT_SYSTEM_PROMPT)
+def vl_model(name: str, **facts: Any) -> CatalogEntry:
+    """A VL model's entry: the VL card defaults plus ``facts``."""
+    return catalog_entry(name, "vl", **facts)
 
 
+def text_model(name: str, **facts: Any) -> CatalogEntry:
+    """A text model's entry: the text card defaults plus ``facts``."""
+    return catalog_entry(name, "text", **facts)
+
+
+# Adding a model is one line here.
 CATALOG: tuple[CatalogEntry, ...] = (
-    _vl("LFM2-VL-450M"),
-    _vl("LFM2-VL-1.6B"),
-    _vl("LFM2.5-VL-450M"),
-    _vl("LFM2.5-VL-1.6B"),
-    _text("LFM2-350M"),
-    _text("LFM2-700M"),
-    _text("LFM2-1.2B"),
-    _text("LFM2.5-1.2B-Instruct"),
+    vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M),
+    vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B),
+    vl_model("LFM2.5-VL-450M", arch=_LFM2_VL_450M, recommend=("Q8_0", "Q4_0")),
+    vl_model("LFM2.5-VL-1.6B", arch=_LFM2_VL_1_6B, recommend=("Q8_0", "Q4_0")),
+    text_model("LFM2-350M"),
+    text_model("LFM2-700M"),
+    text_model("LFM2-1.2B"),
+    text_model("LFM2.5-1.2B-Instruct"),
 )
 
 DEFAULT_REF = "LFM2-VL-450M:Q4_0"
@@ -87,7 +169,7 @@ def presets(entry: CatalogEntry | None, has_mmproj: bool) -> dict[str, Any]:
     """Constructor defaults for a model: its card's, or those of its family when it is
     not in the catalog (a model with a projector is taken for a VL model)."""
     if entry is None:
-        entry = _vl("") if has_mmproj else _text("")
+        entry = vl_model("") if has_mmproj else text_model("")
     out: dict[str, Any] = {"sampling": entry.sampling, "system_prompt": entry.system_prompt}
     if entry.family == "vl":
         out.update(image_min_tokens=entry.image_min_tokens, image_max_tokens=entry.image_max_tokens)
@@ -97,10 +179,7 @@ def presets(entry: CatalogEntry | None, has_mmproj: bool) -> dict[str, Any]:
 def find_entry(name_or_repo: str) -> CatalogEntry | None:
     """The catalog entry for a name or its repo id (case-insensitive), if any."""
     key = name_or_repo.lower()
-    for entry in CATALOG:
-        if key in (entry.name.lower(), entry.repo.lower()):
-            return entry
-    return None
+    return next((e for e in CATALOG if key in (e.name.lower(), e.repo.lower())), None)
 
 
 @dataclass(frozen=True)

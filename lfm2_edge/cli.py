@@ -1,4 +1,8 @@
-"""The ``lfm2-edge`` command line: ``chat``, ``info``.
+"""The ``lfm2-edge`` command line.
+
+``chat`` (about images, locally or through ``--endpoint``), ``serve`` (an OpenAI-compatible
+server), ``pull``, ``models`` and ``rm`` (the hub cache), ``info`` (llama.cpp's backends
+and devices), ``doctor`` (this device, and the model that fits it) and ``bench``.
 
 Every user mistake ends in one line on stderr and exit code 2; ``--json`` gives one
 JSON object on stdout for scripts.
@@ -17,10 +21,10 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal as _size
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
-from lfm2_edge.hub import human_size as _size
 
 app = typer.Typer(
     name="lfm2-edge",
@@ -103,6 +107,11 @@ def _model_ref(ref: str | None, model: str | None) -> str | None:
     return ref or model
 
 
+def _either(value: Any, old_spelling: Any) -> Any:
+    """An option's value, from its current name or its old (hidden) one."""
+    return value if value is not None else old_spelling
+
+
 @app.command()
 def chat(
     ref: RefArg = None,
@@ -126,14 +135,20 @@ def chat(
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
     top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
     min_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 0.15]")] = None,
-    repeat_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="[default: 1.05]")] = None,
+    repetition_penalty: Annotated[
+        Optional[float], typer.Option("--repetition-penalty", min=0.0, help="[default: 1.05]")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.")] = None,
     min_image_tokens: Annotated[
-        Optional[int], typer.Option(min=1, help="Fewest tokens an image is given [64].")
+        Optional[int], typer.Option("--image-min-tokens", min=1, help="Fewest tokens an image is given [64].")
     ] = None,
     max_image_tokens: Annotated[
-        Optional[int], typer.Option(min=1, help="Most tokens an image tile is given [256].")
+        Optional[int], typer.Option("--image-max-tokens", min=1, help="Most tokens an image tile is given [256].")
     ] = None,
+    # the old spellings, still accepted
+    repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", min=0.0, hidden=True)] = None,
+    old_min_image_tokens: Annotated[Optional[int], typer.Option("--min-image-tokens", min=1, hidden=True)] = None,
+    old_max_image_tokens: Annotated[Optional[int], typer.Option("--max-image-tokens", min=1, hidden=True)] = None,
     schema: Annotated[
         Optional[Path], typer.Option(help="JSON schema file: the answer is JSON that follows it (grammar-constrained).")
     ] = None,
@@ -155,15 +170,18 @@ def chat(
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
+    repetition_penalty = _either(repetition_penalty, repeat_penalty)
+    min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
+    max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
     if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
-        fail(f"--min-image-tokens ({min_image_tokens}) is larger than --max-image-tokens ({max_image_tokens})")
+        fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
     set_verbose(verbose)
     sampling: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
         "min_p": min_p,
-        "repetition_penalty": repeat_penalty,
+        "repetition_penalty": repetition_penalty,
         "seed": seed,
         "max_tokens": max_tokens,
     }
@@ -586,11 +604,13 @@ def bench(
     next to llama-cpp-python's generic handler and a bare llama.cpp decode loop."""
     from rich.table import Table
 
-    from lfm2_edge.bench import DEFAULT_MODEL_DIR, BenchConfig, BenchTarget, run_bench
+    from lfm2_edge.bench import DEFAULT_MODEL_DIR, GET_MODELS, BenchConfig, BenchTarget, run_bench
 
     if flash_attn not in ("auto", "on", "off"):
         fail(f"--flash-attn must be auto, on or off (got {flash_attn!r})")
     refs = models or [str(DEFAULT_MODEL_DIR / f"model-{q}.gguf") for q in ("F16", "Q8_0", "Q4_0")]
+    if not models and not all(Path(r).is_file() for r in refs):
+        fail(f"no benchmark models in {DEFAULT_MODEL_DIR}; {GET_MODELS}")
     config = BenchConfig(
         repeat=repeat,
         n_threads=threads,
@@ -602,7 +622,7 @@ def bench(
         targets = []
         for ref in refs:
             if ref.lower().endswith(".gguf") and not Path(ref).is_file():
-                raise ModelFileError(f"{ref} not found; run `make models` to write the synthetic benchmark models")
+                raise ModelFileError(f"{ref} not found; {GET_MODELS}")
             resolved = _hub().resolve(ref, mmproj=mmproj)
             name = Path(ref).name if resolved.ref.is_local else resolved.ref.display
             targets.append(BenchTarget(name, resolved.model_path, resolved.mmproj_path))

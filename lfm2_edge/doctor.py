@@ -1,7 +1,9 @@
 """``lfm2-edge doctor``: what this device has, and which model fits it.
 
-The memory arithmetic is its own function, :func:`estimate_memory`, checked in the tests
-against the measured peak RSS of the synthetic models. A one-image chat holds:
+The models it may recommend, their order and their shapes are the catalog's
+(:mod:`lfm2_edge.catalog`). The memory arithmetic is its own function,
+:func:`estimate_memory`, checked in the tests against the measured peak RSS of the
+synthetic models. A one-image chat holds:
 
 * the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
   whose llama.cpp repacks weights (``REPACK = 1``), a repacked copy of its matrices;
@@ -21,12 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lfm2_edge import catalog
+from lfm2_edge.catalog import Arch, CatalogEntry
+
 __all__ = [
-    "SPECS",
     "MemoryEstimate",
     "estimate_memory",
     "estimate_spec",
     "measure_peak_rss",
+    "preference",
     "recommend",
     "system_report",
 ]
@@ -116,77 +121,55 @@ def estimate_memory(
     )
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The published shapes of a catalog model, for estimates without its files."""
-
-    name: str
-    lm_params: float
-    n_embd: int
-    n_attn: int
-    n_layer: int
-    kv_dim: int
-    n_vocab: int
-    vision_params: float
-    vision_ff: int
-    vision_patch: int = 16
-
-    def file_bytes(self, quant: str) -> int:
-        per = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}[quant]
-        return int(self.lm_params * per)
-
-    def mmproj_bytes(self, quant: str) -> int:
-        return int(self.vision_params * (2.0 if quant == "F16" else 1.0625))  # the Q8_0 projector otherwise
-
-
-SPECS: tuple[ModelSpec, ...] = (
-    ModelSpec("LFM2-VL-450M", 354e6, 1024, 6, 16, 512, 65536, 86e6, 3072),
-    ModelSpec("LFM2.5-VL-450M", 354e6, 1024, 6, 16, 512, 65536, 86e6, 3072),
-    ModelSpec("LFM2-VL-1.6B", 1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304),
-    ModelSpec("LFM2.5-VL-1.6B", 1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304),
-)
+_BYTES_PER_WEIGHT = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}
 
 
 def estimate_spec(
-    spec: ModelSpec, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
+    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
 ) -> MemoryEstimate:
-    weights = spec.file_bytes(quant)
-    embd = spec.n_vocab * spec.n_embd
+    """Estimate a one-image chat from a catalog model's published shapes (no files needed)."""
+    embd = arch.n_vocab * arch.n_embd
+    vision = arch.vision_params > 0
     return MemoryEstimate(
-        weights=weights,
-        repacked=int((spec.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
-        projector=spec.mmproj_bytes(quant),
-        kv_cache=_kv(spec.n_attn, spec.kv_dim, n_ctx),
-        recurrent=(spec.n_layer - spec.n_attn) * spec.n_embd * 3 * 2 * 4,
-        lm_compute=_lm_compute(n_batch, spec.n_vocab, spec.n_embd),
-        vision_compute=_vision_compute((512 // spec.vision_patch) ** 2, spec.vision_ff),
+        weights=int(arch.lm_params * _BYTES_PER_WEIGHT[quant]),
+        repacked=int((arch.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
+        # the projector: F16 with an F16 model, the Q8_0 one otherwise
+        projector=int(arch.vision_params * (2.0 if quant == "F16" else 1.0625)),
+        kv_cache=_kv(arch.n_attn, arch.kv_dim, n_ctx),
+        recurrent=(arch.n_layer - arch.n_attn) * arch.n_embd * 3 * 2 * 4,
+        lm_compute=_lm_compute(n_batch, arch.n_vocab, arch.n_embd),
+        vision_compute=_vision_compute((512 // arch.vision_patch) ** 2, arch.vision_ff) if vision else 0,
         runtime=RUNTIME_BYTES,
     )
 
 
-# Better first: the larger model before the smaller, more precise quants before less.
-PREFERENCE = (
-    ("LFM2.5-VL-1.6B", "Q8_0"),
-    ("LFM2.5-VL-1.6B", "Q4_0"),
-    ("LFM2.5-VL-450M", "Q8_0"),
-    ("LFM2.5-VL-450M", "Q4_0"),
-)
+def preference() -> list[tuple[CatalogEntry, str]]:
+    """The catalog models ``doctor`` may recommend, better first: the larger model before
+    the smaller, and each model's quants in its entry's ``recommend`` order."""
+    ranked = sorted(
+        (e for e in catalog.CATALOG if e.recommend and e.arch is not None),
+        key=lambda e: -e.arch.lm_params if e.arch else 0.0,
+    )
+    return [(e, quant) for e in ranked for quant in e.recommend]
 
 
 def recommend(available: int, *, n_ctx: int = 4096, repack: bool = False) -> dict[str, Any]:
     """The best catalog model and quant whose estimate fits ``available`` bytes with headroom
     (a quarter of it, at least 512 MiB, is left to the rest of the system)."""
     headroom = max(available // 4, 512 * MIB)
-    by_name = {s.name: s for s in SPECS}
-    for name, quant in PREFERENCE:
-        est = estimate_spec(by_name[name], quant, n_ctx=n_ctx, repack=repack)
+    choices = preference()
+    for entry, quant in choices:
+        assert entry.arch is not None
+        est = estimate_spec(entry.arch, quant, n_ctx=n_ctx, repack=repack)
         if est.total + headroom <= available:
-            return {"model": f"{name}:{quant}", "estimate_mib": est.to_dict(), "headroom_mib": headroom // MIB}
-    smallest = estimate_spec(by_name["LFM2.5-VL-450M"], "Q4_0", n_ctx=min(n_ctx, 1024), repack=repack)
+            return {"model": f"{entry.name}:{quant}", "estimate_mib": est.to_dict(), "headroom_mib": headroom // MIB}
+    smallest, quant = choices[-1]
+    assert smallest.arch is not None
+    estimate = estimate_spec(smallest.arch, quant, n_ctx=min(n_ctx, 1024), repack=repack)
     return {
-        "model": "LFM2.5-VL-450M:Q4_0",
+        "model": f"{smallest.name}:{quant}",
         "n_ctx": min(n_ctx, 1024),
-        "estimate_mib": smallest.to_dict(),
+        "estimate_mib": estimate.to_dict(),
         "headroom_mib": headroom // MIB,
         "warning": "even the smallest model leaves little room here; close other programs or lower --ctx",
     }

@@ -75,4 +75,4 @@ class DownloadError(HubError):
 
 
 class RemoteError(Lfm2EdgeError):
-    """The server could not be reached, or refused the request; the message says which."""
+    """An OpenAI-compatible server (``--endpoint``) could not be reached or answered with an error."""

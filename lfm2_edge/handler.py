@@ -28,15 +28,12 @@ from typing import Any
 import llama_cpp
 from llama_cpp import llama_chat_format, llama_types
 
+from lfm2_edge.catalog import VL
+from lfm2_edge.errors import ModelFileError
 from lfm2_edge.images import load_image
-from lfm2_edge.prompt import (
-    DEFAULT_VL_SYSTEM_PROMPT,
-    IM_END,
-    conversation_images,
-    normalize_messages,
-    render_prompt,
-)
+from lfm2_edge.prompt import conversation_images, normalize_messages, render_prompt
 from lfm2_edge.runtime import Projector
+from lfm2_edge.tokens import IM_END
 
 __all__ = ["Lfm2VlChatHandler"]
 
@@ -45,22 +42,29 @@ class Lfm2VlChatHandler:
     """Callable with llama-cpp-python's chat-handler signature.
 
     The projector is loaded on the first call against the ``Llama`` it is given and
-    freed with that ``Llama``. One handler serves one ``Llama``.
+    freed with that ``Llama``. One handler serves one ``Llama``. The defaults (system
+    prompt, image-token budget, sampling) are the LFM2-VL card's, from
+    :data:`lfm2_edge.catalog.VL`.
+
+    The call takes llama-cpp-python's keyword names: the repetition penalty is
+    ``repeat_penalty`` here because ``Llama.create_chat_completion`` passes it under that
+    name; everywhere else in lfm2-edge (CLI, API, server) it is ``repetition_penalty``.
+    A missing projector file raises :class:`~lfm2_edge.errors.ModelFileError`.
     """
 
     def __init__(
         self,
         clip_model_path: str | os.PathLike[str],
         *,
-        system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
-        image_min_tokens: int | None = 64,
-        image_max_tokens: int | None = 256,
+        system_prompt: str | None = VL.system_prompt,
+        image_min_tokens: int | None = VL.image_min_tokens,
+        image_max_tokens: int | None = VL.image_max_tokens,
         use_gpu: bool = False,
         allow_remote_images: bool = True,
     ) -> None:
         self.clip_model_path = Path(clip_model_path)
         if not self.clip_model_path.is_file():
-            raise ValueError(f"mmproj file not found: {self.clip_model_path}")
+            raise ModelFileError(f"mmproj file not found: {self.clip_model_path}")
         self.system_prompt = system_prompt
         self.image_min_tokens = image_min_tokens
         self.image_max_tokens = image_max_tokens
@@ -95,10 +99,10 @@ class Lfm2VlChatHandler:
         *,
         llama: llama_cpp.Llama,
         messages: list[Any],
-        temperature: float = 0.1,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.15,
+        temperature: float = VL.sampling.temperature,
+        top_p: float = VL.sampling.top_p,
+        top_k: int = VL.sampling.top_k,
+        min_p: float = VL.sampling.min_p,
         typical_p: float = 1.0,
         stream: bool = False,
         stop: str | list[str] | None = None,
@@ -106,7 +110,7 @@ class Lfm2VlChatHandler:
         max_tokens: int | None = None,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.05,
+        repeat_penalty: float = VL.sampling.repetition_penalty,
         logits_processor: Any = None,
         grammar: Any = None,
         logit_bias: dict[int, float] | None = None,

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.filesize import decimal
+
 from lfm2_edge.catalog import (
     CatalogEntry,
     GgufChoice,
@@ -49,8 +51,9 @@ from lfm2_edge.errors import (
     UnknownModelError,
     UnknownQuantError,
 )
+from lfm2_edge.progress import RichProgress
 
-__all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj", "human_size"]
+__all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj"]
 
 REVISION = "main"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -94,15 +97,6 @@ class CachedFile:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def human_size(n: float) -> str:
-    """Bytes as people read them: ``218.6 MB``."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def sha256_file(path: Path) -> str:
@@ -273,8 +267,8 @@ class Hub:
             free = shutil.disk_usage(blob.parent).free
             if free < size - have:
                 raise DownloadError(
-                    f"not enough disk space for {filename}: it needs {human_size(size - have)} and "
-                    f"{human_size(free)} is free in {self.cache_dir}; free some space or point HF_HOME at a larger disk"
+                    f"not enough disk space for {filename}: it needs {decimal(size - have)} and "
+                    f"{decimal(free)} is free in {self.cache_dir}; free some space or point HF_HOME at a larger disk"
                 )
         with self._errors(blob.parent.parent.name, filename), partial.open("ab") as fh:
             http_get(
@@ -375,20 +369,29 @@ class Hub:
         snap = self._snapshot_dir(repo)
         return available_quants(self._snapshot_files(snap)) if snap else []
 
+    def _scan(self) -> Any:
+        """huggingface_hub's view of the cache (``HFCacheInfo``), or None when there is none."""
+        from huggingface_hub import CacheNotFound, scan_cache_dir
+
+        try:
+            return scan_cache_dir(self.cache_dir)
+        except CacheNotFound:
+            return None
+
+    def _scanned_files(self) -> list[tuple[str, Any, Any]]:
+        """(repo id, revision, file) for every cached model file."""
+        info = self._scan()
+        repos = [r for r in info.repos if r.repo_type == "model"] if info else []
+        return [(r.repo_id, rev, f) for r in repos for rev in r.revisions for f in rev.files]
+
     def cached(self) -> list[CachedFile]:
-        """Every GGUF file in the cache, by repo and file name."""
-        out: list[CachedFile] = []
-        for repo_dir in sorted(self.cache_dir.glob("models--*")):
-            repo = repo_dir.name[len("models--") :].replace("--", "/", 1)
-            for pointer in sorted(repo_dir.glob("snapshots/*/**/*.gguf")):
-                if not pointer.exists():  # a dangling link
-                    continue
-                snap = pointer.relative_to(repo_dir / "snapshots").parts[0]
-                filename = pointer.relative_to(repo_dir / "snapshots" / snap).as_posix()
-                out.append(
-                    CachedFile(repo, filename, quant_of(filename), is_mmproj(filename), pointer.stat().st_size, pointer)
-                )
-        return out
+        """Every GGUF file in the cache, by repo and file name (``huggingface_hub.scan_cache_dir``)."""
+        out = []
+        for repo, revision, f in self._scanned_files():
+            name = f.file_path.relative_to(revision.snapshot_path).as_posix()
+            if name.lower().endswith(".gguf"):
+                out.append(CachedFile(repo, name, quant_of(name), is_mmproj(name), f.size_on_disk, f.file_path))
+        return sorted(out, key=lambda f: (f.repo, f.path))
 
     def verify(self, path: Path) -> bool:
         """Whether a cached file still matches the sha256 it was stored under."""
@@ -409,7 +412,7 @@ class Hub:
         if not files:
             raise UnknownModelError(f"{parsed.display} is not in the cache at {self.cache_dir}")
         if parsed.quant is None:
-            shutil.rmtree(self._repo_dir(files[0].repo))
+            self._delete_repo(files[0].repo)
             return files
         targets = [f for f in files if not f.is_mmproj and f.quant == parsed.quant]
         if not targets:
@@ -417,67 +420,22 @@ class Hub:
             raise UnknownQuantError(f"{parsed.display} is not in the cache; cached quants: {', '.join(have) or 'none'}")
         if all(f.is_mmproj or f in targets for f in files):
             targets = files
-        for f in targets:
-            self._unlink_cached(f.path)
+        self._unlink_cached(*(f.path for f in targets))
         return targets
 
-    def _unlink_cached(self, pointer: Path) -> None:
-        """Remove a snapshot entry, and its blob when no other entry uses it."""
-        blob = pointer.resolve()
-        pointer.unlink(missing_ok=True)
-        repo_dir = blob.parent.parent
-        still_used = any(p.resolve() == blob for p in repo_dir.glob("snapshots/*/**/*") if p.is_symlink())
-        if not still_used and blob != pointer:
-            blob.unlink(missing_ok=True)
+    def _delete_repo(self, repo_id: str) -> None:
+        """Remove every revision of a repo (``HFCacheInfo.delete_revisions``)."""
+        revisions = {rev.commit_hash for repo, rev, _ in self._scanned_files() if repo == repo_id}
+        if revisions:
+            self._scan().delete_revisions(*revisions).execute()
+        shutil.rmtree(self._repo_dir(repo_id), ignore_errors=True)  # partial downloads, a repo scan_cache_dir skips
 
-
-class RichProgress:
-    """Download bars drawn by rich on stderr, one per file, in the shape ``http_get`` wants
-    of a ``tqdm_class`` (made with ``desc``/``total``/``initial``, used as a context manager)."""
-
-    def __init__(self, console: Any | None = None) -> None:
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-
-    def __call__(self, *, desc: str = "", total: int | None = None, initial: int = 0, **_: Any) -> _RichBar:
-        return _RichBar(self.console, desc, total, initial)
-
-
-class _RichBar:
-    def __init__(self, console: Any, desc: str, total: int | None, initial: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task = self._progress.add_task(desc, total=total, completed=initial)
-
-    def __enter__(self) -> _RichBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def update(self, n: int = 1) -> None:
-        self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        self._progress.stop()
+    def _unlink_cached(self, *pointers: Path) -> None:
+        """Remove snapshot entries, and each blob no other entry uses (``HFCacheInfo.delete_files``)."""
+        wanted = {p.parent.resolve() / p.name for p in pointers}  # the scan's paths are resolved
+        files = [f for _, _, f in self._scanned_files() if f.file_path.parent.resolve() / f.file_path.name in wanted]
+        if files:
+            self._scan().delete_files(*files).execute()
 
 
 def find_mmproj(model_path: Path) -> Path | None:

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from lfm2_edge.catalog import DEFAULT_TEXT_SYSTEM_PROMPT, DEFAULT_VL_SYSTEM_PROMPT
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.tokens import BOS, IM_END, IM_START, IMAGE_MARKER
 
 __all__ = [
     "BOS",
@@ -35,13 +37,6 @@ __all__ = [
     "normalize_messages",
     "render_prompt",
 ]
-
-BOS = "<|startoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-IMAGE_MARKER = "<image>"
-DEFAULT_VL_SYSTEM_PROMPT = "You are a helpful multimodal assistant by Liquid AI."
-DEFAULT_TEXT_SYSTEM_PROMPT = "You are a helpful assistant trained by Liquid AI."
 
 ROLES = ("system", "user", "assistant", "tool")
 

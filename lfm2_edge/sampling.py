@@ -1,7 +1,9 @@
-"""Sampling settings and the model cards' presets.
+"""Sampling settings.
 
 Kept apart from the model classes so that the catalog and the CLI can name presets
-without loading llama.cpp.
+without loading llama.cpp. The model families' presets are the catalog's
+(:data:`lfm2_edge.catalog.VL_SAMPLING`, :data:`lfm2_edge.catalog.TEXT_SAMPLING`); they can
+still be imported from here.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["TEXT_SAMPLING", "VL_SAMPLING", "Sampling"]
+__all__ = ["Sampling"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class Sampling:
         return replace(self, **given)
 
 
-VL_SAMPLING = Sampling()
-# The LFM2 text models' card: a little more temperature than the VL card.
-TEXT_SAMPLING = Sampling(temperature=0.3)
+def __getattr__(name: str) -> Sampling:
+    # The family presets live in the catalog (``VL_SAMPLING``, ``TEXT_SAMPLING``); they are
+    # still importable from here, without an import cycle (the catalog imports this module).
+    if name in ("VL_SAMPLING", "TEXT_SAMPLING"):
+        from lfm2_edge import catalog
+
+        return getattr(catalog, name)
+    raise AttributeError(f"module 'lfm2_edge.sampling' has no attribute {name!r}")

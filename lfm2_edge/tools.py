@@ -24,10 +24,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.tokens import (
+    SPECIAL_TOOL_TOKENS,
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    TOOL_LIST_END,
+    TOOL_LIST_START,
+    TOOL_RESPONSE_END,
+    TOOL_RESPONSE_START,
+)
 
 __all__ = [
+    "SPECIAL_TOOL_TOKENS",
     "TOOL_CALL_END",
     "TOOL_CALL_START",
+    "TOOL_LIST_END",
+    "TOOL_LIST_START",
+    "TOOL_RESPONSE_END",
+    "TOOL_RESPONSE_START",
     "ParsedAnswer",
     "ToolCall",
     "call_grammar",
@@ -37,11 +51,6 @@ __all__ = [
     "tool_functions",
     "tools_system_text",
 ]
-
-TOOL_LIST_START, TOOL_LIST_END = "<|tool_list_start|>", "<|tool_list_end|>"
-TOOL_CALL_START, TOOL_CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
-TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<|tool_response_start|>", "<|tool_response_end|>"
-SPECIAL_TOOL_TOKENS = (TOOL_LIST_START, TOOL_LIST_END, TOOL_CALL_START, TOOL_CALL_END)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfm2_edge.synthetic import make_synthetic_model
+from lfm2_edge.testing import make_synthetic_model
 
 
 @pytest.fixture(scope="session")

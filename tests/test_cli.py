@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.synthetic import SHAPES, make_synthetic_model
+from lfm2_edge.testing import SHAPES, make_synthetic_model
 from tests.conftest import noise_image
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from lfm2_edge.backends import choose_gpu_layers, list_backends, list_devices, simd_features
+from lfm2_edge.catalog import find_entry
 from lfm2_edge.doctor import (
     MIB,
     RUNTIME_BYTES,
-    SPECS,
     estimate_memory,
     estimate_spec,
     measure_peak_rss,
@@ -52,7 +52,8 @@ def test_recommendations_fit_the_ram() -> None:
     assert recommend(1200 * MIB)["model"] == "LFM2.5-VL-450M:Q8_0"
     tight = recommend(900 * MIB)
     assert tight["model"] == "LFM2.5-VL-450M:Q4_0" and "warning" in tight
-    spec = {s.name: s for s in SPECS}["LFM2-VL-450M"]
+    spec = find_entry("LFM2-VL-450M").arch
+    assert spec is not None
     assert estimate_spec(spec, "Q4_0").total < estimate_spec(spec, "Q8_0").total < estimate_spec(spec, "F16").total
 
 

@@ -10,6 +10,7 @@ from llama_cpp import Llama
 from PIL import Image
 
 from lfm2_edge import VisionModel
+from lfm2_edge.errors import ModelFileError
 from lfm2_edge.handler import Lfm2VlChatHandler
 from tests.conftest import png_bytes
 
@@ -75,5 +76,5 @@ def test_handler_streams(llm, noise: Image.Image) -> None:
 
 
 def test_handler_needs_an_existing_mmproj(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="mmproj file not found"):
+    with pytest.raises(ModelFileError, match="mmproj file not found"):
         Lfm2VlChatHandler(tmp_path / "missing.gguf")

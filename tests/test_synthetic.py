@@ -6,7 +6,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from lfm2_edge.synthetic import SHAPES, SPECIAL_TOKENS, make_synthetic_model
+from lfm2_edge.testing import SHAPES, SPECIAL_TOKENS, make_synthetic_model
 
 
 def _field(reader: gguf.GGUFReader, key: str):

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from lfm2_edge.catalog import DEFAULT_VL_SYSTEM_PROMPT, find_entry
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.tokens import BOS, EOS, IM_END, IM_START, IMAGE_MARKER, PAD, SPECIAL_TOKENS
 
 __all__ = [
+    "CHAT_TEMPLATE",
     "SHAPES",
+    "SPECIAL_TOKENS",
     "LmShape",
     "SyntheticShape",
     "VisionShape",
@@ -33,49 +37,32 @@ __all__ = [
     "quantize",
 ]
 
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|pad|>",
-    "<|startoftext|>",
-    "<|endoftext|>",
-    "<|fim_pre|>",
-    "<|fim_mid|>",
-    "<|fim_suf|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|tool_list_start|>",
-    "<|tool_list_end|>",
-    "<|tool_call_start|>",
-    "<|tool_call_end|>",
-    "<|tool_response_start|>",
-    "<|tool_response_end|>",
-    "<image>",
-    "<|image_start|>",
-    "<|image_end|>",
-    "<|img_thumbnail|>",
-    *(f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11)),
-)
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|pad|>"
+BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = BOS, EOS, PAD
+
+
+def _jinja_str(text: str) -> str:
+    """``text`` as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
 
 # ChatML as the LFM2-VL card writes it: images before the text of their turn.
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- if messages[0]['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\nYou are a helpful multimodal assistant by Liquid AI.<|im_end|>\\n' -}}"
+    "{{- " + _jinja_str(f"{IM_START}system\n{DEFAULT_VL_SYSTEM_PROMPT}{IM_END}\n") + " -}}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{{- " + _jinja_str(IM_START) + " + message['role'] + '\\n' -}}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}"
     "{%- for item in message['content'] if item['type'] in ('image', 'image_url') -%}"
-    "{{- '<image>' -}}{%- endfor -%}"
+    "{{- " + _jinja_str(IMAGE_MARKER) + " -}}{%- endfor -%}"
     "{%- for item in message['content'] if item['type'] == 'text' -%}"
     "{{- item['text'] -}}{%- endfor -%}"
     "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
+    "{{- " + _jinja_str(f"{IM_END}\n") + " -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- " + _jinja_str(f"{IM_START}assistant\n") + " -}}{%- endif -%}"
 )
 
 # gguf token types (gguf.TokenType), spelled out so the writer's enum names don't matter.
@@ -121,6 +108,26 @@ class SyntheticShape:
 # LFM2-350M: attention at blocks 2, 5, 8, 10, 12, 14; the other ten are short convolutions.
 _LFM2_350M_LAYERS = tuple("attn" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16))
 
+
+def _catalog_shape(name: str, n_head: int, n_ff: int, vision: VisionShape) -> SyntheticShape:
+    """A shape with the catalog's published dimensions for ``name`` (the rest given)."""
+    entry = find_entry(name)
+    assert entry is not None and entry.arch is not None, name
+    arch = entry.arch
+    assert (len(_LFM2_350M_LAYERS), _LFM2_350M_LAYERS.count("attn")) == (arch.n_layer, arch.n_attn), name
+    lm = LmShape(
+        n_embd=arch.n_embd,
+        n_ff=n_ff,
+        n_head=n_head,
+        n_head_kv=arch.kv_dim // (arch.n_embd // n_head),
+        layer_types=_LFM2_350M_LAYERS,
+        n_vocab=arch.n_vocab,
+        n_ctx_train=32768,
+    )
+    vision = replace(vision, n_ff=arch.vision_ff, patch_size=arch.vision_patch)
+    return SyntheticShape(name=name.lower(), lm=lm, vision=vision, quants=("Q8_0", "Q4_0"))
+
+
 SHAPES: dict[str, SyntheticShape] = {
     "tiny": SyntheticShape(
         name="tiny",
@@ -135,19 +142,9 @@ SHAPES: dict[str, SyntheticShape] = {
         ),
         vision=VisionShape(n_embd=64, n_ff=128, n_head=4, n_layer=2, proj_hidden=128),
     ),
-    "lfm2-vl-450m": SyntheticShape(
-        name="lfm2-vl-450m",
-        lm=LmShape(
-            n_embd=1024,
-            n_ff=4608,
-            n_head=16,
-            n_head_kv=8,
-            layer_types=_LFM2_350M_LAYERS,
-            n_vocab=65536,
-            n_ctx_train=32768,
-        ),
-        vision=VisionShape(n_embd=768, n_ff=3072, n_head=12, n_layer=12, proj_hidden=2560),
-        quants=("Q8_0", "Q4_0"),
+    # the LFM2-VL-450M card's shapes, from the catalog
+    "lfm2-vl-450m": _catalog_shape(
+        "LFM2-VL-450M", n_head=16, n_ff=4608, vision=VisionShape(n_embd=768, n_ff=0, n_head=12, n_layer=12)
     ),
 }
 
