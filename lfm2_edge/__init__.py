@@ -29,7 +29,6 @@ from lfm2_edge.errors import (
     ModelFileError,
     ModelMismatchError,
 )
-
 from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
 from lfm2_edge.sampling import Sampling
 

@@ -149,9 +149,9 @@ def chat(
     The model is downloaded into the hub cache on first use and runs from there after,
     also offline.
     """
+    from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.images import load_image
     from lfm2_edge.model import VisionModel
-    from lfm2_edge.runtime import set_verbose
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
@@ -231,7 +231,7 @@ def _schema(path: Path) -> Any:
 def _answer_once(vm: Any, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool) -> None:
     if as_json:
         result = vm.chat(prompt, images=images, **sampling)
-        _emit_json({"model": vm.endpoint or str(vm.model_path), **result.to_dict()})
+        _emit_json({"model": getattr(vm, "endpoint", None) or str(vm.model_path), **result.to_dict()})
         return
     stream = vm.chat(prompt, images=images, stream=True, **sampling)
     try:
@@ -299,8 +299,7 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the version, llama.cpp's build, its backends and devices, and the thread count."""
-    from lfm2_edge.backends import list_backends, list_devices
-    from lfm2_edge.runtime import build_info
+    from lfm2_edge._llama.ggml import build_info, list_backends, list_devices
 
     b = build_info()
     devices = list_devices()
@@ -424,8 +423,8 @@ def serve(
     """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
+    from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.model import VisionModel
-    from lfm2_edge.runtime import set_verbose
     from lfm2_edge.server import ServerConfig, create_app
 
     try:
