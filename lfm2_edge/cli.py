@@ -164,9 +164,9 @@ def chat(
     The model is downloaded into the hub cache on first use and runs from there after,
     also offline.
     """
+    from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.images import load_image
     from lfm2_edge.model import VisionModel
-    from lfm2_edge.runtime import set_verbose
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
@@ -311,8 +311,7 @@ def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the version, llama.cpp's build, its backends and devices, and the thread count."""
-    from lfm2_edge.backends import list_backends, list_devices
-    from lfm2_edge.runtime import build_info
+    from lfm2_edge._llama.ggml import build_info, list_backends, list_devices
 
     b = build_info()
     devices = list_devices()
@@ -436,8 +435,8 @@ def serve(
     """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
+    from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.model import VisionModel
-    from lfm2_edge.runtime import set_verbose
     from lfm2_edge.server import ServerConfig, create_app
 
     try:

@@ -77,7 +77,7 @@ def _vision_compute(n_patches: int, n_ff: int) -> int:
 
 def repacks() -> bool:
     """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM)."""
-    from lfm2_edge.backends import simd_features
+    from lfm2_edge._llama.ggml import simd_features
 
     return "REPACK" in simd_features()
 
@@ -91,7 +91,7 @@ def estimate_memory(
     repack: bool | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak RSS of a one-image chat with these files at ``n_ctx``."""
-    from lfm2_edge.validate import read_summary
+    from lfm2_edge._llama.gguf import read_summary
 
     lm = read_summary(model_path, "model")
     arch = lm.architecture
@@ -235,8 +235,7 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
     """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
     from huggingface_hub import constants
 
-    from lfm2_edge.backends import list_devices, simd_features
-    from lfm2_edge.runtime import default_threads
+    from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
 
     total, available = _meminfo()
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)

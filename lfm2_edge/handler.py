@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import llama_chat_format, llama_types
+from llama_cpp import llama_types
 
+from lfm2_edge._llama._private import (
+    clear_llama_memory,
+    convert_completion_to_chat,
+    llama_context_ptr,
+    llama_exit_stack,
+)
+from lfm2_edge._llama.projector import Projector
 from lfm2_edge.catalog import VL
 from lfm2_edge.errors import ModelFileError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import conversation_images, normalize_messages, render_prompt
-from lfm2_edge.runtime import Projector
 from lfm2_edge.tokens import IM_END
 
 __all__ = ["Lfm2VlChatHandler"]
@@ -85,7 +91,7 @@ class Lfm2VlChatHandler:
                 image_max_tokens=self.image_max_tokens,
                 verbose=llama.verbose,
             )
-            llama._stack.callback(projector.close)
+            llama_exit_stack(llama).callback(projector.close)
             self._projector = projector
         return self._projector
 
@@ -121,23 +127,20 @@ class Lfm2VlChatHandler:
         prompt, image_refs = self.render(messages)
         self.last_prompt = prompt
         images = [load_image(ref, allow_remote=self.allow_remote_images) for ref in image_refs]
-        chunks = projector.tokenize(prompt, images)
-        try:
+        with projector.tokenize(prompt, images) as chunks:
             if chunks.n_pos >= llama.n_ctx():
                 raise ValueError(f"Prompt exceeds n_ctx: {chunks.n_pos} > {llama.n_ctx()}")
             llama.reset()
-            llama._ctx.kv_cache_clear()
+            clear_llama_memory(llama)
             for i, info in enumerate(chunks.info):
                 if info.is_image:
                     llama.n_tokens = projector.eval_chunk(
-                        chunks, i, llama._ctx.ctx, llama.n_tokens, llama.n_batch, logits_last=False
+                        chunks, i, llama_context_ptr(llama), llama.n_tokens, llama.n_batch, logits_last=False
                     )
                 else:
                     # through Llama.eval, so llama-cpp-python's own bookkeeping stays right
                     llama.eval(projector.text_tokens(chunks, i))
             prompt_tokens = llama.input_ids[: llama.n_tokens].tolist()
-        finally:
-            chunks.free()
 
         im_end = llama.tokenize(IM_END.encode(), add_bos=False, special=True)
         stopping = llama_cpp.StoppingCriteriaList([lambda ids, _logits: len(im_end) == 1 and int(ids[-1]) == im_end[0]])
@@ -161,4 +164,4 @@ class Lfm2VlChatHandler:
             logit_bias=logit_bias,
             model=model,
         )
-        return llama_chat_format._convert_completion_to_chat(completion, stream=stream)
+        return convert_completion_to_chat(completion, stream=stream)

@@ -1,7 +1,8 @@
-"""``VisionModel``: the typed surface an app embeds to chat with an LFM2-VL model.
+"""``VisionModel`` and ``TextModel``: the typed surface an app embeds to chat with a
+local LFM2-VL or LFM2 model.
 
-Each instance owns its llama.cpp model, context and projector; two instances in one
-process do not share state. Calls on one instance are serialised by its own lock.
+Each instance owns its llama.cpp model, context and (for VL) projector; two instances in
+one process do not share state. Calls on one instance are serialised by its own lock.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import os
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
-from lfm2_edge.caches import Item, StateCache
-from lfm2_edge.errors import GenerationError, Lfm2EdgeError, ModelFileError, ModelMismatchError
+from lfm2_edge._llama.context import Runtime
+from lfm2_edge.caches import StateCache
+from lfm2_edge.errors import ModelFileError, ModelMismatchError
 from lfm2_edge.images import load_image
-from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings, Usage
+from lfm2_edge.prefill import prefill
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
     DEFAULT_VL_SYSTEM_PROMPT,
@@ -26,13 +29,15 @@ from lfm2_edge.prompt import (
     normalize_messages,
     render_prompt,
 )
-from lfm2_edge.runtime import Runtime, SavedState
+from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings, Usage
 from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
-from lfm2_edge.tools import ToolCall, call_grammar, parse_answer, schema_grammar, tool_functions
+from lfm2_edge.tools import ToolCall, parse_answer
+from lfm2_edge.tools import tool_plan as _tool_plan
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from lfm2_edge.hub import Hub, ResolvedModel
-    from lfm2_edge.remote import RemoteBackend
 
 __all__ = [
     "TEXT_SAMPLING",
@@ -77,78 +82,52 @@ class _StopScanner:
         return out
 
 
-_M = TypeVar("_M", bound="VisionModel")
+_M = TypeVar("_M", bound="_LocalModel")
 
 
-def _tool_plan(
-    tools: Sequence[Mapping[str, Any]] | None,
-    tool_choice: str | Mapping[str, Any] | None,
-    response_format: Mapping[str, Any] | None,
-    grammar: str | None,
-) -> tuple[list[dict[str, Any]], Literal["auto", "forced"] | None, str | None]:
-    """(functions for the prompt, how to read calls in the answer, grammar) of a request."""
-    functions = tool_functions(tools) if tools else []
-    mode: Literal["auto", "forced"] | None = "auto" if functions else None
-    if response_format is not None:
-        if grammar is not None:
-            raise Lfm2EdgeError("give response_format or grammar, not both")
-        grammar = schema_grammar(response_format)
-    if tool_choice in (None, "auto") or not functions:
-        return functions, mode, grammar
-    if tool_choice == "none":
-        return [], None, grammar
-    if isinstance(tool_choice, Mapping):
-        name = (tool_choice.get("function") or {}).get("name")
-        chosen = [f for f in functions if f["name"] == name]
-        if not chosen:
-            raise Lfm2EdgeError(f"tool_choice names {name!r}, which is not among the tools")
-        if grammar is not None:
-            raise Lfm2EdgeError("a named tool_choice cannot be combined with response_format or grammar")
-        return functions, "forced", call_grammar(chosen[0])
-    raise Lfm2EdgeError(f"tool_choice must be 'auto', 'none' or {{'type': 'function', ...}}, not {tool_choice!r}")
+class LoadOptions(TypedDict, total=False):
+    """Where and how a model runs; the same for :class:`VisionModel` and :class:`TextModel`."""
+
+    n_threads: int | None  # default: the physical cores
+    n_gpu_layers: int | str  # 0 (CPU), -1 (all), a count, or "auto"
+    device: str | None  # a ggml device name (`lfm2-edge info`)
+    n_ctx: int  # 4096
+    n_batch: int  # 512
+    use_mmap: bool  # True
+    use_mlock: bool  # False
+    flash_attn: bool | None  # None: llama.cpp decides
+    state_cache_mb: float  # 64: saved conversation states
+    verbose: bool  # False: llama.cpp's log shows errors only
 
 
-class VisionModel:
-    """An LFM2-VL model (GGUF language model + mmproj projector) ready to chat.
-
-    >>> model = VisionModel("model-Q4_0.gguf", "mmproj-F16.gguf")
-    >>> model.chat("What is in this image?", images=["cat.jpg"]).text
-    """
+class _LocalModel:
+    """What :class:`VisionModel` and :class:`TextModel` share: a llama.cpp runtime, its
+    saved conversation states, and chat."""
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str] | None = None,
-        mmproj_path: str | os.PathLike[str] | None = None,
+        model_path: str | os.PathLike[str],
+        mmproj_path: str | os.PathLike[str] | None,
         *,
-        endpoint: str | None = None,
-        api_key: str | None = None,
-        remote_model: str | None = None,
+        system_prompt: str | None,
+        sampling: Sampling,
         n_threads: int | None = None,
         n_gpu_layers: int | str = 0,
         device: str | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
-        image_min_tokens: int | None = 64,
-        image_max_tokens: int | None = 256,
-        system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
-        sampling: Sampling = VL_SAMPLING,
-        allow_remote_images: bool = True,
-        allow_private_urls: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
         flash_attn: bool | None = None,
-        embedding_cache_mb: float = 32,
         state_cache_mb: float = 64,
         verbose: bool = False,
+        image_min_tokens: int | None = None,
+        image_max_tokens: int | None = None,
+        embedding_cache_mb: float = 0,
+        allow_remote_images: bool = True,
+        allow_private_urls: bool = False,
     ) -> None:
-        """Load a local model, or (with ``endpoint``) talk to an OpenAI-compatible server.
-
-        With ``endpoint="http://host:8000/v1"`` nothing is loaded: :meth:`chat` sends
-        the conversation to that server (vLLM, or another ``lfm2-edge serve``) as
-        ``remote_model`` (default: the server's first model), with ``api_key`` if given,
-        and returns the same result types. The system prompt and sampling defaults
-        still come from here, so a local and a remote model answer the same request.
-        """
+        from lfm2_edge.backends import choose_gpu_layers
         from lfm2_edge.validate import check_model_files
 
         self.system_prompt = system_prompt
@@ -156,24 +135,10 @@ class VisionModel:
         self.allow_remote_images = allow_remote_images
         self.allow_private_urls = allow_private_urls
         self._lock = threading.Lock()
-        # States saved after a prompt's last image and at its end: see _restore_prefix.
+        # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
-        self._remote: RemoteBackend | None = None
-        self._runtime: Runtime | None = None
-        self.gpu_notice: str | None = None
-        self.device = "remote" if endpoint is not None else "CPU"
-        self.model_path = Path(model_path) if model_path is not None else None
-        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
-        if endpoint is not None:
-            from lfm2_edge.remote import RemoteBackend
-
-            self._remote = RemoteBackend(endpoint, api_key=api_key, model=remote_model)
-            return
-        if model_path is None:
-            raise ModelFileError("give a model file (or endpoint= for a remote server)")
+        self.model_path = Path(model_path)
         check_model_files(model_path, mmproj_path)
-        from lfm2_edge.backends import choose_gpu_layers
-
         gpu = choose_gpu_layers(n_gpu_layers, device)
         self.gpu_notice = gpu.notice  # one line for the user when a GPU was asked for but is absent
         self.device = gpu.device.name if gpu.device else "CPU"
@@ -218,7 +183,7 @@ class VisionModel:
     def from_resolved(cls: type[_M], resolved: ResolvedModel, **kwargs: Any) -> _M:
         """Load files :meth:`lfm2_edge.hub.Hub.resolve` found, with the card's presets."""
         try:
-            return cls(resolved.model_path, mmproj_path=resolved.mmproj_path, **{**resolved.model_kwargs(), **kwargs})
+            return cls(resolved.model_path, **{**cls._resolved_kwargs(resolved), **kwargs})
         except ModelMismatchError:
             raise
         except ModelFileError as exc:
@@ -229,26 +194,18 @@ class VisionModel:
                 f"`lfm2-edge pull {resolved.ref.display}` downloads it again"
             ) from None
 
+    @classmethod
+    def _resolved_kwargs(cls, resolved: ResolvedModel) -> dict[str, Any]:
+        """The constructor arguments (besides the model path) that resolved files give."""
+        return resolved.model_kwargs()
+
     # -- lifecycle ---------------------------------------------------------------
-
-    @property
-    def endpoint(self) -> str | None:
-        """The server's URL when this model is remote."""
-        return self._remote.base_url if self._remote else None
-
-    def _local(self) -> Runtime:
-        if self._runtime is None:
-            raise GenerationError("this model is remote; it has no local runtime")
-        return self._runtime
 
     def close(self) -> None:
         with self._lock:
-            if self._runtime is not None:
-                self._runtime.close()
-            if self._remote is not None:
-                self._remote.close()
+            self._runtime.close()
 
-    def __enter__(self) -> VisionModel:
+    def __enter__(self: _M) -> _M:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -261,23 +218,22 @@ class VisionModel:
         It frees memory, and gives a clean slate after :meth:`chat` raised.
         """
         with self._lock:
-            if self._runtime is not None:
-                self._runtime.reset()
+            self._runtime.reset()
             self._states.clear()
 
     @property
     def image_encodes(self) -> int:
         """How many image tiles the vision encoder has run on so far."""
-        projector = self._runtime.projector if self._runtime else None
+        projector = self._runtime.projector
         return projector.encodes if projector else 0
 
     @property
     def n_ctx(self) -> int:
-        return self._runtime.n_ctx if self._runtime else 0
+        return self._runtime.n_ctx
 
     @property
     def n_threads(self) -> int:
-        return self._runtime.n_threads if self._runtime else 0
+        return self._runtime.n_threads
 
     # -- chat --------------------------------------------------------------------
 
@@ -342,39 +298,14 @@ class VisionModel:
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
-        if self._remote is not None:
-            extra = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
-            steps = self._remote.chat(messages, loaded, params, self.system_prompt, extra)
-        else:
-            prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-            steps = self._generate(prompt, loaded, params, grammar, tools_mode)
-        stream_obj = ChatStream(steps)
+        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
+        stream_obj = ChatStream(self._generate(prompt, loaded, params, grammar, tools_mode))
         if stream:
             return stream_obj
         for _ in stream_obj:
             pass
         assert stream_obj.result is not None
         return stream_obj.result
-
-    def _restore_prefix(self, items: list[Item]) -> tuple[int, SavedState | None]:
-        """Load the saved state that covers the longest part of ``items``.
-
-        Returns how many leading items the context now holds (0: it was cleared) and,
-        when that is all of them, the state whose saved logits the first token is
-        sampled from. LFM2's short-conv state cannot be rolled back, so only a state
-        whose whole history is a prefix of the new prompt can be continued; states are
-        saved at :meth:`Runtime.save_points` (after a prompt's last image, and at its
-        end), which the next turn, a regenerated answer and a new question about the
-        same image all extend.
-        """
-        rt = self._local()
-        saved = self._states.longest_prefix_of(items)
-        if saved is not None:
-            key, state = saved
-            if rt.load_state(state, rt.positions(key)):
-                return len(key), (state if len(key) == len(items) else None)
-        rt.reset()
-        return 0, None
 
     def _generate(
         self,
@@ -385,76 +316,43 @@ class VisionModel:
         tools_mode: Literal["auto", "forced"] | None = None,
     ) -> Generator[str, None, ChatResult]:
         with self._lock:
-            rt = self._local()
+            rt = self._runtime
             t_start = time.perf_counter()
             encodes_before = self.image_encodes
-            chunks = rt.tokenize_prompt(prompt, images)
-            try:
-                items = rt.prompt_items(chunks, [im.digest for im in images])
-                rt.check_fits(chunks.n_pos, len(images), chunks.n_image_tokens)
-                start, resumed = self._restore_prefix(items)
-                cached_tokens = rt.positions(items[:start])
-                image_s = 0.0
-                done = start
-                for point in rt.save_points(items):
-                    if point <= done:
-                        continue
-                    image_s += rt.eval_items(chunks, items, done, point)
-                    done = point
-                    if self._states.max_bytes:
-                        state = rt.save_state(with_logits=point == len(items))
-                        self._states.put(tuple(items[:point]), state, state.nbytes)
-            except BaseException:
-                rt.reset()
-                raise
-            finally:
-                chunks.free()
+            pre = prefill(rt, self._states, prompt, images)
             t_prompt = time.perf_counter()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             scanner = _StopScanner(params.stop)
             n_out = 0
-            finish: Literal["stop", "length"] = "length"
+            finish: Literal["stop", "length"] = "stop"
             hit_stop_string = closed = False
             t_first = t_prompt
-            with rt.sampler(
-                temperature=params.temperature,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=params.min_p,
-                repetition_penalty=params.repetition_penalty,
-                seed=params.seed,
-                grammar=grammar,
-            ) as chain:
-                first_logits = resumed.logits if resumed is not None else None
-                while n_out < params.max_tokens and rt.n_past < rt.n_ctx:
-                    token = rt.sample(chain, first_logits)
-                    first_logits = None
+            with rt.sampler(params, grammar=grammar) as chain:
+                first_logits = pre.resumed.logits if pre.resumed is not None else None
+                for token in rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits):
                     if n_out == 0:
                         t_first = time.perf_counter()
-                    if rt.is_end(token):
-                        finish = "stop"
-                        break
                     n_out += 1
                     piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
                     if piece:
                         try:
                             yield piece
                         except StreamClosed:
-                            finish, closed = "stop", True
+                            closed = True
                             break
                     if hit_stop_string:
-                        finish = "stop"
                         break
-                    if n_out < params.max_tokens:
-                        rt.eval_one(token)
+                else:  # the loop ended by itself: at an end token, at max_tokens or the context's end
+                    if n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
+                        finish = "length"
+                    if n_out == 0 and finish == "stop":  # the first token sampled was an end token
+                        t_first = time.perf_counter()
             if not hit_stop_string:
                 piece, _ = scanner.feed(decoder.decode(b"", final=True))
                 tail = piece + scanner.finish()
                 if tail and not closed:
-                    try:
+                    with suppress(StreamClosed):
                         yield tail
-                    except StreamClosed:
-                        pass
             t_end = time.perf_counter()
             text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
             if tools_mode is not None:
@@ -465,22 +363,64 @@ class VisionModel:
                 finish_reason="tool_calls" if calls else finish,
                 tool_calls=calls,
                 usage=Usage(
-                    chunks.n_pos,
-                    chunks.n_image_tokens,
+                    pre.n_prompt,
+                    pre.n_image_tokens,
                     n_out,
-                    cached_tokens=cached_tokens,
+                    cached_tokens=pre.cached_tokens,
                     image_encodes=self.image_encodes - encodes_before,
                 ),
                 timings=Timings(
                     prompt_ms=(t_prompt - t_start) * 1000,
-                    image_ms=image_s * 1000,
+                    image_ms=pre.image_s * 1000,
                     first_token_ms=(t_first - t_start) * 1000,
                     decode_ms=(t_end - t_first) * 1000,
                 ),
             )
 
 
-class TextModel(VisionModel):
+class VisionModel(_LocalModel):
+    """An LFM2-VL model (GGUF language model + mmproj projector) ready to chat.
+
+    Without ``mmproj_path`` it chats in text only (a request with images is refused).
+
+    >>> model = VisionModel("model-Q4_0.gguf", "mmproj-F16.gguf")
+    >>> model.chat("What is in this image?", images=["cat.jpg"]).text
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        mmproj_path: str | os.PathLike[str] | None = None,
+        *,
+        image_min_tokens: int | None = 64,
+        image_max_tokens: int | None = 256,
+        system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
+        sampling: Sampling = VL_SAMPLING,
+        allow_remote_images: bool = True,
+        allow_private_urls: bool = False,
+        embedding_cache_mb: float = 32,
+        **options: Unpack[LoadOptions],
+    ) -> None:
+        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
+        super().__init__(
+            model_path,
+            mmproj_path,
+            system_prompt=system_prompt,
+            sampling=sampling,
+            image_min_tokens=image_min_tokens,
+            image_max_tokens=image_max_tokens,
+            embedding_cache_mb=embedding_cache_mb,
+            allow_remote_images=allow_remote_images,
+            allow_private_urls=allow_private_urls,
+            **options,
+        )
+
+    @classmethod
+    def _resolved_kwargs(cls, resolved: ResolvedModel) -> dict[str, Any]:
+        return {"mmproj_path": resolved.mmproj_path, **resolved.model_kwargs()}
+
+
+class TextModel(_LocalModel):
     """An LFM2 text model (LFM2-350M / 700M / 1.2B, LFM2.5-1.2B-Instruct): the same API
     without a projector, with the text card's defaults (temperature 0.3, min_p 0.15,
     repetition penalty 1.05, its system prompt).
@@ -491,11 +431,16 @@ class TextModel(VisionModel):
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str] | None = None,
+        model_path: str | os.PathLike[str],
         *,
         system_prompt: str | None = DEFAULT_TEXT_SYSTEM_PROMPT,
         sampling: Sampling = TEXT_SAMPLING,
-        **kwargs: Any,
+        **options: Unpack[LoadOptions],
     ) -> None:
-        kwargs.pop("mmproj_path", None)
-        super().__init__(model_path, None, system_prompt=system_prompt, sampling=sampling, **kwargs)
+        super().__init__(model_path, None, system_prompt=system_prompt, sampling=sampling, **options)
+
+    @classmethod
+    def _resolved_kwargs(cls, resolved: ResolvedModel) -> dict[str, Any]:
+        """The card's sampling and system prompt; a VL card's projector and image budget
+        do not apply to its language model alone."""
+        return {k: v for k, v in resolved.model_kwargs().items() if k in ("sampling", "system_prompt")}

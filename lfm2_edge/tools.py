@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.tokens import (
@@ -49,6 +49,7 @@ __all__ = [
     "parse_answer",
     "schema_grammar",
     "tool_functions",
+    "tool_plan",
     "tools_system_text",
 ]
 
@@ -250,3 +251,31 @@ def schema_grammar(response_format: Mapping[str, Any]) -> str | None:
             raise Lfm2EdgeError("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
         return _from_schema(schema)
     raise Lfm2EdgeError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
+
+
+def tool_plan(
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | Mapping[str, Any] | None,
+    response_format: Mapping[str, Any] | None,
+    grammar: str | None,
+) -> tuple[list[dict[str, Any]], Literal["auto", "forced"] | None, str | None]:
+    """(functions for the prompt, how to read calls in the answer, grammar) of a request."""
+    functions = tool_functions(tools) if tools else []
+    mode: Literal["auto", "forced"] | None = "auto" if functions else None
+    if response_format is not None:
+        if grammar is not None:
+            raise Lfm2EdgeError("give response_format or grammar, not both")
+        grammar = schema_grammar(response_format)
+    if tool_choice in (None, "auto") or not functions:
+        return functions, mode, grammar
+    if tool_choice == "none":
+        return [], None, grammar
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [f for f in functions if f["name"] == name]
+        if not chosen:
+            raise Lfm2EdgeError(f"tool_choice names {name!r}, which is not among the tools")
+        if grammar is not None:
+            raise Lfm2EdgeError("a named tool_choice cannot be combined with response_format or grammar")
+        return functions, "forced", call_grammar(chosen[0])
+    raise Lfm2EdgeError(f"tool_choice must be 'auto', 'none' or {{'type': 'function', ...}}, not {tool_choice!r}")

@@ -60,9 +60,9 @@ class Report:
 
 def _header_end(data: bytes) -> int:
     """Where tensor data starts: mutations of the header aim before it."""
-    from lfm2_edge.validate import _parse
+    from lfm2_edge._llama.gguf import _parse
 
-    return _parse(data)[2]
+    return _parse(data).data_start
 
 
 def gguf_mutations(data: bytes, rng: random.Random, n: int) -> list[tuple[str, bytes]]:

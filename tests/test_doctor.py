@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.backends import choose_gpu_layers, list_backends, list_devices, simd_features
+from lfm2_edge._llama.ggml import list_backends, list_devices, simd_features
+from lfm2_edge.backends import choose_gpu_layers
 from lfm2_edge.catalog import find_entry
 from lfm2_edge.doctor import (
     MIB,

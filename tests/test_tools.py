@@ -217,7 +217,7 @@ def test_bad_tool_requests_are_clear_errors(vm: VisionModel) -> None:
 
 def test_text_model_runs_with_the_text_card_defaults(tiny: dict[str, Path]) -> None:
     with TextModel(tiny["Q4_0"]) as model:
-        assert model.mmproj_path is None and model.sampling == TEXT_SAMPLING
+        assert model._runtime.projector is None and model.sampling == TEXT_SAMPLING
         assert model.system_prompt == "You are a helpful assistant trained by Liquid AI."
         result = model.chat("What is C. elegans?", max_tokens=4)
         assert result.usage.image_tokens == 0 and result.usage.completion_tokens >= 1

@@ -1,0 +1,245 @@
+"""The mtmd side of a VL model: its projector, and prompts tokenized into chunks."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import llama_cpp.mtmd_cpp as mtmd
+
+from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks on import)
+from lfm2_edge.caches import EmbeddingCache, EmbeddingKey, Item
+from lfm2_edge.errors import GenerationError, ModelFileError
+from lfm2_edge.images import LoadedImage
+from lfm2_edge.prompt import IMAGE_MARKER
+
+__all__ = ["ChunkInfo", "Projector", "PromptChunks"]
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    is_image: bool
+    n_tokens: int
+    n_pos: int
+
+
+class PromptChunks:
+    """A tokenized prompt: text runs and image embeddings, as mtmd split them.
+
+    A context manager, like mtmd's own ``input_chunks_ptr``: ``with
+    projector.tokenize(...) as chunks:`` frees mtmd's chunks at the end of the block.
+    """
+
+    def __init__(self, handle: int, info: list[ChunkInfo], tokens: list[int] | None = None) -> None:
+        self.handle = handle  # mtmd_input_chunks*, or 0 for a text-only model
+        self.info = info
+        self.tokens = tokens  # the whole prompt's tokens when there is no projector
+
+    @property
+    def n_pos(self) -> int:
+        return sum(c.n_pos for c in self.info)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.info if c.is_image)
+
+    def close(self) -> None:
+        """Free mtmd's chunks; the counts above stay readable."""
+        if self.handle:
+            mtmd.mtmd_input_chunks_free(self.handle)
+            self.handle = 0
+
+    def __enter__(self) -> PromptChunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Projector:
+    """An mtmd context: the vision encoder and projector bound to one language model.
+
+    Shared by :class:`Runtime` and :class:`lfm2_edge.handler.Lfm2VlChatHandler`, so
+    both write images into the prompt the same way: decoded by Pillow, identified by
+    the digest of their pixels, placed where the prompt has :data:`IMAGE_MARKER`.
+    """
+
+    def __init__(
+        self,
+        mmproj_path: str | os.PathLike[str],
+        model: int,
+        *,
+        n_threads: int,
+        use_gpu: bool = False,
+        flash_attn_type: int = -1,
+        image_min_tokens: int | None = None,
+        image_max_tokens: int | None = None,
+        embedding_cache_mb: float = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.path = Path(mmproj_path)
+        self.budget = (image_min_tokens, image_max_tokens)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
+        self.embeddings = EmbeddingCache(int(embedding_cache_mb * 2**20))
+        self.encodes = 0  # vision-encoder runs, for tests and the benchmark
+        self._no_callback = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
+        p = mtmd.mtmd_context_params_default()
+        p.use_gpu = use_gpu
+        p.print_timings = verbose
+        p.n_threads = n_threads
+        p.media_marker = IMAGE_MARKER.encode()
+        p.flash_attn_type = flash_attn_type
+        if image_min_tokens is not None:
+            p.image_min_tokens = image_min_tokens
+        if image_max_tokens is not None:
+            p.image_max_tokens = image_max_tokens
+        handle = mtmd.mtmd_init_from_file(str(self.path).encode(), model, p)
+        if not handle:
+            raise ModelFileError(
+                f"mtmd could not load the projector {self.path}; check that it is an "
+                "LFM2-VL mmproj GGUF made for this model (run with --verbose for details)"
+            )
+        self.handle: int | None = handle
+        if not mtmd.mtmd_support_vision(handle):
+            self.close()
+            raise ModelFileError(f"{self.path} has no vision encoder")
+
+    def close(self) -> None:
+        if self.handle:
+            mtmd.mtmd_free(self.handle)
+            self.handle = None
+
+    def tokenize(self, prompt: str, images: Sequence[LoadedImage]) -> PromptChunks:
+        """Split ``prompt`` at its image markers into text and image chunks."""
+        if not self.handle:
+            raise GenerationError("the projector has been closed")
+        bitmaps = []
+        try:
+            for image in images:
+                data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
+                bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
+                if not bitmap:
+                    raise GenerationError("mtmd could not create a bitmap for an image")
+                bitmaps.append(bitmap)
+                mtmd.mtmd_bitmap_set_id(bitmap, image.digest.encode())
+            text = mtmd.mtmd_input_text()
+            raw = prompt.encode("utf-8")
+            text.text = raw
+            text.text_len = len(raw)
+            text.add_special = False  # the prompt carries <|startoftext|> itself
+            text.parse_special = True
+            chunks = mtmd.mtmd_input_chunks_init()
+            arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(text), arr, len(bitmaps))
+            if rc != 0:
+                mtmd.mtmd_input_chunks_free(chunks)
+                why = {
+                    1: "the number of images does not match the image markers",
+                    2: "an image could not be preprocessed",
+                }.get(rc, f"code {rc}")
+                raise GenerationError(f"mtmd could not tokenize the prompt: {why}")
+        finally:
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+        info = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            kind = mtmd.mtmd_input_chunk_get_type(chunk)
+            info.append(
+                ChunkInfo(
+                    is_image=kind != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT,
+                    n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(chunk),
+                    n_pos=mtmd.mtmd_input_chunk_get_n_pos(chunk),
+                )
+            )
+        return PromptChunks(chunks, info)
+
+    def prompt_items(self, chunks: PromptChunks, digests: Sequence[str]) -> list[Item]:
+        """The prompt as a flat list: a token id per text token, a tuple per image tile
+        (see :meth:`lfm2_edge._llama.context.Runtime.prompt_items`)."""
+        occurrences = {d: digests.count(d) for d in digests}
+        ids = {i: self._chunk_id(chunks, i) for i, info in enumerate(chunks.info) if info.is_image}
+        per_id: dict[str, int] = {}
+        for cid in ids.values():
+            per_id[cid] = per_id.get(cid, 0) + 1
+        seen: dict[str, int] = {}
+        items: list[Item] = []
+        for i, info in enumerate(chunks.info):
+            if info.is_image:
+                cid = ids[i]
+                tiles = max(1, per_id[cid] // max(1, occurrences.get(cid, 1)))
+                tile = seen.get(cid, 0) % tiles
+                seen[cid] = seen.get(cid, 0) + 1
+                items.append(("img", cid, tile, info.n_pos))
+            else:
+                items.extend(self.text_tokens(chunks, i))
+        return items
+
+    @staticmethod
+    def _chunk_id(chunks: PromptChunks, index: int) -> str:
+        raw = mtmd.mtmd_input_chunk_get_id(mtmd.mtmd_input_chunks_get(chunks.handle, index))
+        return (raw or b"").decode("ascii", "replace")
+
+    def text_tokens(self, chunks: PromptChunks, index: int) -> list[int]:
+        """The token ids of a text chunk."""
+        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        n = ctypes.c_size_t()
+        ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+        return [ptr[j] for j in range(n.value)] if ptr else []
+
+    def eval_image(
+        self, chunks: PromptChunks, index: int, key: EmbeddingKey, ctx: int, n_past: int, n_batch: int
+    ) -> int:
+        """Decode one image chunk into ``ctx`` at ``n_past``; returns the new ``n_past``.
+
+        The vision encoder runs only when the embedding cache has no entry for ``key``.
+        """
+        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        embd = self.embeddings.get(key)
+        if embd is None:
+            if mtmd.mtmd_encode_chunk(self.handle, chunk) != 0:
+                raise GenerationError("the vision encoder failed on an image")
+            self.encodes += 1
+            n = key.n_tokens * self.n_embd
+            out = mtmd.mtmd_get_output_embd(self.handle)
+            if self.embeddings.max_bytes >= n * 4:
+                embd = (ctypes.c_float * n)()
+                ctypes.memmove(embd, out, n * 4)
+                self.embeddings.put(key, embd, n * 4)
+            else:
+                embd = out
+        new_n_past = llama_cpp.llama_pos(n_past)
+        rc = mtmd.mtmd_helper_decode_image_chunk(
+            self.handle, ctx, chunk, embd, n_past, 0, n_batch, ctypes.byref(new_n_past), self._no_callback, None
+        )
+        if rc != 0:
+            raise GenerationError(f"llama.cpp failed to decode an image (code {rc})")
+        return int(new_n_past.value)
+
+    def eval_chunk(
+        self,
+        chunks: PromptChunks,
+        index: int,
+        ctx: int,
+        n_past: int,
+        n_batch: int,
+        *,
+        logits_last: bool,
+    ) -> int:
+        """Evaluate one chunk into ``ctx`` at ``n_past``; returns the new ``n_past``.
+
+        An image chunk runs the vision encoder and then decodes its embeddings.
+        """
+        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        # text chunks add onto *new_n_past; image chunks set it: start it at n_past
+        new_n_past = llama_cpp.llama_pos(n_past)
+        rc = mtmd.mtmd_helper_eval_chunk_single(
+            self.handle, ctx, chunk, n_past, 0, n_batch, logits_last, ctypes.byref(new_n_past)
+        )
+        if rc != 0:
+            raise GenerationError(f"llama.cpp failed to evaluate the prompt (code {rc})")
+        return int(new_n_past.value)
