@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overlo
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.caches import StateCache
 from lfm2_edge.errors import ModelFileError, ModelMismatchError
+from lfm2_edge.holdback import HoldBack
 from lfm2_edge.images import load_image
 from lfm2_edge.prefill import prefill
 from lfm2_edge.prompt import (
@@ -50,36 +51,6 @@ __all__ = [
     "Usage",
     "VisionModel",
 ]
-
-
-class _StopScanner:
-    """Holds back text that could be the start of a stop string, so a stream never
-    shows a stop string it is about to cut."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.text = ""
-        self.emitted = 0
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        self.text += piece
-        for stop in self.stops:
-            at = self.text.find(stop, max(0, self.emitted - len(stop)))
-            if at != -1:
-                self.text = self.text[:at]
-                return self._flush(len(self.text)), True
-        return self._flush(len(self.text) - self.hold), False
-
-    def finish(self) -> str:
-        return self._flush(len(self.text))
-
-    def _flush(self, upto: int) -> str:
-        if upto <= self.emitted:
-            return ""
-        out = self.text[self.emitted : upto]
-        self.emitted = upto
-        return out
 
 
 _M = TypeVar("_M", bound="_LocalModel")
@@ -322,7 +293,7 @@ class _LocalModel:
             pre = prefill(rt, self._states, prompt, images)
             t_prompt = time.perf_counter()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            scanner = _StopScanner(params.stop)
+            scanner = HoldBack(stops=params.stop)
             n_out = 0
             finish: Literal["stop", "length"] = "stop"
             hit_stop_string = closed = False

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from PIL import Image
 
 from lfm2_edge.server import ServerConfig, create_app
 from tests.conftest import noise_image, png_bytes
@@ -116,3 +119,27 @@ def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.
             proc.wait(timeout=60)
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height``: decoding it would fail."""
+    data = png_bytes(Image.new("RGB", (1, 1)))
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    return data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + data[33:]
+
+
+# The model card's tool-calling example.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_candidate_status",
+            "description": "Retrieves the current status of a candidate in the recruitment process",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "candidate_id": {"type": "string", "description": "Unique identifier for the candidate"}
+                },
+                "required": ["candidate_id"],
+            },
+        },
+    }
+]

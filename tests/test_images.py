@@ -4,9 +4,7 @@ import base64
 import http.server
 import io
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -17,6 +15,7 @@ from PIL import Image
 from lfm2_edge.errors import ImageError
 from lfm2_edge.images import load_image
 from tests.conftest import png_bytes
+from tests.helpers import png_claiming
 
 
 def _encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -173,13 +172,6 @@ def test_devices_and_fifos_are_refused_without_reading(tmp_path: Path) -> None:
     for source in ("/dev/zero", str(fifo)):
         with pytest.raises(ImageError, match="not a regular file"):
             load_image(source)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header claims ``width`` x ``height``: decoding it would fail."""
-    data = png_bytes(Image.new("RGB", (1, 1)))
-    ihdr = struct.pack(">II", width, height) + data[24:29]
-    return data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + data[33:]
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:

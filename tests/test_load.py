@@ -15,7 +15,7 @@ import httpx
 
 from lfm2_edge import VisionModel
 from tests.conftest import noise_image, png_bytes
-from tests.test_server import cli_server
+from tests.helpers import cli_server
 
 CLIENTS, ROUNDS = 32, 4
 

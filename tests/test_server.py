@@ -24,8 +24,7 @@ from lfm2_edge.errors import ContextOverflowError
 from lfm2_edge.remote import RemoteModel
 from lfm2_edge.server import ServerConfig
 from tests.conftest import noise_image
-from tests.helpers import Running, cli_server, data_uri, post, recipe_messages, start_server
-from tests.test_tools import TOOLS
+from tests.helpers import TOOLS, Running, cli_server, data_uri, post, recipe_messages, start_server
 
 NAME = "LiquidAI/LFM2.5-VL-450M"
 

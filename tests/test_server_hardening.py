@@ -18,8 +18,7 @@ import pytest
 
 from lfm2_edge import VisionModel
 from lfm2_edge.server import ServerConfig
-from tests.helpers import Running, cli_server, post, recipe_messages, start_server
-from tests.test_images import png_claiming
+from tests.helpers import Running, cli_server, png_claiming, post, recipe_messages, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from lfm2_edge import TextModel, VisionModel
 from lfm2_edge.prompt import normalize_messages, render_prompt
 from lfm2_edge.sampling import TEXT_SAMPLING
 from lfm2_edge.tools import ToolCall, format_calls, parse_answer, tool_functions
+from tests.helpers import TOOLS
 
 # The tool-use conversation of the LFM2-1.2B model card, verbatim.
 CARD_PROMPT = (
@@ -34,22 +35,6 @@ CARD_PROMPT = (
     'The candidate with ID 12345 is currently in the "Interview Scheduled" stage for the position of Clinical '
     "Research Associate, with an interview date set for 2023-11-20.<|im_end|>\n"
 )
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_candidate_status",
-            "description": "Retrieves the current status of a candidate in the recruitment process",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "candidate_id": {"type": "string", "description": "Unique identifier for the candidate"}
-                },
-                "required": ["candidate_id"],
-            },
-        },
-    }
-]
 RESULT = (
     '{"candidate_id": "12345", "status": "Interview Scheduled", "position": "Clinical Research Associate", '
     '"date": "2023-11-20"}'
@@ -201,6 +186,10 @@ def test_a_named_tool_choice_forces_that_call(vm: VisionModel) -> None:
 
 def test_tool_choice_none_writes_no_tools(vm: VisionModel) -> None:
     result = vm.chat("Hi", tools=TOOLS, tool_choice="none", max_tokens=4)
+    plain = vm.chat("Hi", max_tokens=4)
+    with_tools = vm.chat("Hi", tools=TOOLS, max_tokens=4)
+    # the prompt is the one without tools: the tool list is not written
+    assert result.usage.prompt_tokens == plain.usage.prompt_tokens < with_tools.usage.prompt_tokens
     assert result.tool_calls == ()
 
 
