@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overlo
 
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.caches import StateCache
+from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
 from lfm2_edge.errors import ModelFileError, ModelMismatchError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.images import load_image
@@ -31,7 +32,7 @@ from lfm2_edge.prompt import (
     render_prompt,
 )
 from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings, Usage
-from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING, Sampling
+from lfm2_edge.sampling import Sampling
 from lfm2_edge.tools import ToolCall, parse_answer
 from lfm2_edge.tools import tool_plan as _tool_plan
 

@@ -2,8 +2,7 @@
 
 Kept apart from the model classes so that the catalog and the CLI can name presets
 without loading llama.cpp. The model families' presets are the catalog's
-(:data:`lfm2_edge.catalog.VL_SAMPLING`, :data:`lfm2_edge.catalog.TEXT_SAMPLING`); they can
-still be imported from here.
+(:data:`lfm2_edge.catalog.VL_SAMPLING`, :data:`lfm2_edge.catalog.TEXT_SAMPLING`).
 """
 
 from __future__ import annotations
@@ -38,13 +37,3 @@ class Sampling:
         elif "stop" in given:
             given["stop"] = tuple(given["stop"])
         return replace(self, **given)
-
-
-def __getattr__(name: str) -> Sampling:
-    # The family presets live in the catalog (``VL_SAMPLING``, ``TEXT_SAMPLING``); they are
-    # still importable from here, without an import cycle (the catalog imports this module).
-    if name in ("VL_SAMPLING", "TEXT_SAMPLING"):
-        from lfm2_edge import catalog
-
-        return getattr(catalog, name)
-    raise AttributeError(f"module 'lfm2_edge.sampling' has no attribute {name!r}")

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from lfm2_edge import catalog, doctor
-from lfm2_edge.catalog import TEXT, VL, Arch, find_entry, parse_ref, presets, vl_model
+from lfm2_edge.catalog import TEXT, TEXT_SAMPLING, VL, VL_SAMPLING, Arch, find_entry, parse_ref, presets, vl_model
 from lfm2_edge.doctor import MIB, estimate_spec, recommend
 from lfm2_edge.hub import Hub
-from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING
 from tests.hubstub import HubStub
 
 NEW = vl_model(

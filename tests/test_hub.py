@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.catalog import CATALOG, choose_files, parse_ref, quant_of
+from lfm2_edge.catalog import CATALOG, TEXT_SAMPLING, VL_SAMPLING, choose_files, parse_ref, quant_of
 from lfm2_edge.errors import (
     AccessDeniedError,
     DownloadError,
@@ -27,7 +27,6 @@ from lfm2_edge.errors import (
     UnknownQuantError,
 )
 from lfm2_edge.hub import Hub
-from lfm2_edge.sampling import TEXT_SAMPLING, VL_SAMPLING
 from tests.conftest import noise_image
 from tests.hubstub import HubStub
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from lfm2_edge import TextModel, VisionModel
+from lfm2_edge.catalog import TEXT_SAMPLING
 from lfm2_edge.prompt import normalize_messages, render_prompt
-from lfm2_edge.sampling import TEXT_SAMPLING
 from lfm2_edge.tools import ToolCall, format_calls, parse_answer, tool_functions
 from tests.helpers import TOOLS
 
