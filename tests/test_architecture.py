@@ -9,7 +9,10 @@ import lfm2_edge
 
 PACKAGE = Path(lfm2_edge.__file__).parent
 # Modules allowed past 450 lines, each one job (see docs/architecture.md).
-LONG_MODULES: dict[str, int] = {}
+LONG_MODULES: dict[str, int] = {
+    "lfm2_edge.wire": 520,  # the OpenAI wire format, both directions
+    "lfm2_edge.cli": 700,  # the Typer command definitions and their option tables
+}
 
 
 def _module_name(path: Path) -> str:
