@@ -35,6 +35,7 @@ from lfm2_edge._llama._private import (
     llama_exit_stack,
 )
 from lfm2_edge._llama.projector import Projector
+from lfm2_edge._llama.segments import MarkerTable, token_runs
 from lfm2_edge.catalog import VL
 from lfm2_edge.errors import ModelFileError
 from lfm2_edge.images import load_image
@@ -77,6 +78,7 @@ class Lfm2VlChatHandler:
         self.use_gpu = use_gpu
         self.allow_remote_images = allow_remote_images
         self._projector: Projector | None = None
+        self._markers: MarkerTable | None = None
         self.last_prompt: str | None = None  # the exact text sent, for inspection
 
     def _projector_for(self, llama: llama_cpp.Llama) -> Projector:
@@ -94,6 +96,11 @@ class Lfm2VlChatHandler:
             llama_exit_stack(llama).callback(projector.close)
             self._projector = projector
         return self._projector
+
+    def _markers_for(self, llama: llama_cpp.Llama) -> MarkerTable:
+        if self._markers is None:
+            self._markers = MarkerTable(lambda m: ids[0] if len(ids := _tokens(llama, m, special=True)) == 1 else None)
+        return self._markers
 
     def render(self, messages: list[Any]) -> tuple[str, list[Any]]:
         """The prompt text and the images it refers to, in marker order."""
@@ -127,7 +134,8 @@ class Lfm2VlChatHandler:
         prompt, image_refs = self.render(messages)
         self.last_prompt = prompt
         images = [load_image(ref, allow_remote=self.allow_remote_images) for ref in image_refs]
-        with projector.tokenize(prompt, images) as chunks:
+        runs = token_runs(prompt, self._markers_for(llama), lambda text: _tokens(llama, text, special=False))
+        with projector.tokenize(runs, images) as chunks:
             if chunks.n_pos >= llama.n_ctx():
                 raise ValueError(f"Prompt exceeds n_ctx: {chunks.n_pos} > {llama.n_ctx()}")
             llama.reset()
@@ -139,7 +147,7 @@ class Lfm2VlChatHandler:
                     )
                 else:
                     # through Llama.eval, so llama-cpp-python's own bookkeeping stays right
-                    llama.eval(projector.text_tokens(chunks, i))
+                    llama.eval(chunks.text_tokens(i))
             prompt_tokens = llama.input_ids[: llama.n_tokens].tolist()
 
         im_end = llama.tokenize(IM_END.encode(), add_bos=False, special=True)
@@ -165,3 +173,7 @@ class Lfm2VlChatHandler:
             model=model,
         )
         return convert_completion_to_chat(completion, stream=stream)
+
+
+def _tokens(llama: llama_cpp.Llama, text: str, *, special: bool) -> list[int]:
+    return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))

@@ -23,7 +23,7 @@ from typing import Any, Union
 
 from lfm2_edge.catalog import DEFAULT_TEXT_SYSTEM_PROMPT, DEFAULT_VL_SYSTEM_PROMPT
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.tokens import BOS, IM_END, IM_START, IMAGE_MARKER
+from lfm2_edge.tokens import BOS, IM_END, IM_START, IMAGE_MARKER, Prompt, template
 
 __all__ = [
     "BOS",
@@ -130,7 +130,7 @@ def render_prompt(
     system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
     add_generation_prompt: bool = True,
     tools: Sequence[Mapping[str, Any]] = (),
-) -> str:
+) -> Prompt:
     """Render LFM2 ChatML with every image marker at the start of its turn.
 
     A conversation without a system message gets ``system_prompt`` (pass ``None`` for
@@ -139,27 +139,33 @@ def render_prompt(
     template writes it. Assistant tool calls and ``tool`` results are written in LFM2's
     native format. The returned text holds one :data:`IMAGE_MARKER` per image, in the
     order the images appear across the conversation.
+
+    The result is a :class:`lfm2_edge.tokens.Prompt`: only the template's own markers
+    become control tokens; message text, tool definitions, calls and results are content
+    and tokenize as plain text, whatever they spell.
     """
     from lfm2_edge.tools import TOOL_RESPONSE_END, TOOL_RESPONSE_START, format_calls, tools_system_text
 
-    parts = [BOS]
+    parts: list[str | tuple[str, bool]] = [template(BOS)]
     has_system = bool(messages) and messages[0].role == "system"
     if tools:
         own = messages[0].text if has_system else None
-        parts.append(f"{IM_START}system\n{tools_system_text(tools, own)}{IM_END}\n")
+        parts += [template(f"{IM_START}system\n"), tools_system_text(tools, own), template(f"{IM_END}\n")]
         messages = messages[1:] if has_system else messages
     elif system_prompt is not None and not has_system:
-        parts.append(f"{IM_START}system\n{system_prompt}{IM_END}\n")
+        parts += [template(f"{IM_START}system\n"), system_prompt, template(f"{IM_END}\n")]
     for m in messages:
-        text = m.text
+        parts.append(template(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}"))
         if m.tool_calls:
-            text = format_calls(m.tool_calls) + text
+            parts.append(format_calls(m.tool_calls))
         if m.role == "tool":
-            text = f"{TOOL_RESPONSE_START}{text}{TOOL_RESPONSE_END}"
-        parts.append(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}{text}{IM_END}\n")
+            parts += [template(TOOL_RESPONSE_START), m.text, template(TOOL_RESPONSE_END)]
+        else:
+            parts.append(m.text)
+        parts.append(template(f"{IM_END}\n"))
     if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+        parts.append(template(f"{IM_START}assistant\n"))
+    return Prompt.of(*parts)
 
 
 def conversation_images(messages: Sequence[Message]) -> list[Any]:

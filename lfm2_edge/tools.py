@@ -32,6 +32,8 @@ from lfm2_edge.tokens import (
     TOOL_LIST_START,
     TOOL_RESPONSE_END,
     TOOL_RESPONSE_START,
+    Prompt,
+    template,
 )
 
 __all__ = [
@@ -89,11 +91,12 @@ def tool_functions(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def tools_system_text(functions: Sequence[Mapping[str, Any]], system: str | None) -> str:
-    """The system turn's text with the tool list, as LFM2's chat template writes it."""
+def tools_system_text(functions: Sequence[Mapping[str, Any]], system: str | None) -> Prompt:
+    """The system turn's text with the tool list, as LFM2's chat template writes it; the
+    system text and the tool definitions are content, never control tokens."""
     listed = ", ".join(json.dumps(fn, ensure_ascii=False) for fn in functions)
-    prefix = f"{system}\n" if system else ""
-    return f"{prefix}List of tools: {TOOL_LIST_START}[{listed}]{TOOL_LIST_END}"
+    own = (system, template("\n")) if system else ()
+    return Prompt.of(*own, template(f"List of tools: {TOOL_LIST_START}"), f"[{listed}]", template(TOOL_LIST_END))
 
 
 def _literal(value: Any) -> str:
@@ -111,7 +114,7 @@ def _literal(value: Any) -> str:
     raise Lfm2EdgeError(f"a tool argument of type {type(value).__name__} cannot be written")
 
 
-def format_calls(calls: Sequence[Mapping[str, Any]]) -> str:
+def format_calls(calls: Sequence[Mapping[str, Any]]) -> Prompt:
     """OpenAI ``tool_calls`` of an assistant turn, written back in LFM2's format."""
     written = []
     for call in calls:
@@ -125,7 +128,7 @@ def format_calls(calls: Sequence[Mapping[str, Any]]) -> str:
         if not isinstance(args, Mapping):
             raise Lfm2EdgeError(f"tool call {fn.get('name')!r} needs its arguments as a JSON object")
         written.append(f"{fn['name']}(" + ", ".join(f"{k}={_literal(v)}" for k, v in args.items()) + ")")
-    return f"{TOOL_CALL_START}[{', '.join(written)}]{TOOL_CALL_END}"
+    return Prompt.of(template(TOOL_CALL_START), f"[{', '.join(written)}]", template(TOOL_CALL_END))
 
 
 def _parse_calls(source: str) -> list[ToolCall] | None:

@@ -17,14 +17,14 @@ from pathlib import Path
 import llama_cpp
 
 from lfm2_edge._llama.ggml import default_threads
-from lfm2_edge._llama.projector import ChunkInfo, Projector, PromptChunks
+from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import sample_logits, sampler_chain
+from lfm2_edge._llama.segments import MarkerTable, token_runs
 from lfm2_edge.caches import EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelFileError
 from lfm2_edge.images import LoadedImage
-from lfm2_edge.prompt import IM_END, IM_START
 from lfm2_edge.sampling import Sampling
-from lfm2_edge.tools import SPECIAL_TOOL_TOKENS
+from lfm2_edge.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
 
 __all__ = ["Runtime", "SavedState"]
 
@@ -98,6 +98,7 @@ class Runtime:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.im_end = self.token_id(IM_END)
         self._partial_utf8: list[int] | None = None
+        self._markers: MarkerTable | None = None
         self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
         self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
 
@@ -227,16 +228,21 @@ class Runtime:
 
     def tokenize_prompt(self, prompt: str, images: Sequence[LoadedImage]) -> PromptChunks:
         """Split ``prompt`` at its image markers into text and image chunks (a context
-        manager: ``with rt.tokenize_prompt(...) as chunks:``)."""
-        if self._projector is None:
-            if images:
-                raise ModelFileError("this model was loaded without an mmproj; pass --mmproj to send images")
-            return self._text_only_chunks(prompt)
-        return self._projector.tokenize(prompt, images)
-
-    def _text_only_chunks(self, prompt: str) -> PromptChunks:
-        tokens = self.tokenize(prompt)
-        return PromptChunks(0, [ChunkInfo(False, len(tokens), len(tokens))], tokens)
+        manager: ``with rt.tokenize_prompt(...) as chunks:``). Only the template parts of
+        a :class:`lfm2_edge.tokens.Prompt` may spell control tokens (see
+        :mod:`lfm2_edge._llama.segments`)."""
+        if self._projector is None and images:
+            raise ModelFileError("this model was loaded without an mmproj; pass --mmproj to send images")
+        if self._markers is None:
+            self._markers = MarkerTable(self.token_id)
+        runs = token_runs(prompt, self._markers, lambda text: self.tokenize(text, special=False))
+        if self._projector is not None:
+            return self._projector.tokenize(runs, images)
+        if len(runs) > 1:
+            raise ModelFileError("this model was loaded without an mmproj; pass --mmproj to send images")
+        chunks = PromptChunks()
+        chunks.add_text(runs[0])
+        return chunks
 
     @property
     def projector(self) -> Projector | None:

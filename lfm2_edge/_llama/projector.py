@@ -28,16 +28,65 @@ class ChunkInfo:
 
 
 class PromptChunks:
-    """A tokenized prompt: text runs and image embeddings, as mtmd split them.
+    """A tokenized prompt: runs of text tokens and image chunks, in order.
 
-    A context manager, like mtmd's own ``input_chunks_ptr``: ``with
-    projector.tokenize(...) as chunks:`` frees mtmd's chunks at the end of the block.
+    Text runs are tokenized by lfm2-edge (control tokens only where the template put
+    them); each image is tokenized by mtmd on its own, so its chunks (the image tiles and
+    the markers around them) are exactly mtmd's. A context manager, like mtmd's own
+    ``input_chunks_ptr``: ``with rt.tokenize_prompt(...) as chunks:`` frees mtmd's chunks
+    at the end of the block.
     """
 
-    def __init__(self, handle: int, info: list[ChunkInfo], tokens: list[int] | None = None) -> None:
-        self.handle = handle  # mtmd_input_chunks*, or 0 for a text-only model
-        self.info = info
-        self.tokens = tokens  # the whole prompt's tokens when there is no projector
+    def __init__(self) -> None:
+        self.info: list[ChunkInfo] = []
+        self._parts: list[list[int] | int] = []  # a text run's tokens, or an mtmd_input_chunk*
+        self._handles: list[int] = []  # mtmd_input_chunks* to free
+
+    def add_text(self, tokens: list[int]) -> None:
+        """Append text tokens (joining the text run before them, as mtmd does)."""
+        if not tokens:
+            return
+        if self.info and not self.info[-1].is_image:
+            run = self._parts[-1]
+            assert isinstance(run, list)
+            run.extend(tokens)
+            self.info[-1] = ChunkInfo(False, len(run), len(run))
+        else:
+            self._parts.append(list(tokens))
+            self.info.append(ChunkInfo(False, len(tokens), len(tokens)))
+
+    def add_mtmd(self, handle: int) -> None:
+        """Append the chunks of an ``mtmd_input_chunks*`` (freed with this object)."""
+        self._handles.append(handle)
+        for i in range(mtmd.mtmd_input_chunks_size(handle)):
+            chunk = mtmd.mtmd_input_chunks_get(handle, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                self.add_text([ptr[j] for j in range(n.value)] if ptr else [])
+            else:
+                self._parts.append(chunk)
+                n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                self.info.append(ChunkInfo(True, n_tokens, mtmd.mtmd_input_chunk_get_n_pos(chunk)))
+
+    def text_tokens(self, index: int) -> list[int]:
+        """The token ids of a text chunk."""
+        run = self._parts[index]
+        assert isinstance(run, list)
+        return run
+
+    def chunk(self, index: int) -> int:
+        """The ``mtmd_input_chunk*`` of an image chunk."""
+        ptr = self._parts[index]
+        assert isinstance(ptr, int) and self._handles, "the chunks have been freed"
+        return ptr
+
+    @property
+    def tokens(self) -> list[int] | None:
+        """All the prompt's tokens when it holds no image, else None."""
+        if any(c.is_image for c in self.info):
+            return None
+        return [t for part in self._parts if isinstance(part, list) for t in part]
 
     @property
     def n_pos(self) -> int:
@@ -49,9 +98,9 @@ class PromptChunks:
 
     def close(self) -> None:
         """Free mtmd's chunks; the counts above stay readable."""
-        if self.handle:
-            mtmd.mtmd_input_chunks_free(self.handle)
-            self.handle = 0
+        for handle in self._handles:
+            mtmd.mtmd_input_chunks_free(handle)
+        self._handles.clear()
 
     def __enter__(self) -> PromptChunks:
         return self
@@ -113,50 +162,50 @@ class Projector:
             mtmd.mtmd_free(self.handle)
             self.handle = None
 
-    def tokenize(self, prompt: str, images: Sequence[LoadedImage]) -> PromptChunks:
-        """Split ``prompt`` at its image markers into text and image chunks."""
+    def tokenize(self, runs: Sequence[list[int]], images: Sequence[LoadedImage]) -> PromptChunks:
+        """The prompt's chunks: ``runs`` are its text tokens cut at the image markers
+        (one more than there are images); each image becomes mtmd's chunks for it."""
         if not self.handle:
             raise GenerationError("the projector has been closed")
-        bitmaps = []
+        if len(runs) != len(images) + 1:
+            raise GenerationError(
+                f"the prompt has {len(runs) - 1} image markers for {len(images)} images; they must match"
+            )
+        out = PromptChunks()
         try:
-            for image in images:
-                data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
-                bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
-                if not bitmap:
-                    raise GenerationError("mtmd could not create a bitmap for an image")
-                bitmaps.append(bitmap)
-                mtmd.mtmd_bitmap_set_id(bitmap, image.digest.encode())
+            out.add_text(runs[0])
+            for image, run in zip(images, runs[1:], strict=True):
+                out.add_mtmd(self._tokenize_image(image))
+                out.add_text(run)
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def _tokenize_image(self, image: LoadedImage) -> int:
+        """An ``mtmd_input_chunks*`` holding one image (and mtmd's markers around it)."""
+        data = ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8))  # no copy: mtmd copies
+        bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
+        if not bitmap:
+            raise GenerationError("mtmd could not create a bitmap for an image")
+        try:
+            mtmd.mtmd_bitmap_set_id(bitmap, image.digest.encode())
             text = mtmd.mtmd_input_text()
-            raw = prompt.encode("utf-8")
+            raw = IMAGE_MARKER.encode()
             text.text = raw
             text.text_len = len(raw)
-            text.add_special = False  # the prompt carries <|startoftext|> itself
+            text.add_special = False
             text.parse_special = True
             chunks = mtmd.mtmd_input_chunks_init()
-            arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
-            rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(text), arr, len(bitmaps))
-            if rc != 0:
-                mtmd.mtmd_input_chunks_free(chunks)
-                why = {
-                    1: "the number of images does not match the image markers",
-                    2: "an image could not be preprocessed",
-                }.get(rc, f"code {rc}")
-                raise GenerationError(f"mtmd could not tokenize the prompt: {why}")
+            arr = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(text), arr, 1)
         finally:
-            for bitmap in bitmaps:
-                mtmd.mtmd_bitmap_free(bitmap)
-        info = []
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            kind = mtmd.mtmd_input_chunk_get_type(chunk)
-            info.append(
-                ChunkInfo(
-                    is_image=kind != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT,
-                    n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(chunk),
-                    n_pos=mtmd.mtmd_input_chunk_get_n_pos(chunk),
-                )
-            )
-        return PromptChunks(chunks, info)
+            mtmd.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            why = {2: "an image could not be preprocessed"}.get(rc, f"code {rc}")
+            raise GenerationError(f"mtmd could not tokenize an image: {why}")
+        return int(chunks)
 
     def prompt_items(self, chunks: PromptChunks, digests: Sequence[str]) -> list[Item]:
         """The prompt as a flat list: a token id per text token, a tuple per image tile
@@ -176,20 +225,13 @@ class Projector:
                 seen[cid] = seen.get(cid, 0) + 1
                 items.append(("img", cid, tile, info.n_pos))
             else:
-                items.extend(self.text_tokens(chunks, i))
+                items.extend(chunks.text_tokens(i))
         return items
 
     @staticmethod
     def _chunk_id(chunks: PromptChunks, index: int) -> str:
-        raw = mtmd.mtmd_input_chunk_get_id(mtmd.mtmd_input_chunks_get(chunks.handle, index))
+        raw = mtmd.mtmd_input_chunk_get_id(chunks.chunk(index))
         return (raw or b"").decode("ascii", "replace")
-
-    def text_tokens(self, chunks: PromptChunks, index: int) -> list[int]:
-        """The token ids of a text chunk."""
-        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
-        n = ctypes.c_size_t()
-        ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-        return [ptr[j] for j in range(n.value)] if ptr else []
 
     def eval_image(
         self, chunks: PromptChunks, index: int, key: EmbeddingKey, ctx: int, n_past: int, n_batch: int
@@ -198,7 +240,7 @@ class Projector:
 
         The vision encoder runs only when the embedding cache has no entry for ``key``.
         """
-        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        chunk = chunks.chunk(index)
         embd = self.embeddings.get(key)
         if embd is None:
             if mtmd.mtmd_encode_chunk(self.handle, chunk) != 0:
@@ -234,7 +276,7 @@ class Projector:
 
         An image chunk runs the vision encoder and then decodes its embeddings.
         """
-        chunk = mtmd.mtmd_input_chunks_get(chunks.handle, index)
+        chunk = chunks.chunk(index)
         # text chunks add onto *new_n_past; image chunks set it: start it at n_past
         new_n_past = llama_cpp.llama_pos(n_past)
         rc = mtmd.mtmd_helper_eval_chunk_single(
