@@ -47,7 +47,7 @@ def test_benign_prompts_tokenize_exactly_as_mtmd_parses_them(vm: VisionModel) ->
     the text starts with spaces or newlines (where separate tokenization could differ)."""
     image = load_image(noise_image(320, 240, seed=3))
     messages = [
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "\n\nDescribe it.\n"}]},
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "\n\nIt?\n"}]},
         {"role": "assistant", "content": " A cat."},
         {"role": "user", "content": "  What colour?"},
     ]
