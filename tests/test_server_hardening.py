@@ -170,15 +170,17 @@ def test_a_full_queue_answers_429_before_reading_the_body(tiny: dict[str, Path])
             assert time.monotonic() < deadline
             time.sleep(0.02)
 
-        def endless() -> Iterator[bytes]:
-            yield b'{"model": "m", "messages": ['
-            while True:  # never ends: only a server that reads no body can answer
-                time.sleep(0.01)
-                yield b'{"role": "user", "content": "x"},'
-
-        response = httpx.post(f"{running.url}/v1/chat/completions", content=endless(), timeout=10)
-        assert response.status_code == 429 and response.headers["retry-after"] == "1"
-        assert response.json()["error"]["type"] == "rate_limit_error"
+        # A chunked body that has only begun: a server that read bodies first would wait for the rest
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            part = b'{"model": "m", "messages": ['
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(part) + part + b"\r\n"
+            )
+            head = sock.recv(65536).decode("latin-1")
+        assert head.startswith("HTTP/1.1 429"), head
+        assert "retry-after: 1" in head.lower() and "rate_limit_error" in head
     finally:
         running.stop()
         model.close()
