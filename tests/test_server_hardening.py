@@ -178,7 +178,9 @@ def test_a_full_queue_answers_429_before_reading_the_body(tiny: dict[str, Path])
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(part) + part + b"\r\n"
             )
-            head = sock.recv(65536).decode("latin-1")
+            head = ""
+            while "rate_limit_error" not in head and (data := sock.recv(65536)):
+                head += data.decode("latin-1")
         assert head.startswith("HTTP/1.1 429"), head
         assert "retry-after: 1" in head.lower() and "rate_limit_error" in head
     finally:
