@@ -45,7 +45,8 @@ class ChatSession:
     is raised at once and the history is unchanged.
 
     A turn is recorded only when its answer is complete: a turn that raises, or a stream
-    closed before its end (``close()``, Ctrl-C), leaves no trace in the history.
+    closed before its end (``close()``, Ctrl-C), leaves no trace in the history (turns
+    dropped to make room for it stay dropped: they did not fit with it).
     """
 
     def __init__(
