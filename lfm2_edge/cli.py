@@ -25,6 +25,7 @@ from rich.filesize import decimal as _size
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.repl import interactive as _interactive
 
 app = typer.Typer(
     name="lfm2-edge",
@@ -253,59 +254,6 @@ def _answer_once(
     except KeyboardInterrupt:
         stream.close()
     sys.stdout.write("\n")
-
-
-HELP = "Commands: /image PATH adds an image to your next message, /reset forgets the conversation, /exit quits."
-
-
-def _interactive(vm: Any, images: list[Any], sampling: dict[str, Any]) -> None:
-    from lfm2_edge.images import load_image
-    from lfm2_edge.session import ChatSession
-
-    out = Console(highlight=False, soft_wrap=True)
-    out.print(f"[dim]{HELP} Ctrl-C stops an answer.[/]")
-    session = ChatSession(vm)
-    pending = list(images)
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            sys.stdout.write("\n")
-            return
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return
-        if text == "/reset":
-            session.reset()
-            pending.clear()
-            out.print("[dim]conversation cleared[/]")
-            continue
-        if text.startswith("/image"):
-            ref = text[len("/image") :].strip()
-            try:
-                pending.append(load_image(ref, allow_private=True))
-            except Lfm2EdgeError as exc:
-                err.print(f"[bold red]error:[/] {exc}")
-                continue
-            out.print(f"[dim]image added ({len(pending)} waiting for your next message)[/]")
-            continue
-        if text.startswith("/"):
-            out.print(f"[dim]unknown command {text.split()[0]}. {HELP}[/]")
-            continue
-        stream = None
-        try:
-            stream = session.send(text, pending, stream=True, **sampling)
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            if stream is not None:
-                stream.close()
-            out.print("\n[dim](stopped)[/]")
-        sys.stdout.write("\n")
-        pending = []
 
 
 @app.command()
