@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -298,11 +299,14 @@ class Hub:
             pointer.symlink_to(os.path.relpath(blob, pointer.parent))
         except OSError:  # no symlinks (some Windows setups): keep a copy, as huggingface_hub does
             shutil.copyfile(blob, pointer)
+        self._write_ref(repo_dir, commit)
+
+    @staticmethod
+    def _write_ref(repo_dir: Path, commit: str) -> None:
+        """Point ``refs/main`` at ``commit``; readers see the old commit or the new one, never a part."""
         ref_file = repo_dir / "refs" / REVISION
         ref_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref_file.with_name(f".{REVISION}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref_file)
+        _atomic_write_text(ref_file, commit)
 
     @contextmanager
     def _errors(self, repo: str, what: str) -> Iterator[None]:
@@ -472,6 +476,30 @@ class Hub:
                 for f in files:  # huggingface_hub logs a refused delete and goes on: the error, here
                     if os.path.lexists(f.file_path):
                         os.unlink(f.file_path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one step, through a temp file of this writer's own.
+
+    Concurrent writers each get a unique temp name next to ``path`` (a shared name lets
+    one writer truncate the file another is about to rename), and a reader sees the old
+    content or the new, never an empty or half-written file.
+    """
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as fh:
+        tmp = Path(fh.name)
+        try:
+            fh.write(text)
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _execute(strategy: Any) -> None:

@@ -395,3 +395,45 @@ def test_cli_rm_and_pull_in_a_read_only_cache_are_one_line(stub: HubStub, tmp_pa
     _one_error_line(read_only("rm", "LFM2-VL-450M"), str(cache), "HF_HUB_CACHE", "Permission denied")
     _one_error_line(read_only("pull", "LFM2-VL-450M:Q8_0"), str(cache), "HF_HUB_CACHE", "Permission denied")
     assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")) == before
+
+
+def test_concurrent_ref_writers_never_fail_and_readers_never_see_a_partial_ref(tmp_path: Path) -> None:
+    import threading
+
+    hub = Hub(cache_dir=tmp_path / "cache", offline=True)
+    repo_dir = hub._repo_dir(REPO)
+    ref_file = repo_dir / "refs" / "main"
+    commits = [f"{i:040x}" for i in range(8)]
+    hub._write_ref(repo_dir, commits[0])
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    writing = threading.Event()
+
+    def writer(commit: str) -> None:
+        try:
+            for _ in range(200):
+                hub._write_ref(repo_dir, commit)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while writing.is_set():
+                seen.add(ref_file.read_text())
+        except BaseException as exc:
+            errors.append(exc)
+
+    writing.set()
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(c,)) for c in commits]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    writing.clear()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert seen <= set(commits) and seen, seen
+    assert ref_file.read_text() in commits
+    assert sorted(p.name for p in ref_file.parent.iterdir()) == ["main"]  # no temp file left behind
