@@ -228,10 +228,13 @@ def chat(
 
 
 def _schema(path: Path) -> Any:
+    """The --schema file's JSON object: a regular file of at most 1 MiB (never a device or FIFO)."""
+    from lfm2_edge.images import read_file
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot read --schema {path}: {exc.strerror or exc}")
+        data = json.loads(read_file(path, "a JSON schema", 1 << 20).decode("utf-8"))
+    except Lfm2EdgeError as exc:
+        fail(f"--schema: {exc}")
     except (ValueError, UnicodeDecodeError) as exc:
         fail(f"--schema {path} is not JSON ({exc})")
     if not isinstance(data, dict):

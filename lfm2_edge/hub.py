@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,8 +182,7 @@ class Hub:
         damaged = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None and not self.verify(p)]
         if not damaged:
             return resolved
-        for path in damaged:
-            self._unlink_cached(path)
+        self._unlink_cached(*damaged)
         return self.resolve(resolved.ref)
 
     def _resolved(
@@ -245,13 +245,14 @@ class Hub:
         repo_dir = self._repo_dir(repo)
         blob = repo_dir / "blobs" / meta.etag
         pointer = repo_dir / "snapshots" / meta.commit_hash / filename
-        blob.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.cache_dir / ".locks" / repo_dir.name / f"{meta.etag}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_path)):
-            if not (blob.is_file() and (meta.size is None or blob.stat().st_size == meta.size)):
-                self._fetch(url if meta.location is None else meta.location, blob, filename, meta.size, meta.etag)
-            self._link(repo_dir, meta.commit_hash, blob, pointer)
+        with self._writing():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock_path)):
+                if not (blob.is_file() and (meta.size is None or blob.stat().st_size == meta.size)):
+                    self._fetch(url if meta.location is None else meta.location, blob, filename, meta.size, meta.etag)
+                self._link(repo_dir, meta.commit_hash, blob, pointer)
         return pointer
 
     def _fetch(self, url: str, blob: Path, filename: str, size: int | None, etag: str) -> None:
@@ -270,7 +271,7 @@ class Hub:
                     f"not enough disk space for {filename}: it needs {decimal(size - have)} and "
                     f"{decimal(free)} is free in {self.cache_dir}; free some space or point HF_HOME at a larger disk"
                 )
-        with self._errors(blob.parent.parent.name, filename), partial.open("ab") as fh:
+        with partial.open("ab") as fh, self._errors(blob.parent.parent.name, filename):
             http_get(
                 url,
                 fh,
@@ -298,11 +299,14 @@ class Hub:
             pointer.symlink_to(os.path.relpath(blob, pointer.parent))
         except OSError:  # no symlinks (some Windows setups): keep a copy, as huggingface_hub does
             shutil.copyfile(blob, pointer)
+        self._write_ref(repo_dir, commit)
+
+    @staticmethod
+    def _write_ref(repo_dir: Path, commit: str) -> None:
+        """Point ``refs/main`` at ``commit``; readers see the old commit or the new one, never a part."""
         ref_file = repo_dir / "refs" / REVISION
         ref_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref_file.with_name(f".{REVISION}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref_file)
+        _atomic_write_text(ref_file, commit)
 
     @contextmanager
     def _errors(self, repo: str, what: str) -> Iterator[None]:
@@ -335,6 +339,8 @@ class Hub:
                     f"the disk holding {self.cache_dir} filled up while downloading {what}; free some space "
                     "and run the command again to resume"
                 ) from None
+            if exc.filename is not None:  # a file, not the network: writing the partial download
+                raise self._cache_error(exc) from None
             if "Consistency check failed" in str(exc):
                 raise DownloadError(f"the download of {what} was cut short; run the command again to resume") from None
             raise HubUnavailableError(f"cannot reach the hub at {self.endpoint} ({exc}); {offline_hint}") from None
@@ -347,6 +353,29 @@ class Hub:
             raise
 
     # -- the cache -----------------------------------------------------------------
+
+    def _cache_error(self, exc: OSError) -> HubError:
+        """One line for a failed write to the cache: where, why, and how to point elsewhere."""
+        if exc.errno == errno.ENOSPC:
+            return DownloadError(
+                f"the disk holding the hub cache at {self.cache_dir} is full; free some space, or set "
+                "HF_HUB_CACHE to a directory on a larger disk"
+            )
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        return HubError(
+            f"cannot write to the hub cache at {self.cache_dir}: {exc.strerror or exc}{where}; "
+            "set HF_HUB_CACHE to a directory you can write"
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn an ``OSError`` from writing the cache (read-only, a file in the way, full) into a HubError."""
+        try:
+            yield
+        except Lfm2EdgeError:
+            raise
+        except OSError as exc:
+            raise self._cache_error(exc) from None
 
     def _repo_dir(self, repo: str) -> Path:
         return self.cache_dir / ("models--" + repo.replace("/", "--"))
@@ -377,6 +406,10 @@ class Hub:
             return scan_cache_dir(self.cache_dir)
         except CacheNotFound:
             return None
+        except ValueError:  # "expects a directory but found a file"
+            raise HubError(
+                f"the hub cache at {self.cache_dir} is not a directory; set HF_HUB_CACHE to a directory"
+            ) from None
 
     def _scanned_files(self) -> list[tuple[str, Any, Any]]:
         """(repo id, revision, file) for every cached model file."""
@@ -426,16 +459,60 @@ class Hub:
     def _delete_repo(self, repo_id: str) -> None:
         """Remove every revision of a repo (``HFCacheInfo.delete_revisions``)."""
         revisions = {rev.commit_hash for repo, rev, _ in self._scanned_files() if repo == repo_id}
-        if revisions:
-            self._scan().delete_revisions(*revisions).execute()
-        shutil.rmtree(self._repo_dir(repo_id), ignore_errors=True)  # partial downloads, a repo scan_cache_dir skips
+        repo_dir = self._repo_dir(repo_id)
+        with self._writing():
+            if revisions:
+                _execute(self._scan().delete_revisions(*revisions))
+            if repo_dir.exists():  # partial downloads, a repo scan_cache_dir skips; what it could not delete
+                shutil.rmtree(repo_dir)
 
     def _unlink_cached(self, *pointers: Path) -> None:
         """Remove snapshot entries, and each blob no other entry uses (``HFCacheInfo.delete_files``)."""
         wanted = {p.parent.resolve() / p.name for p in pointers}  # the scan's paths are resolved
         files = [f for _, _, f in self._scanned_files() if f.file_path.parent.resolve() / f.file_path.name in wanted]
         if files:
-            self._scan().delete_files(*files).execute()
+            with self._writing():
+                _execute(self._scan().delete_files(*files))
+                for f in files:  # huggingface_hub logs a refused delete and goes on: the error, here
+                    if os.path.lexists(f.file_path):
+                        os.unlink(f.file_path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one step, through a temp file of this writer's own.
+
+    Concurrent writers each get a unique temp name next to ``path`` (a shared name lets
+    one writer truncate the file another is about to rename), and a reader sees the old
+    content or the new, never an empty or half-written file.
+    """
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as fh:
+        tmp = Path(fh.name)
+        try:
+            fh.write(text)
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _execute(strategy: Any) -> None:
+    """Run a ``DeleteCacheStrategy`` without its warnings (a path it could not delete is checked after)."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub.utils._cache_manager")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        strategy.execute()
+    finally:
+        logger.disabled = was
 
 
 def find_mmproj(model_path: Path) -> Path | None:

@@ -238,3 +238,27 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path], tmp_path
     # the session went on: a prompt, a second answer, and the prompt /exit answered
     assert after.lstrip("\n").startswith("> ") and after.endswith("\n> ")
     assert len(after) > 100
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "directory", "too large"])
+def test_schema_that_is_not_a_small_regular_file_is_one_line_at_once(tmp_path: Path, kind: str) -> None:
+    """--schema is read with a bound, and never from a device, FIFO or directory (no hang, no endless read)."""
+    if kind == "/dev/zero":
+        schema, message = Path("/dev/zero"), "not a regular file"
+    elif kind == "fifo":
+        schema, message = tmp_path / "schema.json", "not a regular file"
+        os.mkfifo(schema)  # nobody writes it: opening it for reading would block forever
+    elif kind == "directory":
+        schema, message = tmp_path, "is a directory"
+    else:
+        schema, message = tmp_path / "big.json", "larger than 1 MiB"
+        schema.write_text('{"description": "' + "x" * (1 << 20) + '"}')
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["chat", "--model", str(tmp_path / "never-read.gguf"), "--prompt", "hi", "--schema", str(schema)]
+    result = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", *args], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "--schema" in lines[0] and str(schema) in lines[0], lines[0]

@@ -321,3 +321,119 @@ def test_cli_hub_errors_are_one_line(stub: HubStub, tmp_path: Path, args: list[s
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+# -- a cache that cannot be written ----------------------------------------------------
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_cli_pull_into_a_cache_under_a_file_is_one_line(stub: HubStub, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cache = blocker / "hub"
+    proc = cli("pull", "LFM2-VL-450M:Q4_0", env={"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache)})
+    _one_error_line(proc, str(cache), "HF_HUB_CACHE", "Not a directory")
+
+
+def test_cli_rm_and_pull_with_the_cache_path_a_file_is_one_line(stub: HubStub, tmp_path: Path) -> None:
+    cache = tmp_path / "a-file"
+    cache.write_text("not a directory")
+    env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache)}
+    _one_error_line(cli("rm", "LFM2-VL-450M:Q4_0", env=env), str(cache), "HF_HUB_CACHE", "not a directory")
+    _one_error_line(cli("pull", "LFM2-VL-450M:Q4_0", env=env), str(cache), "HF_HUB_CACHE")
+
+
+# A read-only cache, also as root (where permission bits do not bind): an audit hook in
+# the CLI process refuses every write under the cache, as a read-only mount does.
+_READ_ONLY = """
+import errno, os, runpy, sys
+root = os.path.realpath(os.environ["HF_HUB_CACHE"])
+WRITES = {"os.remove", "os.rmdir", "os.rename", "os.replace", "os.mkdir", "os.symlink", "os.link", "shutil.rmtree",
+          "os.truncate", "os.chmod"}
+def hook(event, args):
+    if event == "open":
+        path, flags = args[0], args[2]
+        if not flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC):
+            return
+    elif event in WRITES:
+        path = args[0]
+    else:
+        return
+    if isinstance(path, (str, bytes, os.PathLike)) and not isinstance(path, int):
+        full = os.path.realpath(os.fsdecode(path))
+        if full == root or full.startswith(root + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+sys.addaudithook(hook)
+sys.argv[0] = "lfm2-edge"
+runpy.run_module("lfm2_edge.cli", run_name="__main__")
+"""
+
+
+def test_cli_rm_and_pull_in_a_read_only_cache_are_one_line(stub: HubStub, tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    Hub(cache_dir=cache, endpoint=stub.url, token=None, offline=False).pull("LFM2-VL-450M:Q4_0")
+    before = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
+    env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache)}
+    full_env = {**{k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME")}, **env}
+
+    def read_only(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _READ_ONLY, *args], capture_output=True, text=True, timeout=300, env=full_env
+        )
+
+    assert read_only("models").returncode == 0  # reading is fine
+    _one_error_line(read_only("rm", "LFM2-VL-450M:Q4_0"), str(cache), "HF_HUB_CACHE", "Permission denied")
+    _one_error_line(read_only("rm", "LFM2-VL-450M"), str(cache), "HF_HUB_CACHE", "Permission denied")
+    _one_error_line(read_only("pull", "LFM2-VL-450M:Q8_0"), str(cache), "HF_HUB_CACHE", "Permission denied")
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")) == before
+
+
+def test_concurrent_ref_writers_never_fail_and_readers_never_see_a_partial_ref(tmp_path: Path) -> None:
+    import threading
+
+    hub = Hub(cache_dir=tmp_path / "cache", offline=True)
+    repo_dir = hub._repo_dir(REPO)
+    ref_file = repo_dir / "refs" / "main"
+    commits = [f"{i:040x}" for i in range(8)]
+    hub._write_ref(repo_dir, commits[0])
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    writing = threading.Event()
+
+    def writer(commit: str) -> None:
+        try:
+            for _ in range(200):
+                hub._write_ref(repo_dir, commit)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while writing.is_set():
+                seen.add(ref_file.read_text())
+        except BaseException as exc:
+            errors.append(exc)
+
+    writing.set()
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(c,)) for c in commits]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    writing.clear()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert seen <= set(commits) and seen, seen
+    assert ref_file.read_text() in commits
+    assert sorted(p.name for p in ref_file.parent.iterdir()) == ["main"]  # no temp file left behind
