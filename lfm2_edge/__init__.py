@@ -9,7 +9,7 @@ The public API:
 * :class:`Sampling`: temperature, top-p/top-k/min-p, repetition penalty, seed, stop;
 * the errors, all subclasses of :class:`Lfm2EdgeError` with a one-line message:
   :class:`ModelFileError`, :class:`ModelMismatchError`, :class:`ImageError`,
-  :class:`ContextOverflowError`, :class:`GenerationError`, :class:`UnknownModelError`,
+  :class:`ContextOverflowError`, :class:`GenerationError`, :class:`ModelClosedError`, :class:`UnknownModelError`,
   :class:`UnknownQuantError`, :class:`HubError`, :class:`HubUnavailableError`,
   :class:`AccessDeniedError`, :class:`DownloadError`, :class:`RemoteError`.
 
@@ -36,6 +36,7 @@ __all__ = [
     "HubUnavailableError",
     "ImageError",
     "Lfm2EdgeError",
+    "ModelClosedError",
     "ModelFileError",
     "ModelMismatchError",
     "RemoteError",
@@ -59,6 +60,7 @@ from lfm2_edge.errors import (
     HubUnavailableError,
     ImageError,
     Lfm2EdgeError,
+    ModelClosedError,
     ModelFileError,
     ModelMismatchError,
     RemoteError,

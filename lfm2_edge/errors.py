@@ -18,6 +18,7 @@ __all__ = [
     "HubUnavailableError",
     "ImageError",
     "Lfm2EdgeError",
+    "ModelClosedError",
     "ModelFileError",
     "ModelMismatchError",
     "RemoteError",
@@ -28,6 +29,10 @@ __all__ = [
 
 class Lfm2EdgeError(Exception):
     """Base class: the message is a single line, fit to show a user."""
+
+
+class ModelClosedError(Lfm2EdgeError):
+    """The model was closed (``close()``, or the end of its ``with`` block); load it again."""
 
 
 class ModelFileError(Lfm2EdgeError):

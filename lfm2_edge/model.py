@@ -2,7 +2,16 @@
 local LFM2-VL or LFM2 model.
 
 Each instance owns its llama.cpp model, context and (for VL) projector; two instances in
-one process do not share state. Calls on one instance are serialised by its own lock.
+one process do not share state.
+
+One conversation at a time per model: calls on one instance are serialised by its own
+lock, taken per step (the prompt's evaluation, then each token) and never held across
+a ``yield``. Threads calling :meth:`chat` without ``stream`` wait for each other and
+each gets its own whole answer. A new :meth:`chat` ends an unfinished stream of the
+same model: that stream yields nothing more and its ``result`` holds the text so far
+(``finish_reason`` ``"stop"``). :meth:`close` waits for the token step in progress,
+ends any stream, and frees llama.cpp's memory; afterwards every call that needs the
+model raises :class:`~lfm2_edge.errors.ModelClosedError`.
 """
 
 from __future__ import annotations
@@ -12,20 +21,21 @@ import os
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.caches import StateCache
 from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
-from lfm2_edge.errors import ModelFileError, ModelMismatchError
+from lfm2_edge.errors import ContextOverflowError, ModelClosedError, ModelFileError, ModelMismatchError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.images import load_image
 from lfm2_edge.prefill import prefill
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
     DEFAULT_VL_SYSTEM_PROMPT,
+    Message,
     MessageInput,
     conversation_images,
     normalize_messages,
@@ -55,6 +65,15 @@ __all__ = [
 
 
 _M = TypeVar("_M", bound="_LocalModel")
+
+
+class _Run:
+    """One chat's claim on its model's context, and the sampler chain it holds there."""
+
+    __slots__ = ("stack",)
+
+    def __init__(self) -> None:
+        self.stack: ExitStack | None = None  # the sampler chain, while the run owns the context
 
 
 class LoadOptions(TypedDict, total=False):
@@ -106,7 +125,12 @@ class _LocalModel:
         self.sampling = sampling
         self.allow_remote_images = allow_remote_images
         self.allow_private_urls = allow_private_urls
+        # Taken per llama.cpp step, never across a yield (see the module's docstring).
         self._lock = threading.Lock()
+        self._turns = threading.Condition(self._lock)
+        self._closed = False
+        self._owner: _Run | None = None  # the run whose conversation the context holds
+        self._pinned: _Run | None = None  # a chat() without stream in progress: others wait
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -174,8 +198,33 @@ class _LocalModel:
     # -- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        """Free the model. Safe to call twice, and from another thread while a stream
+        runs: it waits for the token step in progress and ends the stream (which keeps
+        its text so far); a ``chat()`` in progress raises :class:`ModelClosedError`."""
+        with self._turns:
+            if self._closed:
+                return
+            self._closed = True
+            if self._owner is not None:
+                self._end(self._owner)
             self._runtime.close()
+            self._turns.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError("the model has been closed; load it again to chat")
+
+    def _end(self, run: _Run) -> None:
+        """End ``run``'s hold on the context and free its sampler chain (lock held)."""
+        stack, run.stack = run.stack, None
+        if self._owner is run:
+            self._owner = None
+        if stack is not None:
+            stack.close()
 
     def __enter__(self: _M) -> _M:
         return self
@@ -187,9 +236,15 @@ class _LocalModel:
         """Forget every conversation state (the context and the saved states).
 
         Answers never depend on it: state is reused only when a prompt extends it exactly.
-        It frees memory, and gives a clean slate after :meth:`chat` raised.
+        It frees memory, and gives a clean slate after :meth:`chat` raised. An
+        unfinished stream is ended, as by a new chat.
         """
-        with self._lock:
+        with self._turns:
+            while self._pinned is not None and not self._closed:
+                self._turns.wait()
+            self._check_open()
+            if self._owner is not None:
+                self._end(self._owner)
             self._runtime.reset()
             self._states.clear()
 
@@ -262,92 +317,163 @@ class _LocalModel:
         {"name": ...}}``, which forces that call with a grammar. ``response_format``
         (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
         {"schema": ...}}``) and ``grammar`` (GBNF) constrain the answer's shape.
+
+        One conversation at a time: a new chat ends an unfinished stream of this model
+        (see the module's docstring). Raises :class:`ModelClosedError` once closed.
         """
+        self._check_open()
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
         functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
+        self._check_lower_bound(messages)
         loaded = [
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
         prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-        stream_obj = ChatStream(self._generate(prompt, loaded, params, grammar, tools_mode))
+        run = _Run()
+        stream_obj = ChatStream(self._generate(run, prompt, loaded, params, grammar, tools_mode))
         if stream:
             return stream_obj
-        for _ in stream_obj:
-            pass
+        with self._turns:  # wait for another thread's chat(); this thread runs no user code until done
+            while self._pinned is not None and not self._closed:
+                self._turns.wait()
+            self._check_open()
+            self._pinned = run
+        try:
+            for _ in stream_obj:
+                pass
+        finally:
+            with self._turns:
+                self._pinned = None
+                self._turns.notify_all()
         assert stream_obj.result is not None
         return stream_obj.result
 
+    def _check_lower_bound(self, messages: Sequence[Message]) -> None:
+        """Refuse a conversation that cannot fit, before rendering or tokenizing it.
+
+        A cheap lower bound of its tokens: each message takes ``<|im_start|>``,
+        ``<|im_end|>`` and the newline after it, and its ``role\\ntext`` at least its
+        bytes over the vocabulary's longest token; each image at least the projector's
+        minimum image tokens.
+        """
+        rt = self._runtime
+        n_bytes = sum(len(m.role) + 1 + len(m.text.encode("utf-8", "replace")) for m in messages)
+        n_images = sum(len(m.images) for m in messages)
+        low = 3 * len(messages) + -(-n_bytes // rt.max_token_bytes) + n_images * rt.min_image_tokens
+        if low >= rt.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt needs at least {low} tokens ({len(messages)} messages, {n_images} image(s)) "
+                f"but the context holds {rt.n_ctx}; raise --ctx or shorten the conversation"
+            )
+
     def _generate(
         self,
+        run: _Run,
         prompt: str,
         images: list[Any],
         params: Sampling,
         grammar: str | None = None,
         tools_mode: Literal["auto", "forced"] | None = None,
     ) -> Generator[str, None, ChatResult]:
-        with self._lock:
+        """Answer ``prompt``: one step (the prompt, then each token) per lock hold."""
+        t_start = time.perf_counter()
+        with self._turns:
+            while self._pinned is not None and self._pinned is not run and not self._closed:
+                self._turns.wait()
+            self._check_open()
+            if self._owner is not None:  # an unfinished stream: it ends here
+                self._end(self._owner)
+            self._owner = run
             rt = self._runtime
-            t_start = time.perf_counter()
-            encodes_before = self.image_encodes
-            pre = prefill(rt, self._states, prompt, images)
-            t_prompt = time.perf_counter()
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            scanner = HoldBack(stops=params.stop)
-            n_out = 0
-            finish: Literal["stop", "length"] = "stop"
-            hit_stop_string = closed = False
-            t_first = t_prompt
-            with rt.sampler(params, grammar=grammar) as chain:
-                first_logits = pre.resumed.logits if pre.resumed is not None else None
-                for token in rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits):
+            try:
+                encodes_before = self.image_encodes
+                pre = prefill(rt, self._states, prompt, images)
+                image_encodes = self.image_encodes - encodes_before
+                run.stack = ExitStack()
+                chain = run.stack.enter_context(rt.sampler(params, grammar=grammar))
+            except BaseException:
+                self._end(run)
+                raise
+            first_logits = pre.resumed.logits if pre.resumed is not None else None
+            tokens = rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits)
+        t_prompt = time.perf_counter()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        scanner = HoldBack(stops=params.stop)
+        n_out = 0
+        finish: Literal["stop", "length"] = "stop"
+        hit_stop_string = closed = ended = False
+        t_first = t_prompt
+        try:
+            while True:
+                with self._lock:
+                    if self._owner is not run:  # closed, or a newer chat took over
+                        if self._closed and self._pinned is run:
+                            raise ModelClosedError("the model was closed during the chat")
+                        ended = True
+                        break
+                    token = next(tokens, None)
+                    if token is None:  # ended by itself: an end token, max_tokens or the context's end
+                        if n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
+                            finish = "length"
+                        if n_out == 0 and finish == "stop":  # the first token sampled was an end token
+                            t_first = time.perf_counter()
+                        break
                     if n_out == 0:
                         t_first = time.perf_counter()
                     n_out += 1
                     piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
-                    if piece:
-                        try:
-                            yield piece
-                        except StreamClosed:
-                            closed = True
-                            break
-                    if hit_stop_string:
+                if piece:
+                    try:
+                        yield piece
+                    except StreamClosed:
+                        closed = True
                         break
-                else:  # the loop ended by itself: at an end token, at max_tokens or the context's end
-                    if n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
-                        finish = "length"
-                    if n_out == 0 and finish == "stop":  # the first token sampled was an end token
-                        t_first = time.perf_counter()
-            if not hit_stop_string:
-                piece, _ = scanner.feed(decoder.decode(b"", final=True))
-                tail = piece + scanner.finish()
-                if tail and not closed:
-                    with suppress(StreamClosed):
-                        yield tail
-            t_end = time.perf_counter()
-            text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
-            if tools_mode is not None:
-                parsed = parse_answer(text, bare=tools_mode == "forced")
-                text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
-            return ChatResult(
-                text=text,
-                finish_reason="tool_calls" if calls else finish,
-                tool_calls=calls,
-                usage=Usage(
-                    pre.n_prompt,
-                    pre.n_image_tokens,
-                    n_out,
-                    cached_tokens=pre.cached_tokens,
-                    image_encodes=self.image_encodes - encodes_before,
-                ),
-                timings=Timings(
-                    prompt_ms=(t_prompt - t_start) * 1000,
-                    image_ms=pre.image_s * 1000,
-                    first_token_ms=(t_first - t_start) * 1000,
-                    decode_ms=(t_end - t_first) * 1000,
-                ),
-            )
+                if hit_stop_string:
+                    break
+            with self._lock:
+                if self._owner is run:
+                    self._end(run)
+        finally:
+            # An error or a dropped stream (GeneratorExit, maybe from the garbage collector
+            # in a thread that holds the lock): free the chain if the lock is free now, else
+            # the next chat or close() does.
+            if run.stack is not None and self._lock.acquire(blocking=False):
+                try:
+                    if self._owner is run:
+                        self._end(run)
+                finally:
+                    self._lock.release()
+        if not hit_stop_string:
+            piece, _ = scanner.feed(decoder.decode(b"", final=True))
+            tail = piece + scanner.finish()
+            if tail and not closed and not ended:
+                with suppress(StreamClosed):
+                    yield tail
+        t_end = time.perf_counter()
+        text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
+        if tools_mode is not None:
+            parsed = parse_answer(text, bare=tools_mode == "forced")
+            text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
+        return ChatResult(
+            text=text,
+            finish_reason="tool_calls" if calls else finish,
+            tool_calls=calls,
+            usage=Usage(
+                pre.n_prompt,
+                pre.n_image_tokens,
+                n_out,
+                cached_tokens=pre.cached_tokens,
+                image_encodes=image_encodes,
+            ),
+            timings=Timings(
+                prompt_ms=(t_prompt - t_start) * 1000,
+                image_ms=pre.image_s * 1000,
+                first_token_ms=(t_first - t_start) * 1000,
+                decode_ms=(t_end - t_first) * 1000,
+            ),
+        )
 
 
 class VisionModel(_LocalModel):

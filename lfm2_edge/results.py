@@ -108,7 +108,8 @@ class ChatStream:
 
     def close(self) -> None:
         """Stop generating; :attr:`result` then holds the text and usage so far (the
-        model stays usable)."""
+        model stays usable). A stream closed before its first piece was asked for
+        has no result (``None``)."""
         steps = self._steps
         if steps is None:
             return
@@ -118,6 +119,9 @@ class ChatStream:
             self._finish(done.value)
         except StreamClosed:  # the generator had not started, or did not catch it
             self._finish(None)
+        except BaseException:  # it failed while stopping: the stream is over all the same
+            self._steps = None
+            raise
         else:  # it yielded again instead of stopping: end it the hard way
             steps.close()
             self._finish(None)

@@ -21,7 +21,7 @@ from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import sample_logits, sampler_chain
 from lfm2_edge._llama.segments import MarkerTable, token_runs
 from lfm2_edge.caches import EmbeddingKey, Item
-from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelFileError
+from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelClosedError, ModelFileError
 from lfm2_edge.images import LoadedImage
 from lfm2_edge.sampling import Sampling
 from lfm2_edge.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
@@ -75,6 +75,7 @@ class Runtime:
         self.verbose = verbose
         self._model: int | None = None
         self._ctx: int | None = None
+        self._vocab: int | None = None  # points into the model: dropped when it is freed
         self._projector: Projector | None = None
         self.n_past = 0
         # a NULL-terminated device list for llama_model_params.devices; kept alive with the model
@@ -101,6 +102,7 @@ class Runtime:
         self._markers: MarkerTable | None = None
         self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
         self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
+        self.max_token_bytes = self._longest_token_bytes()
 
     # -- loading -----------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class Runtime:
                 "LFM2 GGUF file (run with --verbose for llama.cpp's reason)"
             )
         self._model = model
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
         cparams = llama_cpp.llama_context_default_params()
@@ -162,7 +164,9 @@ class Runtime:
             )
 
     def close(self) -> None:
-        """Free the projector, context and model; safe to call twice."""
+        """Free the projector, context and model; safe to call twice. Afterwards every
+        method that needs them raises :class:`ModelClosedError`."""
+        self._vocab = None
         if self._projector is not None:
             self._projector.close()
             self._projector = None
@@ -178,10 +182,20 @@ class Runtime:
             self.close()
 
     @property
+    def closed(self) -> bool:
+        return not self._ctx
+
+    @property
     def ctx(self) -> int:
         if not self._ctx:
-            raise GenerationError("the model has been closed")
+            raise ModelClosedError("the model has been closed; load it again to chat")
         return self._ctx
+
+    @property
+    def vocab(self) -> int:
+        if not self._vocab:
+            raise ModelClosedError("the model has been closed; load it again to chat")
+        return self._vocab
 
     # -- vocabulary --------------------------------------------------------------
 
@@ -209,6 +223,22 @@ class Runtime:
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
 
+    def _longest_token_bytes(self) -> int:
+        """The longest text any one token stands for (special tokens included, as a
+        prompt's text is tokenized with them): a prompt of N bytes has at least
+        N / this many tokens."""
+        vocab, buf, longest = self.vocab, self._piece_buf, 1
+        for t in range(self.n_vocab):
+            n = llama_cpp.llama_token_to_piece(vocab, t, buf, 256, 0, True)
+            longest = max(longest, n if n >= 0 else -n)
+        return longest
+
+    @property
+    def min_image_tokens(self) -> int:
+        """The fewest positions one image takes (the projector's minimum, else 1)."""
+        low = self._projector.budget[0] if self._projector is not None else None
+        return max(1, low or 1)
+
     def _partial_utf8_tokens(self) -> list[int]:
         """Tokens whose text is not valid UTF-8 on its own (byte-level pieces); cached."""
         if self._partial_utf8 is None:
@@ -231,6 +261,7 @@ class Runtime:
         manager: ``with rt.tokenize_prompt(...) as chunks:``). Only the template parts of
         a :class:`lfm2_edge.tokens.Prompt` may spell control tokens (see
         :mod:`lfm2_edge._llama.segments`)."""
+        self.ctx  # noqa: B018 -- a closed model raises ModelClosedError, not "no mmproj"
         if self._projector is None and images:
             raise ModelFileError("this model was loaded without an mmproj; pass --mmproj to send images")
         if self._markers is None:
