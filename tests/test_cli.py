@@ -171,7 +171,6 @@ def test_bench_json_on_the_tiny_model(tiny: dict[str, Path]) -> None:
         "peak_rss_mib",
     ):
         assert row[key] > 0, key
-    assert row["image_1024x768_ms"] > row["image_512x512_ms"]  # five tiles against one
     # turn 2 of the conversation: no image encoded, only the new tokens evaluated
     assert row["turn2_image_encodes"] == 0
     assert 0 < row["turn2_evaluated_tokens"] < row["turn2_prompt_tokens"] / 2
