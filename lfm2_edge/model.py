@@ -107,6 +107,7 @@ class _LocalModel:
         self.allow_remote_images = allow_remote_images
         self.allow_private_urls = allow_private_urls
         self._lock = threading.Lock()
+        self.last_prompt_tokens: int | None = None  # the last chat's prompt positions (the server's max_tokens check)
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -292,6 +293,7 @@ class _LocalModel:
             t_start = time.perf_counter()
             encodes_before = self.image_encodes
             pre = prefill(rt, self._states, prompt, images)
+            self.last_prompt_tokens = pre.n_prompt
             t_prompt = time.perf_counter()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             scanner = HoldBack(stops=params.stop)
