@@ -15,7 +15,7 @@ ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
 $(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
 endif
 
-.PHONY: install test lint models bench clean
+.PHONY: install test interop lint models bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ endif
 
 test:
 	$(BIN)/pytest -q
+
+# The client matrix: openai, LiteLLM, langchain-openai, instructor, the Agents SDK and llm
+# against a real `lfm2-edge serve`, offline.
+interop: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[interop]'
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/pytest -q tests/interop
 
 lint:
 	$(BIN)/ruff check lfm2_edge tests scripts

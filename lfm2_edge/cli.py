@@ -381,6 +381,14 @@ def serve(
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Answer length for requests without max_tokens [default: until the context is full]."),
+    ] = None,
+    allowed_origins: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
     """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
@@ -420,9 +428,15 @@ def serve(
         max_images=max_images,
         allow_remote_images=allow_remote_images,
         max_queue=max_queue,
+        default_max_tokens=max_tokens,
+        allowed_origins=tuple(allowed_origins or ()),
     )
     if warning := exposure_warning(host, api_key):
         err.print(f"[yellow]warning:[/] {warning}")
+    if "*" in (allowed_origins or ()) and not api_key:
+        err.print(
+            "[yellow]warning:[/] --allowed-origins '*' without --api-key: any web page you open can use the model"
+        )
 
     def close_models() -> None:
         for m in models:

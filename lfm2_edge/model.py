@@ -131,6 +131,7 @@ class _LocalModel:
         self._closed = False
         self._owner: _Run | None = None  # the run whose conversation the context holds
         self._pinned: _Run | None = None  # a chat() without stream in progress: others wait
+        self.last_prompt_tokens: int | None = None  # the last chat's prompt positions (the server's max_tokens check)
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -390,6 +391,7 @@ class _LocalModel:
             try:
                 encodes_before = self.image_encodes
                 pre = prefill(rt, self._states, prompt, images)
+                self.last_prompt_tokens = pre.n_prompt
                 image_encodes = self.image_encodes - encodes_before
                 run.stack = ExitStack()
                 chain = run.stack.enter_context(rt.sampler(params, grammar=grammar))

@@ -6,14 +6,20 @@ are served in arrival order by a pool of ``n_parallel`` model instances (one by
 default; weights are memory-mapped, so more instances share them); a full queue answers
 429. Every failure is an OpenAI-style error body with a 4xx status, and the server keeps
 serving. A client that disconnects mid-stream stops its generation.
+
+Browsers: pages from localhost origins (any port, http or https) may call the API, others
+only when ``allowed_origins`` names them; a POST must be JSON (415 otherwise), so a page
+cannot start a generation with a "simple" cross-origin request that skips the preflight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import queue
+import re
 import threading
 import time
 import uuid
@@ -24,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.results import ChatResult
 from lfm2_edge.tools import TOOL_CALL_START, parse_answer
@@ -39,6 +45,7 @@ from lfm2_edge.wire import (
     api_error,
     chunk_body,
     completion_body,
+    overflow_error,
     parse_chat_request,
     parse_json_body,
     sse,
@@ -53,6 +60,9 @@ class ServerConfig(RequestLimits):
 
     ``model_names``: the first is the id /v1/models reports; all are accepted.
     ``max_images``: vLLM's --limit-mm-per-prompt '{"image": N}'.
+    ``default_max_tokens``: for requests without max_tokens (None: until the context is full).
+    ``allowed_origins``: browser origins allowed besides localhost ones ("*": any).
+    ``context_size``: taken from the models' ``n_ctx`` when not given.
     """
 
     api_key: str | None = None
@@ -62,6 +72,7 @@ class ServerConfig(RequestLimits):
     max_image_pixels: int = 16_000_000  # per image, read from its header before decoding
     max_request_pixels: int = 32_000_000  # all of a request's images together
     image_fetch_timeout_s: float = 20.0  # a remote image URL, fetched whole, redirects included
+    allowed_origins: Sequence[str] = ()
 
 
 # -- the engine: a FIFO queue in front of a pool of models -----------------------------
@@ -148,15 +159,22 @@ class Engine:
                 return
             try:
                 stream = model.chat(request.messages, stream=True, **request.options)
+                n_pieces = n_logprobs = 0
                 try:
                     for piece in stream:
                         if cancel.is_set():
                             ticket.outcome = "cancelled"
                             emit("cancelled", None)
                             return
+                        if n_pieces == 0:
+                            check_room(model, request)
+                        n_pieces += 1
+                        n_logprobs = emit_logprobs(stream, n_logprobs, emit)
                         emit("piece", piece)
                 finally:
                     stream.close()
+                if n_pieces == 0:
+                    check_room(model, request)
                 ticket.outcome = "served"
                 emit("done", stream.result)
             except BaseException as exc:  # handed to the request's coroutine
@@ -181,6 +199,26 @@ class Engine:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_room(model: Any, request: ChatRequest) -> None:
+    """Refuse (OpenAI's 400) a request whose prompt plus max_tokens is over the context,
+    once the model has counted the prompt (``last_prompt_tokens``, set after prefill)."""
+    prompt = getattr(model, "last_prompt_tokens", None)
+    n_ctx = getattr(model, "n_ctx", None)
+    limit = request.max_tokens
+    if limit is not None and isinstance(prompt, int) and isinstance(n_ctx, int) and prompt + limit > n_ctx:
+        raise overflow_error(n_ctx, prompt, limit)
+
+
+def emit_logprobs(stream: Any, sent: int, emit: Callable[[str, Any], None]) -> int:
+    """Emit ("logprobs", entries) for the stream's ``logprobs`` entries not sent yet
+    (those of the piece just yielded); returns how many are sent in all."""
+    entries = getattr(stream, "logprobs", None)
+    if entries is None or len(entries) <= sent:
+        return sent
+    emit("logprobs", list(entries[sent:]))
+    return len(entries)
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -240,6 +278,10 @@ def create_app(
     models: Sequence[Any], config: ServerConfig, *, on_shutdown: Callable[[], None] | None = None
 ) -> FastAPI:
     """A FastAPI app serving ``models`` (instances of one model, used as a pool)."""
+    from lfm2_edge import responses
+
+    if config.context_size is None and isinstance(getattr(models[0], "n_ctx", None), int):
+        config = dataclasses.replace(config, context_size=models[0].n_ctx)
     engine = Engine(models, config.max_queue)
 
     @asynccontextmanager
@@ -253,18 +295,30 @@ def create_app(
     created = int(time.time())
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Unknown routes and methods get an OpenAI-shaped body too, not FastAPI's {"detail": ...}.
-        message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code, exc.detail)
-        return error_response(ApiError(exc.status_code, str(message), code=_CODES.get(exc.status_code)))
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message = f"{where} is not served here; this server serves {_ROUTES}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"{where}: method not allowed on this endpoint" + (f" (allowed: {allowed})" if allowed else "")
+        else:
+            message = str(exc.detail)
+        response = error_response(ApiError(exc.status_code, message, code=_CODES.get(exc.status_code)))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:  # the server keeps serving
-        return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
 
     if config.api_key is not None:
         # A plain ASGI wrapper, not @app.middleware: that one hides client disconnects from handlers.
         app.add_middleware(_KeyCheck, config=config)
+    # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
+    app.add_middleware(_BrowserGuard, origins=origin_matcher(config.allowed_origins))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -279,45 +333,189 @@ def create_app(
             ],
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
+    async def start(
+        request: Request, parse: Callable[[Any], ChatRequest]
+    ) -> tuple[ChatRequest, AsyncIterator[tuple[str, Any]], tuple[str, Any]] | JSONResponse:
+        """Admit, read, check and start a request: its first event (every event, when it
+        does not stream), or the error answer; errors before the first token are plain 4xx."""
         try:
             ticket = engine.admit()  # before the body is read: a full queue costs nothing
         except ApiError as err:
             return error_response(err)
         watcher: asyncio.Task[None] | None = None
         events: AsyncIterator[tuple[str, Any]] | None = None
+        req: ChatRequest | None = None
         try:
-            req = parse_chat_request(parse_json_body(await _read_body(request, config.max_body_bytes)), config)
+            req = parse(parse_json_body(await _read_body(request, config.max_body_bytes)))
             watcher = asyncio.create_task(_watch_disconnect(request, ticket.cancel))
             await _load_images(req, config)
             events = engine.run(ticket, req)  # from here on the engine releases the ticket
-            first = await events.__anext__()  # errors before the first token are plain 4xx answers
+            first = await events.__anext__()
             if not req.stream:
                 while first[0] != "done":
                     first = await events.__anext__()
         except (ApiError, Lfm2EdgeError) as exc:
-            return error_response(exc if isinstance(exc, ApiError) else api_error(exc))
+            return error_response(as_api_error(exc, req, config))
         finally:
             if events is None:  # failed (or the client left) before reaching the engine
                 ticket.release()
             if watcher is not None:
                 watcher.cancel()  # a streaming response notices a disconnect itself
+        return req, events, first
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        started = await start(request, lambda body: parse_chat_request(body, config))
+        if isinstance(started, JSONResponse):
+            return started
+        req, events, first = started
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(_sse(events, first, req, completion_id), media_type="text/event-stream")
+            return StreamingResponse(_sse(events, first, req, completion_id, config), media_type="text/event-stream")
         await events.aclose()  # type: ignore[attr-defined]
         return completion_body(first[1], completion_id, req.model, int(time.time()))
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Any:
+        started = await start(request, lambda body: responses.parse_request(body, config))
+        if isinstance(started, JSONResponse):
+            return started
+        req, events, first = started
+        assert isinstance(req, responses.ResponsesRequest)
+        response_id = f"resp_{uuid.uuid4().hex}"
+        if req.stream:
+            stream = responses.events(events, first, req, response_id, lambda e: as_api_error(e, req, config))
+            return StreamingResponse(stream, media_type="text/event-stream")
+        await events.aclose()  # type: ignore[attr-defined]
+        return responses.response_body(first[1], req, response_id, int(time.time()))
 
     return app
 
 
+_ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models and GET /health"
 _CODES = {404: "not_found", 405: "method_not_allowed"}
+_PROMPT_TOKENS = re.compile(r"prompt needs (\d+) tokens")
+
+
+def as_api_error(exc: Exception, req: ChatRequest | None, config: ServerConfig) -> ApiError:
+    """The answer for an error raised while serving ``req``: a context overflow in
+    OpenAI's words (which clients match), a typed error naming the field it is about."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ContextOverflowError) and config.context_size is not None:
+        found = _PROMPT_TOKENS.search(str(exc))
+        completion = req.max_tokens if req is not None and req.max_tokens is not None else 1
+        if found:
+            return overflow_error(config.context_size, int(found.group(1)), completion)
+        return ApiError(
+            400,
+            f"This model's maximum context length is {config.context_size} tokens. However, your request "
+            f"does not fit ({exc}). Please reduce the length of the messages or completion.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if isinstance(exc, Lfm2EdgeError):
+        return api_error(exc)
+    raise exc
 
 
 def error_response(err: ApiError) -> JSONResponse:
     headers = {"Retry-After": "1"} if err.status == 429 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+# Pages served from this machine, on any port, over http or https (as Ollama allows).
+LOCAL_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?", re.IGNORECASE)
+
+
+def origin_matcher(allowed: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a browser ``Origin`` may call the API: a localhost one, one of ``allowed``
+    (exact, without a trailing slash), or any when ``allowed`` holds "*"."""
+    exact = {o.strip().rstrip("/").lower() for o in allowed}
+    if "*" in exact:
+        return lambda origin: True
+    return lambda origin: bool(LOCAL_ORIGIN.fullmatch(origin)) or origin.lower() in exact
+
+
+def is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class _BrowserGuard:
+    """ASGI middleware: CORS for allowed origins (preflights answered here), 403 for a
+    request from any other origin, and 415 for a POST that is not JSON, so that no page
+    can start a generation with a request the browser sends without a preflight."""
+
+    def __init__(self, app: Any, origins: Callable[[str], bool]) -> None:
+        self.app, self.allowed = app, origins
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        method = scope["method"]
+        cors: dict[str, str] = {}
+        if origin is not None:
+            if not self.allowed(origin):
+                await self._refuse(
+                    scope, receive, send,
+                    ApiError(
+                        403,
+                        f"requests from the web origin {origin!r} are not allowed; start the server with "
+                        "--allowed-origins to allow it",
+                        type="permission_error",
+                        code="origin_not_allowed",
+                    ),
+                    {"Vary": "Origin"},
+                )
+                return
+            cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+            if method == "OPTIONS" and "access-control-request-method" in headers:
+                preflight = {
+                    **cors,
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": headers.get("access-control-request-headers")
+                    or "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                }
+                await Response(status_code=204, headers=preflight)(scope, receive, send)
+                return
+        if method == "POST" and not is_json_type(headers.get("content-type", "")):
+            given = headers.get("content-type")
+            await self._refuse(
+                scope, receive, send,
+                ApiError(
+                    415,
+                    "the request body must be JSON (Content-Type: application/json), "
+                    + (f"not {given!r}" if given else "and this one declares no Content-Type"),
+                    code="unsupported_media_type",
+                ),
+                cors,
+            )
+            return
+        if not cors:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_raw_headers(cors)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    @staticmethod
+    async def _refuse(scope: Any, receive: Any, send: Any, err: ApiError, headers: dict[str, str]) -> None:
+        response = error_response(err)
+        response.headers.update(headers)
+        await response(scope, receive, send)
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 class _KeyCheck:
@@ -364,26 +562,40 @@ def _tool_deltas(hold: HoldBack, mode: str | None, result: ChatResult) -> tuple[
     deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(result.tool_calls)]
     if mode == "forced":
         return "", deltas
+    if mode == "required":  # held whole: the result's text is what is not a call
+        return result.text, deltas
     return parse_answer(hold.rest).content, deltas
 
 
 async def _sse(
-    events: AsyncIterator[tuple[str, Any]], first: tuple[str, Any], req: ChatRequest, completion_id: str
+    events: AsyncIterator[tuple[str, Any]],
+    first: tuple[str, Any],
+    req: ChatRequest,
+    completion_id: str,
+    config: ServerConfig,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
+    wants_logprobs = req.options.get("logprobs") is not None
+    pending: list[Any] = []  # logprobs of tokens whose text is not sent yet
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        if wants_logprobs and delta is not None:
+            extra["logprobs"] = list(pending)
+            pending.clear()
         return sse(chunk_body(completion_id, req.model, created, delta, finish, **extra))
 
     try:
         yield chunk({"role": "assistant", "content": ""})
         mode = req.tool_mode
-        # Text from a tool-call marker on becomes tool_calls, not content; a forced call is all call.
-        hold = HoldBack(withhold=[TOOL_CALL_START] if mode else [], hold_all=mode == "forced")
+        # Text from a tool-call marker on becomes tool_calls, not content; a forced (or
+        # required) call is held whole.
+        hold = HoldBack(withhold=[TOOL_CALL_START] if mode else [], hold_all=mode in ("forced", "required"))
         event: tuple[str, Any] | None = first
         while event is not None:
             kind, value = event
-            if kind == "piece":
+            if kind == "logprobs":
+                pending.extend(value)
+            elif kind == "piece":
                 if text := hold.feed(value)[0]:
                     yield chunk({"content": text})
             elif kind == "done":
@@ -399,6 +611,6 @@ async def _sse(
             event = await events.__anext__()
         yield SSE_DONE
     except (ApiError, Lfm2EdgeError) as exc:
-        yield sse((exc if isinstance(exc, ApiError) else api_error(exc)).body())
+        yield sse(as_api_error(exc, req, config).body())
     finally:
         await events.aclose()  # type: ignore[attr-defined]

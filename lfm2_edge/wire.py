@@ -37,6 +37,8 @@ __all__ = [
     "data_uri",
     "error_from_response",
     "image_url_of",
+    "logprobs_body",
+    "overflow_error",
     "parse_chat_request",
     "request_body",
     "sse",
@@ -58,6 +60,11 @@ _INT_FIELDS = {
     "max_tokens": (1, 1 << 31),
     "max_completion_tokens": (1, 1 << 31),
 }
+TOP_LOGPROBS_RANGE = (0, 20)
+# Fields OpenAI defines that are passed to ``model.chat`` only when set to something
+# other than their neutral value, so a model without them keeps answering plain requests.
+_PENALTIES = {"presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
 MAX_JSON_DEPTH = 64
 
 
@@ -89,10 +96,26 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def api_error(exc: Lfm2EdgeError, param: str | None = "messages") -> ApiError:
-    """The 400 answer for a typed error raised while answering a request."""
+# The request field a model-layer error message is about, by how the message starts
+# (tools.py words them after the field); anything else is about the messages.
+_PARAMS_BY_MESSAGE = (
+    ("tools[", "tools"),
+    ("tool_choice", "tool_choice"),
+    ("a named tool_choice", "tool_choice"),
+    ("response_format", "response_format"),
+    ("give response_format", "response_format"),
+    ("the JSON schema", "response_format"),
+)
+
+
+def api_error(exc: Lfm2EdgeError, param: str | None = None) -> ApiError:
+    """The 400 answer for a typed error raised while answering a request; ``param``
+    (default: the field the message names, else "messages")."""
     code = next((c for cls, c in ERROR_CODES if isinstance(exc, cls)), None)
-    return ApiError(400, str(exc), code=code, param=param)
+    message = str(exc)
+    if param is None:
+        param = next((p for prefix, p in _PARAMS_BY_MESSAGE if message.startswith(prefix)), "messages")
+    return ApiError(400, message, code=code, param=param)
 
 
 def error_from_response(base_url: str, status: int, content: bytes) -> Lfm2EdgeError:
@@ -128,12 +151,18 @@ class ChatRequest:
     include_usage: bool
     model: str
 
+    max_tokens: int | None = None  # as the request asked for it (None: not given)
+
     @property
-    def tool_mode(self) -> Literal["auto", "forced"] | None:
-        """None (no tools), "auto" (calls may appear in the text) or "forced" (the whole answer is a call)."""
-        if not self.options.get("tools") or self.options.get("tool_choice") == "none":
+    def tool_mode(self) -> Literal["auto", "forced", "required"] | None:
+        """None (no tools), "auto" (calls may appear in the text), "required" (the answer
+        holds at least one call) or "forced" (the whole answer is one named call)."""
+        choice = self.options.get("tool_choice")
+        if not self.options.get("tools") or choice == "none":
             return None
-        return "forced" if isinstance(self.options.get("tool_choice"), Mapping) else "auto"
+        if choice == "required":
+            return "required"
+        return "forced" if isinstance(choice, Mapping) else "auto"
 
 
 @dataclass
@@ -143,7 +172,10 @@ class RequestLimits:
     model_names: list[str]  # the first is the default model
     max_images: int = 1
     allow_remote_images: bool = False
-    default_max_tokens: int = 512
+    # A request without max_tokens: this many (``serve --max-tokens``), else until the
+    # answer ends or the context is full (``context_size`` tokens, as OpenAI and vLLM).
+    default_max_tokens: int | None = None
+    context_size: int | None = None
     max_messages: int = 4096
 
 
@@ -222,7 +254,12 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
         options["max_tokens"] = options.pop("max_completion_tokens")
     if options.get("top_k") == -1:
         options["top_k"] = 0
-    options.setdefault("max_tokens", limits.default_max_tokens)
+    requested = options.get("max_tokens")
+    if requested is None:
+        default = limits.default_max_tokens or limits.context_size
+        if default is not None:
+            options["max_tokens"] = default
+    options.update(_generation_options(body))
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -238,18 +275,22 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
             options["tools"] = tools
     choice = body.get("tool_choice")
     if choice is not None:
-        if choice == "required":
-            raise ApiError(
-                400, "tool_choice 'required' is not supported; name the function instead", param="tool_choice"
-            )
         named = choice.get("function") if isinstance(choice, Mapping) else None
-        if choice not in ("auto", "none") and not (isinstance(named, Mapping) and isinstance(named.get("name"), str)):
+        if choice not in ("auto", "none", "required") and not (
+            isinstance(named, Mapping) and isinstance(named.get("name"), str)
+        ):
             raise ApiError(
                 400,
-                "'tool_choice' must be 'auto', 'none' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                "'tool_choice' must be 'auto', 'none', 'required' or "
+                "{\"type\": \"function\", \"function\": {\"name\": ...}}",
                 param="tool_choice",
             )
         options["tool_choice"] = choice
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None:
+        if not isinstance(parallel, bool):
+            raise ApiError(400, "'parallel_tool_calls' must be true or false", param="parallel_tool_calls")
+        options["parallel_tool_calls"] = parallel
     response_format = body.get("response_format")
     if response_format is not None:
         if not isinstance(response_format, Mapping):
@@ -260,7 +301,53 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
         raise ApiError(400, "'stream' must be true or false", param="stream")
     stream_options = body.get("stream_options") or {}
     include_usage = bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage"))
-    return ChatRequest(checked, options, stream, include_usage, model)
+    return ChatRequest(checked, options, stream, include_usage, model, max_tokens=requested)
+
+
+def _generation_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """logprobs / top_logprobs, the penalties and logit_bias, checked against OpenAI's
+    ranges, as ``model.chat`` keywords. Each is left out at its neutral value (logprobs
+    off, a penalty of 0, no bias), so plain requests reach the model unchanged."""
+    options: dict[str, Any] = {}
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise ApiError(400, "'logprobs' must be true or false", param="logprobs")
+    top = body.get("top_logprobs")
+    if top is not None:
+        top = _number(top, "top_logprobs", int, TOP_LOGPROBS_RANGE)
+        if not logprobs:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    if logprobs:
+        options["logprobs"] = top or 0  # N alternatives per token; 0: the chosen token's only
+    for name, bounds in _PENALTIES.items():
+        if body.get(name) is not None:
+            value = _number(body[name], name, float, bounds)
+            if value:
+                options[name] = value
+    bias = body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, Mapping):
+            raise ApiError(400, "'logit_bias' must be an object mapping token ids to numbers", param="logit_bias")
+        checked: dict[int, float] = {}
+        for key, value in bias.items():
+            token = str(key).strip()
+            if not token.isdigit():
+                raise ApiError(400, f"'logit_bias' keys must be token ids, not {key!r}", param="logit_bias")
+            checked[int(token)] = _number(value, "logit_bias", float, LOGIT_BIAS_RANGE)
+        if checked:
+            options["logit_bias"] = checked
+    return options
+
+
+def overflow_error(n_ctx: int, prompt: int, completion: int) -> ApiError:
+    """OpenAI's 400 (and wording, which clients such as LiteLLM match) for a prompt plus
+    max_tokens over the context."""
+    message = (
+        f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+        f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+        "Please reduce the length of the messages or completion."
+    )
+    return ApiError(400, message, code="context_length_exceeded", param="messages")
 
 
 def _number(value: Any, name: str, kind: type, bounds: tuple[float, float]) -> Any:
@@ -395,13 +482,46 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     }
 
 
+def _token_bytes(token: str, raw: Any) -> list[int]:
+    return [int(b) for b in raw] if raw is not None else list(token.encode("utf-8"))
+
+
+def logprobs_body(entries: Sequence[Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` object (``{"content": [...]}``) for a result's or a stream
+    piece's ``TokenLogprob`` entries (token, logprob, bytes, top_logprobs as (token,
+    logprob) pairs); None when logprobs were not asked for."""
+    if entries is None:
+        return None
+    content = []
+    for entry in entries:
+        token = str(getattr(entry, "token", ""))
+        content.append(
+            {
+                "token": token,
+                "logprob": float(getattr(entry, "logprob", 0.0)),
+                "bytes": _token_bytes(token, getattr(entry, "bytes", None)),
+                "top_logprobs": [
+                    {"token": str(alt), "logprob": float(lp), "bytes": list(str(alt).encode("utf-8"))}
+                    for alt, lp in getattr(entry, "top_logprobs", ()) or ()
+                ],
+            }
+        )
+    return {"content": content, "refusal": None}
+
+
 def completion_body(result: ChatResult, completion_id: str, model: str, created: int) -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "message": message_body(result),
+        "logprobs": logprobs_body(getattr(result, "logprobs", None)),
+        "finish_reason": result.finish_reason,
+    }
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message_body(result), "finish_reason": result.finish_reason}],
+        "choices": [choice],
         "usage": usage_body(result.usage),
     }
 
@@ -413,10 +533,15 @@ def chunk_body(
     delta: dict[str, Any] | None,
     finish: str | None = None,
     usage: Usage | None = None,
+    logprobs: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk``: one delta, or (``delta=None``) the usage chunk."""
+    """A ``chat.completion.chunk``: one delta (with the ``TokenLogprob`` entries of its
+    tokens, when logprobs were asked for), or (``delta=None``) the usage chunk."""
     data: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-    data["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs_body(logprobs)
+    data["choices"] = [] if delta is None else [choice]
     if usage is not None:
         data["usage"] = usage_body(usage)
     return data

@@ -144,7 +144,7 @@ def test_sixteen_concurrent_clients_get_their_own_complete_answers(
         ({"model": NAME, "messages": recipe_messages("data:image/png;base64,bm90IGFuIGltYWdl")}, 400, "not an image"),
         ({"model": NAME, "messages": recipe_messages("file:///etc/passwd")}, 400, "data: URI or an http(s) URL"),
         ({"model": NAME, "messages": recipe_messages("http://127.0.0.1:9/cat.jpg")}, 400, "does not fetch image URLs"),
-        ({"model": NAME, "messages": [{"role": "user", "content": "hi " * 6000}]}, 400, "context holds"),
+        ({"model": NAME, "messages": [{"role": "user", "content": "hi " * 6000}]}, 400, "maximum context length"),
         ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "'temperature'"),
         ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n=1"),
     ],
@@ -166,7 +166,7 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(
 
 
 def test_context_overflow_maps_to_the_typed_error_remotely(served: Running) -> None:
-    with RemoteModel(served.url) as remote, pytest.raises(ContextOverflowError, match="context holds"):
+    with RemoteModel(served.url) as remote, pytest.raises(ContextOverflowError, match="maximum context length"):
         remote.chat("hi " * 6000)
 
 

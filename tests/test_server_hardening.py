@@ -204,7 +204,9 @@ def test_one_hostile_request_cannot_exhaust_the_server_memory(tiny: dict[str, Pa
             for _ in range(64):
                 yield b" " * 2**20
 
-        response = httpx.post(f"{url}/v1/chat/completions", content=chunked(), timeout=60)
+        response = httpx.post(
+            f"{url}/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}, timeout=60
+        )
         assert response.status_code == 413
         bomb = "data:image/png;base64," + base64.b64encode(png_claiming(8000, 8000)).decode()
         parts = [{"type": "image_url", "image_url": {"url": bomb}}] * 8
