@@ -70,6 +70,7 @@ class LoadOptions(TypedDict, total=False):
     flash_attn: bool | None  # None: llama.cpp decides
     state_cache_mb: float  # 64: saved conversation states
     verbose: bool  # False: llama.cpp's log shows errors only
+    n_seq_max: int  # 1: sequences in the context, for the batched engine (lfm2_edge.batching)
 
 
 class _LocalModel:
@@ -98,6 +99,7 @@ class _LocalModel:
         embedding_cache_mb: float = 0,
         allow_remote_images: bool = True,
         allow_private_urls: bool = False,
+        n_seq_max: int = 1,
     ) -> None:
         from lfm2_edge.backends import choose_gpu_layers
         from lfm2_edge.validate import check_model_files
@@ -129,6 +131,7 @@ class _LocalModel:
             flash_attn=flash_attn,
             embedding_cache_mb=embedding_cache_mb,
             verbose=verbose,
+            n_seq_max=n_seq_max,
         )
 
     @classmethod
