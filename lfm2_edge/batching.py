@@ -316,9 +316,10 @@ class Scheduler:
         if job.phase == "done":
             return
         job.phase = "done"
+        result = None
         try:
             if error is None and not cancelled:
-                job.emit("done", self._result(job, finish, hit_stop))
+                result = self._result(job, finish, hit_stop)
         except BaseException as exc:
             error = exc
         finally:
@@ -332,10 +333,13 @@ class Scheduler:
                 if job.seq >= 0:
                     self._free.append(job.seq)
                     self._free.sort()
-            if cancelled:
-                job.emit("cancelled", None)
-            elif error is not None:
-                job.emit("error", error)
+        # the sequence is free before the request hears of its end
+        if result is not None:
+            job.emit("done", result)
+        elif error is not None:
+            job.emit("error", error)
+        else:
+            job.emit("cancelled", None)
 
     def _result(self, job: Job, finish: Literal["stop", "length"], hit_stop: bool) -> ChatResult:
         scanner = job.scanner
