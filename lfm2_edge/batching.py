@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
+import itertools
 import threading
 import time
 from collections import deque
@@ -163,6 +165,9 @@ class Scheduler:
             with self._cv:
                 while not self._stop and not self._waiting and not self._active:
                     self._cv.wait()
+                for job in [j for j in self._waiting if j.cancel.is_set()]:  # their clients left
+                    self._waiting.remove(job)
+                    job.emit("cancelled", None)
                 if self._stop:
                     while self._waiting:
                         self._waiting.popleft().emit("cancelled", None)
@@ -205,7 +210,7 @@ class Scheduler:
             self.max_batch = max(self.max_batch, len(decoding))
             for row, job in enumerate(decoding):
                 job.pos += 1
-                self._guard(job, lambda j, row=row: self._take(j, self.seqs.sample(j.chain, row)))
+                self._guard(job, functools.partial(self._take_row, row=row))
         budget = self.step_tokens
         for job in [j for j in self._active if j.phase == "prefill"]:
             while job.phase == "prefill" and budget > 0 and not job.cancel.is_set():
@@ -228,8 +233,10 @@ class Scheduler:
         job.n_prompt, job.n_image_tokens = job.chunks.n_pos, job.chunks.n_image_tokens
         if job.n_prompt >= rt.n_ctx_seq:
             detail = f" ({job.n_image_tokens} of them for {len(chat.images)} image(s))" if chat.images else ""
+            fix = "raise --ctx" + (" or lower --max-image-tokens" if chat.images else " or shorten the prompt")
             raise ContextOverflowError(
-                f"the prompt needs {job.n_prompt} tokens{detail} but a sequence holds {rt.n_ctx_seq}; raise --ctx"
+                f"the prompt needs {job.n_prompt} tokens{detail} but the context holds {rt.n_ctx_seq} "
+                f"per slot; {fix}"
             )
         job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.grammar))
         job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -249,7 +256,7 @@ class Scheduler:
         job.cached_tokens = job.pos
         job.save_points = {p for p in rt.save_points(items) if p > start} if states.max_bytes else set()
         points = sorted({start, len(items), *job.save_points})
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             job.units.extend(plan_units(rt, job.chunks, items, a, b))
         if resumed is not None and resumed.logits is not None:
             job.t_prompt = time.perf_counter()
@@ -283,6 +290,9 @@ class Scheduler:
             job.t_prompt = time.perf_counter()
             job.phase = "decode"
             self._take(job, self.seqs.sample(job.chain, -1))
+
+    def _take_row(self, job: Job, *, row: int) -> None:
+        self._take(job, self.seqs.sample(job.chain, row))
 
     def _take(self, job: Job, token: int) -> None:
         """A token sampled for ``job``: stream it, and finish or queue it for decoding."""

@@ -42,6 +42,10 @@ def run_all(sch: Scheduler, model: VisionModel, requests: list[tuple[Any, dict[s
     return [results[i] for i in range(len(requests))]
 
 
+def image_question(image: Any, text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+
 @pytest.fixture(scope="module")
 def batched(tiny: dict[str, Path]) -> Iterator[tuple[VisionModel, Scheduler]]:
     model = VisionModel(tiny["F16"], tiny["mmproj"], n_ctx=4 * 2048, n_seq_max=4)
@@ -64,8 +68,7 @@ def test_text_sequences_decoding_together_answer_as_alone(vm: VisionModel, batch
 def test_image_sequences_decoding_together_answer_as_alone(vm: VisionModel, batched: Any) -> None:
     model, sch = batched
     requests = [
-        ([{"role": "user", "content": [{"type": "image", "image": noise_image(320, 240, seed=s)}, {"type": "text", "text": "What is it?"}]}],
-         {"temperature": 0, "max_tokens": 16})
+        (image_question(noise_image(320, 240, seed=s), "What is it?"), {"temperature": 0, "max_tokens": 16})
         for s in range(6)
     ]
     alone = [vm.chat(m, **o).text for m, o in requests]
@@ -81,7 +84,7 @@ def test_interleaved_conversations_reuse_their_states_exactly(tiny: dict[str, Pa
     sch = Scheduler(model)
     try:
         convs: list[list[dict[str, Any]]] = [
-            [{"role": "user", "content": [{"type": "image", "image": noise_image(160, 120, seed=9)}, {"type": "text", "text": "Describe it."}]}],
+            image_question(noise_image(160, 120, seed=9), "Describe it."),
             [{"role": "user", "content": "Hello, who are you?"}],
             [{"role": "user", "content": "Name three colours."}],
         ]
@@ -131,7 +134,7 @@ def test_short_conv_and_kv_state_stay_in_their_sequence(tiny: dict[str, Path], q
         runs.append(rows)
         seqs.close()
         rt.close()
-    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
     rt = Runtime(tiny[quant], n_ctx=512)
     rt.eval_tokens(rt.tokenize(TEXT.format("hello there friend")))
     alone = []
@@ -139,7 +142,7 @@ def test_short_conv_and_kv_state_stay_in_their_sequence(tiny: dict[str, Path], q
         rt.eval_one(token)
         alone.append(_logits(rt, -1))
     rt.close()
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(alone, runs[0]))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(alone, runs[0], strict=True))
     assert diff == 0.0 if quant != "F16" else diff < 1e-3
 
 

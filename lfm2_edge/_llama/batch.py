@@ -125,7 +125,9 @@ class Sequences:
 
     # -- evaluation --------------------------------------------------------------
 
-    def eval_unit(self, chunks: PromptChunks, items: Sequence[Item], unit: Unit, seq: int, pos: int) -> tuple[int, float]:
+    def eval_unit(
+        self, chunks: PromptChunks, items: Sequence[Item], unit: Unit, seq: int, pos: int
+    ) -> tuple[int, float]:
         """Evaluate one unit into ``seq`` at ``pos``; returns the new position and the
         seconds spent on an image. The last token's logits are the context's last."""
         rt = self.rt
