@@ -39,7 +39,25 @@ from lfm2_edge.sampling import Sampling
 from lfm2_edge.tools import ToolCall, parse_answer
 from lfm2_edge.tools import tool_plan as _tool_plan
 
-__all__ = ["Job", "Scheduler", "prepare_chat"]
+__all__ = ["Job", "Scheduler", "default_slots", "prepare_chat"]
+
+
+def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
+    """``serve``'s default ``--slots``: two sequences per physical core (a CPU decode step
+    reads the weights once for the whole batch, so more sequences keep the cores busy
+    until compute, not memory bandwidth, is the limit), between 2 and 8, and at most one
+    per 256 MiB of available memory (a slot's KV stream, conv state and saved states)."""
+    import os
+
+    from lfm2_edge._llama.ggml import default_threads
+
+    cores = n_cores or default_threads()
+    if available_bytes is None:
+        try:
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available_bytes = 2**31
+    return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
 
 Emit = Callable[[str, Any], None]  # ("piece", text) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
 
