@@ -368,7 +368,17 @@ def serve(
     allow_private_image_urls: Annotated[
         bool, typer.Option(help="With --allow-remote-images, also fetch from loopback and private addresses.")
     ] = False,
-    n_parallel: Annotated[int, typer.Option(min=1, help="Model instances answering at once (weights shared).")] = 1,
+    slots: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Requests decoded together in one context, one sequence each [default: 2 per core, 2-8, "
+            "memory permitting].",
+        ),
+    ] = None,
+    n_parallel: Annotated[
+        int, typer.Option(min=1, help="Replicas of the batched model (weights shared); each has --slots.")
+    ] = 1,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
     embedding_cache_mb: Annotated[
         float, typer.Option(min=0, help="Image embeddings kept per instance (LRU, MB; 0: none).")
@@ -380,7 +390,7 @@ def serve(
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
-    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
     max_tokens: Annotated[
         Optional[int],
         typer.Option(min=1, help="Answer length for requests without max_tokens [default: until the context is full]."),
@@ -395,6 +405,7 @@ def serve(
     import uvicorn
 
     from lfm2_edge._llama.log import set_verbose
+    from lfm2_edge.batching import default_slots
     from lfm2_edge.model import VisionModel
     from lfm2_edge.server import ServerConfig, create_app
 
@@ -408,10 +419,12 @@ def serve(
     set_verbose(verbose)
     with user_errors():
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        n_slots = slots or default_slots(threads)
         models = [
             VisionModel.from_resolved(
                 resolved,
-                **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
+                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose),
+                n_seq_max=n_slots,
                 allow_remote_images=allow_remote_images,
                 allow_private_urls=allow_private_image_urls,
                 embedding_cache_mb=embedding_cache_mb,
@@ -443,7 +456,7 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    err.print(f"serving {names[0]} at http://{host}:{port}/v1 ({n_parallel} instance(s), Ctrl-C to stop)")
+    err.print(f"serving {names[0]} at http://{host}:{port}/v1 ({n_parallel} x {n_slots} slot(s), Ctrl-C to stop)")
     # uvicorn finishes in-flight answers on SIGTERM / Ctrl-C, then re-raises the signal;
     # catch it so that a clean shutdown exits 0 (systemd reads anything else as a failure).
     signal.signal(signal.SIGTERM, lambda *_: None)

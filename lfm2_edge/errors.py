@@ -48,7 +48,14 @@ class ImageError(Lfm2EdgeError):
 
 
 class ContextOverflowError(Lfm2EdgeError):
-    """The prompt (text plus image tokens) does not fit in the context window."""
+    """The prompt (text plus image tokens), or the prompt and the answer asked for, does
+    not fit in the context window. ``prompt_tokens`` and ``context_tokens`` say by how
+    much, where they are known (a cheap lower bound does not count the prompt)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None, context_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
 
 
 class GenerationError(Lfm2EdgeError):

@@ -89,6 +89,7 @@ class LoadOptions(TypedDict, total=False):
     flash_attn: bool | None  # None: llama.cpp decides
     state_cache_mb: float  # 64: saved conversation states
     verbose: bool  # False: llama.cpp's log shows errors only
+    n_seq_max: int  # 1: sequences in the context, for the batched engine (lfm2_edge.batching)
 
 
 class _LocalModel:
@@ -117,6 +118,7 @@ class _LocalModel:
         embedding_cache_mb: float = 0,
         allow_remote_images: bool = True,
         allow_private_urls: bool = False,
+        n_seq_max: int = 1,
     ) -> None:
         from lfm2_edge.backends import choose_gpu_layers
         from lfm2_edge.validate import check_model_files
@@ -131,7 +133,6 @@ class _LocalModel:
         self._closed = False
         self._owner: _Run | None = None  # the run whose conversation the context holds
         self._pinned: _Run | None = None  # a chat() without stream in progress: others wait
-        self.last_prompt_tokens: int | None = None  # the last chat's prompt positions (the server's max_tokens check)
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -154,6 +155,7 @@ class _LocalModel:
             flash_attn=flash_attn,
             embedding_cache_mb=embedding_cache_mb,
             verbose=verbose,
+            n_seq_max=n_seq_max,
         )
 
     @classmethod
@@ -258,6 +260,11 @@ class _LocalModel:
     @property
     def n_ctx(self) -> int:
         return self._runtime.n_ctx
+
+    @property
+    def n_ctx_per_seq(self) -> int:
+        """The context of one sequence (of ``n_seq_max``): what one conversation can fill."""
+        return self._runtime.n_ctx_seq
 
     @property
     def n_threads(self) -> int:
@@ -391,7 +398,6 @@ class _LocalModel:
             try:
                 encodes_before = self.image_encodes
                 pre = prefill(rt, self._states, prompt, images)
-                self.last_prompt_tokens = pre.n_prompt
                 image_encodes = self.image_encodes - encodes_before
                 run.stack = ExitStack()
                 chain = run.stack.enter_context(rt.sampler(params, grammar=grammar))

@@ -2,10 +2,11 @@
 
 The same client code that talks to vLLM (``openai`` package, ``image_url`` parts,
 ``extra_body={"min_p": ..., "repetition_penalty": ...}``) talks to this server. Requests
-are served in arrival order by a pool of ``n_parallel`` model instances (one by
-default; weights are memory-mapped, so more instances share them); a full queue answers
-429. Every failure is an OpenAI-style error body with a 4xx status, and the server keeps
-serving. A client that disconnects mid-stream stops its generation.
+share one llama.cpp context: each gets a sequence (``serve --slots N``), and every step
+decodes one token for all of them in one batch (:mod:`lfm2_edge.batching`); requests
+beyond the free slots wait in arrival order, and a full queue answers 429. Every
+failure is an OpenAI-style error body with a 4xx status, and the server keeps serving.
+A client that disconnects mid-stream stops its generation.
 
 Browsers: pages from localhost origins (any port, http or https) may call the API, others
 only when ``allowed_origins`` names them; a POST must be JSON (415 otherwise), so a page
@@ -18,13 +19,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import queue
 import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +74,7 @@ class ServerConfig(RequestLimits):
     allowed_origins: Sequence[str] = ()
 
 
-# -- the engine: a FIFO queue in front of a pool of models -----------------------------
+# -- the engine: a FIFO queue in front of batched models ------------------------------
 
 
 class Ticket:
@@ -95,13 +94,16 @@ class Ticket:
 
 
 class Engine:
-    """Runs chats on a pool of models, in arrival order, off the event loop."""
+    """Runs chats on batched models (:class:`lfm2_edge.batching.Scheduler`): each model
+    answers as many requests at once as its context has sequences (``serve --slots``),
+    decoding them together; several models are replicas, and a request goes to the one
+    with the least work. Requests beyond the free slots wait in arrival order."""
 
     def __init__(self, models: Sequence[Any], max_queue: int) -> None:
-        self._free: queue.Queue[Any] = queue.Queue()
-        for m in models:
-            self._free.put(m)
-        self._pool = ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="lfm2-edge")
+        from lfm2_edge.batching import Scheduler
+
+        self._schedulers = [Scheduler(m) for m in models]
+        self._models = list(models)
         self.max_queue = max_queue
         self._pending = 0
         self._lock = threading.Lock()
@@ -110,7 +112,15 @@ class Engine:
 
     @property
     def queued(self) -> int:
+        """Requests waiting or running."""
         return self._pending
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """Sequences in all: busy (a request holds it), free, and requests waiting for one."""
+        total = sum(s.n_slots for s in self._schedulers)
+        busy = sum(s.busy for s in self._schedulers)
+        return {"total": total, "busy": busy, "free": total - busy, "waiting": sum(s.waiting for s in self._schedulers)}
 
     def admit(self) -> Ticket:
         """A place in the queue, or a 429 when it is full."""
@@ -134,56 +144,33 @@ class Engine:
     async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
         """Yield ("piece", text) events, then ("done", ChatResult). Setting
         ``ticket.cancel`` (or closing the iterator) stops the request: a queued one never
-        reaches a model, a running one stops at its next token. The ticket is released
-        once the model is free again."""
+        reaches a sequence, a running one frees its sequence at the next step. The ticket
+        is released once its sequence is free again."""
+        from lfm2_edge.batching import Job, prepare_chat
+
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = ticket.cancel
+        scheduler = min(self._schedulers, key=lambda s: (s.load - s.n_slots, s.load))
+        outcomes = {"done": "served", "cancelled": "cancelled", "error": "failed"}
 
-        def emit(kind: str, value: Any) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def ended(kind: str, value: Any) -> None:  # on the event loop
+            ticket.outcome = outcomes[kind]
+            ticket.release()
+            events.put_nowait((kind, value))
 
-        def take_model() -> Any | None:
-            while not cancel.is_set():
-                try:
-                    return self._free.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-            return None
+        def emit(kind: str, value: Any) -> None:  # from the scheduler's thread
+            if kind in outcomes:
+                loop.call_soon_threadsafe(ended, kind, value)
+            else:
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-        def work() -> None:
-            model = take_model()
-            if model is None:
-                ticket.outcome = "cancelled"
-                emit("cancelled", None)
-                return
-            try:
-                stream = model.chat(request.messages, stream=True, **request.options)
-                n_pieces = n_logprobs = 0
-                try:
-                    for piece in stream:
-                        if cancel.is_set():
-                            ticket.outcome = "cancelled"
-                            emit("cancelled", None)
-                            return
-                        if n_pieces == 0:
-                            check_room(model, request)
-                        n_pieces += 1
-                        n_logprobs = emit_logprobs(stream, n_logprobs, emit)
-                        emit("piece", piece)
-                finally:
-                    stream.close()
-                if n_pieces == 0:
-                    check_room(model, request)
-                ticket.outcome = "served"
-                emit("done", stream.result)
-            except BaseException as exc:  # handed to the request's coroutine
-                emit("error", exc)
-            finally:
-                self._free.put(model)
-
-        future = loop.run_in_executor(self._pool, work)
-        future.add_done_callback(lambda _: ticket.release())
+        try:
+            chat = await asyncio.to_thread(prepare_chat, scheduler.model, request.messages, **request.options)
+        except BaseException:
+            ticket.release()
+            raise
+        scheduler.submit(Job(chat, emit, cancel, limit=request.max_tokens))
         try:
             while True:
                 kind, value = await events.get()
@@ -198,27 +185,9 @@ class Engine:
             cancel.set()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def check_room(model: Any, request: ChatRequest) -> None:
-    """Refuse (OpenAI's 400) a request whose prompt plus max_tokens is over the context,
-    once the model has counted the prompt (``last_prompt_tokens``, set after prefill)."""
-    prompt = getattr(model, "last_prompt_tokens", None)
-    n_ctx = getattr(model, "n_ctx", None)
-    limit = request.max_tokens
-    if limit is not None and isinstance(prompt, int) and isinstance(n_ctx, int) and prompt + limit > n_ctx:
-        raise overflow_error(n_ctx, prompt, limit)
-
-
-def emit_logprobs(stream: Any, sent: int, emit: Callable[[str, Any], None]) -> int:
-    """Emit ("logprobs", entries) for the stream's ``logprobs`` entries not sent yet
-    (those of the piece just yielded); returns how many are sent in all."""
-    entries = getattr(stream, "logprobs", None)
-    if entries is None or len(entries) <= sent:
-        return sent
-    emit("logprobs", list(entries[sent:]))
-    return len(entries)
+        """Finish the answers being generated, cancel those waiting for a slot."""
+        for scheduler in self._schedulers:
+            scheduler.shutdown()
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -277,11 +246,12 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
 def create_app(
     models: Sequence[Any], config: ServerConfig, *, on_shutdown: Callable[[], None] | None = None
 ) -> FastAPI:
-    """A FastAPI app serving ``models`` (instances of one model, used as a pool)."""
+    """A FastAPI app serving ``models`` (replicas of one model, each batching as many
+    requests as its context has sequences: ``n_seq_max``)."""
     from lfm2_edge import responses
 
-    if config.context_size is None and isinstance(getattr(models[0], "n_ctx", None), int):
-        config = dataclasses.replace(config, context_size=models[0].n_ctx)
+    if config.context_size is None and isinstance(getattr(models[0], "n_ctx_per_seq", None), int):
+        config = dataclasses.replace(config, context_size=models[0].n_ctx_per_seq)
     engine = Engine(models, config.max_queue)
 
     @asynccontextmanager
@@ -322,7 +292,13 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queued": engine.queued, "served": engine.served, "cancelled": engine.cancelled}
+        return {
+            "status": "ok",
+            "queued": engine.queued,
+            "served": engine.served,
+            "cancelled": engine.cancelled,
+            "slots": engine.slots,
+        }
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -394,7 +370,6 @@ def create_app(
 
 _ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models and GET /health"
 _CODES = {404: "not_found", 405: "method_not_allowed"}
-_PROMPT_TOKENS = re.compile(r"prompt needs (\d+) tokens")
 
 
 def as_api_error(exc: Exception, req: ChatRequest | None, config: ServerConfig) -> ApiError:
@@ -403,10 +378,9 @@ def as_api_error(exc: Exception, req: ChatRequest | None, config: ServerConfig) 
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ContextOverflowError) and config.context_size is not None:
-        found = _PROMPT_TOKENS.search(str(exc))
         completion = req.max_tokens if req is not None and req.max_tokens is not None else 1
-        if found:
-            return overflow_error(config.context_size, int(found.group(1)), completion)
+        if exc.prompt_tokens is not None:
+            return overflow_error(exc.context_tokens or config.context_size, exc.prompt_tokens, completion)
         return ApiError(
             400,
             f"This model's maximum context length is {config.context_size} tokens. However, your request "

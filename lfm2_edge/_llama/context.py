@@ -67,6 +67,7 @@ class Runtime:
         image_max_tokens: int | None = None,
         embedding_cache_mb: float = 0,
         verbose: bool = False,
+        n_seq_max: int = 1,
     ) -> None:
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
@@ -91,6 +92,7 @@ class Runtime:
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
                 embedding_cache_mb=embedding_cache_mb,
+                n_seq_max=n_seq_max,
             )
         except BaseException:
             self.close()
@@ -117,6 +119,7 @@ class Runtime:
         image_min_tokens: int | None,
         image_max_tokens: int | None,
         embedding_cache_mb: float,
+        n_seq_max: int = 1,
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
@@ -141,6 +144,9 @@ class Runtime:
         cparams.n_threads_batch = self.n_threads
         cparams.no_perf = False
         cparams.flash_attn_type = {None: -1, False: 0, True: 1}[flash_attn]
+        # Sequences for the batched engine (lfm2_edge._llama.batch): each has its own KV
+        # stream of n_ctx / n_seq_max cells and its own recurrent (short-conv) state.
+        cparams.n_seq_max = n_seq_max
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise ModelFileError(
@@ -149,6 +155,8 @@ class Runtime:
             )
         self._ctx = ctx
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
+        self.n_seq_max = n_seq_max
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)  # what one sequence holds
 
         if self.mmproj_path is not None:
             self._projector = Projector(
@@ -385,7 +393,9 @@ class Runtime:
             detail = f" ({n_image_tokens} of them for {n_images} image(s))" if n_images else ""
             fix = "raise --ctx" + (" or lower --max-image-tokens" if n_images else " or shorten the prompt")
             raise ContextOverflowError(
-                f"the prompt needs {n_prompt} tokens{detail} but the context holds {self.n_ctx}; {fix}"
+                f"the prompt needs {n_prompt} tokens{detail} but the context holds {self.n_ctx}; {fix}",
+                prompt_tokens=n_prompt,
+                context_tokens=self.n_ctx,
             )
 
     def eval_tokens(self, tokens: Sequence[int]) -> None:

@@ -234,9 +234,17 @@ class Projector:
         return (raw or b"").decode("ascii", "replace")
 
     def eval_image(
-        self, chunks: PromptChunks, index: int, key: EmbeddingKey, ctx: int, n_past: int, n_batch: int
+        self,
+        chunks: PromptChunks,
+        index: int,
+        key: EmbeddingKey,
+        ctx: int,
+        n_past: int,
+        n_batch: int,
+        seq_id: int = 0,
     ) -> int:
-        """Decode one image chunk into ``ctx`` at ``n_past``; returns the new ``n_past``.
+        """Decode one image chunk into sequence ``seq_id`` of ``ctx`` at ``n_past``;
+        returns the new ``n_past``.
 
         The vision encoder runs only when the embedding cache has no entry for ``key``.
         """
@@ -256,7 +264,7 @@ class Projector:
                 embd = out
         new_n_past = llama_cpp.llama_pos(n_past)
         rc = mtmd.mtmd_helper_decode_image_chunk(
-            self.handle, ctx, chunk, embd, n_past, 0, n_batch, ctypes.byref(new_n_past), self._no_callback, None
+            self.handle, ctx, chunk, embd, n_past, seq_id, n_batch, ctypes.byref(new_n_past), self._no_callback, None
         )
         if rc != 0:
             raise GenerationError(f"llama.cpp failed to decode an image (code {rc})")

@@ -1,0 +1,413 @@
+"""The batched engine: one model, one llama.cpp context, many conversations at once.
+
+A :class:`Scheduler` owns a model whose runtime was made with ``n_seq_max`` slots
+(``VisionModel(..., n_seq_max=N)``). Each admitted request gets a free sequence; its
+prompt is evaluated in units (text pieces, one image each: see
+:mod:`lfm2_edge._llama.batch`) between decode steps, and every step decodes one token for
+every generating sequence in a single ``llama_decode``, so the weights are read once per
+step for everyone. Sampling, stop strings, tool calls and grammars stay per request
+(each has its own sampler chain and :class:`HoldBack`); a cancelled request frees its
+sequence at the next step.
+
+State reuse works as in :mod:`lfm2_edge.prefill`: the model's :class:`StateCache` is
+shared by all sequences; a request loads the longest saved prefix into its own sequence
+(``llama_state_seq_set_data``), and saves states at the same points.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from lfm2_edge._llama.batch import Sequences, Unit, plan_units
+from lfm2_edge._llama.projector import PromptChunks
+from lfm2_edge.caches import Item
+from lfm2_edge.errors import ContextOverflowError
+from lfm2_edge.holdback import HoldBack
+from lfm2_edge.images import load_image
+from lfm2_edge.prompt import conversation_images, normalize_messages, render_prompt
+from lfm2_edge.results import ChatResult, Timings, Usage
+from lfm2_edge.sampling import Sampling
+from lfm2_edge.tools import ToolCall, parse_answer
+from lfm2_edge.tools import tool_plan as _tool_plan
+
+__all__ = ["Job", "Scheduler", "default_slots", "prepare_chat"]
+
+
+def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
+    """``serve``'s default ``--slots``: two sequences per physical core (a CPU decode step
+    reads the weights once for the whole batch, so more sequences keep the cores busy
+    until compute, not memory bandwidth, is the limit), between 2 and 8, and at most one
+    per 256 MiB of available memory (a slot's KV stream, conv state and saved states)."""
+    import os
+
+    from lfm2_edge._llama.ggml import default_threads
+
+    cores = n_cores or default_threads()
+    if available_bytes is None:
+        try:
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available_bytes = 2**31
+    return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
+
+Emit = Callable[[str, Any], None]  # ("piece", text) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
+
+
+@dataclass
+class PreparedChat:
+    """A chat request turned into what the model evaluates (as ``model.chat`` does)."""
+
+    prompt: str
+    images: list[Any]
+    params: Sampling
+    grammar: str | None
+    tools_mode: Literal["auto", "forced"] | None
+
+
+def prepare_chat(
+    model: Any,
+    prompt_or_messages: Any,
+    images: Sequence[Any] | None = None,
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: str | Mapping[str, Any] | None = None,
+    response_format: Mapping[str, Any] | None = None,
+    grammar: str | None = None,
+    **sampling: Any,
+) -> PreparedChat:
+    """What :meth:`lfm2_edge.model.VisionModel.chat` does before it evaluates anything."""
+    params = model.sampling.updated(**sampling)
+    messages = normalize_messages(prompt_or_messages, images)
+    functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
+    loaded = [
+        load_image(img, allow_remote=model.allow_remote_images, allow_private=model.allow_private_urls)
+        for img in conversation_images(messages)
+    ]
+    prompt = render_prompt(messages, system_prompt=model.system_prompt, tools=functions)
+    return PreparedChat(prompt, loaded, params, grammar, tools_mode)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside a scheduler."""
+
+    chat: PreparedChat
+    emit: Emit
+    cancel: threading.Event = field(default_factory=threading.Event)
+    limit: int | None = None  # max_tokens as the request gave it: prompt + limit must fit
+    seq: int = -1
+    pos: int = 0
+    phase: Literal["waiting", "prefill", "decode", "done"] = "waiting"
+    chunks: PromptChunks | None = None
+    items: list[Item] = field(default_factory=list)
+    units: deque[Unit] = field(default_factory=deque)
+    save_points: set[int] = field(default_factory=set)
+    pending: int = -1  # the sampled token to decode at the next step
+    chain: int = 0
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    n_prompt: int = 0
+    n_image_tokens: int = 0
+    cached_tokens: int = 0
+    image_s: float = 0.0
+    encodes: int = 0
+    n_out: int = 0
+    t_start: float = 0.0
+    t_prompt: float = 0.0
+    t_first: float = 0.0
+    decoder: Any = None
+    scanner: HoldBack | None = None
+
+
+class Scheduler:
+    """Runs requests on one model's sequences, from its own thread."""
+
+    def __init__(self, model: Any, *, step_tokens: int | None = None) -> None:
+        self.model = model
+        self.rt = model._runtime
+        self.seqs = Sequences(self.rt)
+        self.n_slots = self.seqs.n_seq
+        # prompt tokens evaluated between two decode steps (at least one unit)
+        self.step_tokens = step_tokens or self.rt.n_batch
+        self._free = list(range(self.n_slots))
+        self._waiting: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self.steps = 0  # decode steps, for tests and /health
+        self.max_batch = 0  # the most sequences decoded in one step
+        self._thread = threading.Thread(target=self._loop, name="lfm2-edge-batch", daemon=True)
+        self._thread.start()
+
+    # -- the public side -----------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        return self.n_slots - len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def load(self) -> int:
+        return len(self._active) + len(self._waiting)
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._stop:
+                job.emit("cancelled", None)
+                return
+            self._waiting.append(job)
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        """Finish the requests holding a sequence, cancel those waiting, stop the thread."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join()
+        self.seqs.close()
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._active:
+                    self._cv.wait()
+                for job in [j for j in self._waiting if j.cancel.is_set()]:  # their clients left
+                    self._waiting.remove(job)
+                    job.emit("cancelled", None)
+                if self._stop:
+                    while self._waiting:
+                        self._waiting.popleft().emit("cancelled", None)
+                    if not self._active:
+                        return
+                admit = []
+                while self._waiting and self._free:
+                    job = self._waiting.popleft()
+                    if job.cancel.is_set():
+                        job.emit("cancelled", None)
+                        continue
+                    job.seq = self._free.pop(0)
+                    admit.append(job)
+            with self.model._lock:
+                for job in admit:
+                    self._active.append(job)
+                    self._guard(job, self._start)
+                self._step()
+
+    def _guard(self, job: Job, fn: Callable[[Job], None]) -> None:
+        try:
+            fn(job)
+        except BaseException as exc:
+            self._finish(job, error=exc)
+
+    def _step(self) -> None:
+        for job in list(self._active):
+            if job.cancel.is_set() and job.phase != "done":
+                self._finish(job, cancelled=True)
+        decoding = [j for j in self._active if j.phase == "decode"]
+        if decoding:
+            entries = [(j.seq, j.pos, j.pending) for j in decoding]
+            try:
+                self.seqs.decode_step(entries)
+            except BaseException as exc:
+                for job in decoding:
+                    self._finish(job, error=exc)
+                decoding = []
+            self.steps += 1
+            self.max_batch = max(self.max_batch, len(decoding))
+            for row, job in enumerate(decoding):
+                job.pos += 1
+                self._guard(job, functools.partial(self._take_row, row=row))
+        budget = self.step_tokens
+        for job in [j for j in self._active if j.phase == "prefill"]:
+            while job.phase == "prefill" and budget > 0 and not job.cancel.is_set():
+                unit = job.units[0]
+                budget -= unit.n_pos
+                self._guard(job, self._prefill_unit)
+            if budget <= 0:
+                break
+
+    # -- one request -----------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        """Tokenize the prompt, load the longest saved prefix into the job's sequence,
+        and plan the rest."""
+        rt, chat = self.rt, job.chat
+        job.t_start = time.perf_counter()
+        job.chunks = rt.tokenize_prompt(chat.prompt, chat.images)
+        job.stack.enter_context(job.chunks)
+        items = job.items = rt.prompt_items(job.chunks, [im.digest for im in chat.images])
+        job.n_prompt, job.n_image_tokens = job.chunks.n_pos, job.chunks.n_image_tokens
+        if job.n_prompt >= rt.n_ctx_seq:
+            detail = f" ({job.n_image_tokens} of them for {len(chat.images)} image(s))" if chat.images else ""
+            fix = "raise --ctx" + (" or lower --max-image-tokens" if chat.images else " or shorten the prompt")
+            raise ContextOverflowError(
+                f"the prompt needs {job.n_prompt} tokens{detail} but the context holds {rt.n_ctx_seq} "
+                f"per slot; {fix}",
+                prompt_tokens=job.n_prompt,
+                context_tokens=rt.n_ctx_seq,
+            )
+        if job.limit is not None and job.n_prompt + job.limit > rt.n_ctx_seq:
+            raise ContextOverflowError(
+                f"the prompt needs {job.n_prompt} tokens and the answer may take {job.limit}, but the context "
+                f"holds {rt.n_ctx_seq} per slot; lower max_tokens or raise --ctx",
+                prompt_tokens=job.n_prompt,
+                context_tokens=rt.n_ctx_seq,
+            )
+        job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.grammar))
+        job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        job.scanner = HoldBack(stops=chat.params.stop)
+        states = self.model._states
+        start = 0
+        resumed = None
+        saved = states.longest_prefix_of(items)
+        if saved is not None:
+            key, state = saved
+            if self.seqs.load(state, job.seq):
+                start = len(key)
+                resumed = state if start == len(items) else None
+        if start == 0:
+            self.seqs.clear(job.seq)
+        job.pos = rt.positions(items[:start])
+        job.cached_tokens = job.pos
+        job.save_points = {p for p in rt.save_points(items) if p > start} if states.max_bytes else set()
+        points = sorted({start, len(items), *job.save_points})
+        for a, b in itertools.pairwise(points):
+            job.units.extend(plan_units(rt, job.chunks, items, a, b))
+        if resumed is not None and resumed.logits is not None:
+            job.t_prompt = time.perf_counter()
+            job.phase = "decode"
+            self._take(job, self._sample_saved(job, resumed.logits))
+        elif not job.units:  # a state without logits covered everything: evaluate its last item again
+            self.seqs.clear(job.seq)
+            job.pos = job.cached_tokens = 0
+            job.units.extend(plan_units(rt, job.chunks, items, 0, len(items)))
+            job.phase = "prefill"
+        else:
+            job.phase = "prefill"
+
+    def _sample_saved(self, job: Job, logits: Any) -> int:
+        from lfm2_edge._llama.sampler import sample_logits
+
+        return sample_logits(job.chain, logits, self.rt.n_vocab)
+
+    def _prefill_unit(self, job: Job) -> None:
+        assert job.chunks is not None
+        unit = job.units.popleft()
+        projector = self.rt.projector
+        before = projector.encodes if projector is not None else 0
+        job.pos, image_s = self.seqs.eval_unit(job.chunks, job.items, unit, job.seq, job.pos)
+        job.image_s += image_s
+        job.encodes += (projector.encodes if projector is not None else 0) - before
+        if unit.end in job.save_points:
+            state = self.seqs.save(job.seq, with_logits=unit.end == len(job.items))
+            self.model._states.put(tuple(job.items[: unit.end]), state, state.nbytes)
+        if not job.units:
+            job.t_prompt = time.perf_counter()
+            job.phase = "decode"
+            self._take(job, self.seqs.sample(job.chain, -1))
+
+    def _take_row(self, job: Job, *, row: int) -> None:
+        self._take(job, self.seqs.sample(job.chain, row))
+
+    def _take(self, job: Job, token: int) -> None:
+        """A token sampled for ``job``: stream it, and finish or queue it for decoding."""
+        rt, params = self.rt, job.chat.params
+        assert job.scanner is not None
+        if job.n_out == 0:
+            job.t_first = time.perf_counter()
+        if rt.is_end(token):
+            self._finish(job)
+            return
+        job.n_out += 1
+        piece, hit_stop = job.scanner.feed(job.decoder.decode(rt.token_bytes(token)))
+        if piece:
+            job.emit("piece", piece)
+        if hit_stop:
+            self._finish(job, hit_stop=True)
+        elif job.n_out >= params.max_tokens or job.pos + 1 >= rt.n_ctx_seq:
+            self._finish(job, finish="length")
+        else:
+            job.pending = token
+
+    def _finish(
+        self,
+        job: Job,
+        *,
+        finish: Literal["stop", "length"] = "stop",
+        hit_stop: bool = False,
+        cancelled: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        if job.phase == "done":
+            return
+        job.phase = "done"
+        result = None
+        try:
+            if error is None and not cancelled:
+                result = self._result(job, finish, hit_stop)
+        except BaseException as exc:
+            error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                job.stack.close()
+            with contextlib.suppress(Exception):
+                self.seqs.clear(job.seq)
+            if job in self._active:
+                self._active.remove(job)
+            with self._cv:
+                if job.seq >= 0:
+                    self._free.append(job.seq)
+                    self._free.sort()
+        # the sequence is free before the request hears of its end
+        if result is not None:
+            job.emit("done", result)
+        elif error is not None:
+            job.emit("error", error)
+        else:
+            job.emit("cancelled", None)
+
+    def _result(self, job: Job, finish: Literal["stop", "length"], hit_stop: bool) -> ChatResult:
+        scanner = job.scanner
+        assert scanner is not None
+        if not hit_stop:
+            piece, _ = scanner.feed(job.decoder.decode(b"", final=True))
+            if tail := piece + scanner.finish():
+                job.emit("piece", tail)
+        t_end = time.perf_counter()
+        if job.n_out == 0:
+            job.t_first = t_end
+        text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
+        if job.chat.tools_mode is not None:
+            parsed = parse_answer(text, bare=job.chat.tools_mode == "forced")
+            text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
+        return ChatResult(
+            text=text,
+            finish_reason="tool_calls" if calls else finish,
+            tool_calls=calls,
+            usage=Usage(
+                job.n_prompt,
+                job.n_image_tokens,
+                job.n_out,
+                cached_tokens=job.cached_tokens,
+                image_encodes=job.encodes,
+            ),
+            timings=Timings(
+                prompt_ms=(job.t_prompt - job.t_start) * 1000,
+                image_ms=job.image_s * 1000,
+                first_token_ms=(job.t_first - job.t_start) * 1000,
+                decode_ms=(t_end - job.t_first) * 1000,
+            ),
+        )
