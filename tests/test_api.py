@@ -386,3 +386,9 @@ def test_from_pretrained_takes_a_progress_factory(monkeypatch: pytest.MonkeyPatc
         VisionModel.from_pretrained("LFM2-VL-450M", progress=Bar)
     assert seen == [Bar]
     assert "progress" in inspect.signature(VisionModel.from_pretrained).parameters
+
+
+def test_a_projector_given_as_the_model_names_no_cli_flag(tiny: dict[str, Path]) -> None:
+    with pytest.raises(ModelFileError, match="is a vision projector") as info:
+        VisionModel(tiny["mmproj"])
+    assert "--" not in str(info.value)
