@@ -5,11 +5,15 @@ The public API:
 * :class:`VisionModel` (LFM2-VL, images and text), :class:`TextModel` (LFM2 text
   models) and :class:`RemoteModel` (the same chat against an OpenAI-compatible
   server): ``chat()`` returns a :class:`ChatResult` (text, tool calls, :class:`Usage`,
-  :class:`Timings`), ``chat(..., stream=True)`` a :class:`ChatStream`;
+  :class:`Timings`), ``chat(..., stream=True)`` a :class:`ChatStream`; for asyncio,
+  ``await model.achat(...)`` and ``model.achat(..., stream=True)``, an
+  :class:`AsyncChatStream` (:mod:`lfm2_edge.aio`); ``VisionModel.from_pretrained(ref,
+  progress=...)`` downloads a model by name, with a progress callback;
 * :class:`Sampling`: temperature, top-p/top-k/min-p, repetition penalty, seed, stop;
 * the errors, all subclasses of :class:`Lfm2EdgeError` with a one-line message:
   :class:`ModelFileError`, :class:`ModelMismatchError`, :class:`ImageError`,
-  :class:`ContextOverflowError`, :class:`GenerationError`, :class:`ModelClosedError`, :class:`UnknownModelError`,
+  :class:`ContextOverflowError`, :class:`GenerationError`, :class:`ModelClosedError`,
+  :class:`InvalidParameterError`, :class:`UnknownModelError`,
   :class:`UnknownQuantError`, :class:`HubError`, :class:`HubUnavailableError`,
   :class:`AccessDeniedError`, :class:`DownloadError`, :class:`RemoteError`.
 
@@ -27,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "AsyncChatStream",
     "ChatResult",
     "ChatStream",
     "ContextOverflowError",
@@ -35,6 +40,7 @@ __all__ = [
     "HubError",
     "HubUnavailableError",
     "ImageError",
+    "InvalidParameterError",
     "Lfm2EdgeError",
     "ModelClosedError",
     "ModelFileError",
@@ -51,6 +57,7 @@ __all__ = [
     "__version__",
 ]
 
+from lfm2_edge.aio import AsyncChatStream
 from lfm2_edge.errors import (
     AccessDeniedError,
     ContextOverflowError,
@@ -59,6 +66,7 @@ from lfm2_edge.errors import (
     HubError,
     HubUnavailableError,
     ImageError,
+    InvalidParameterError,
     Lfm2EdgeError,
     ModelClosedError,
     ModelFileError,

@@ -17,6 +17,7 @@ __all__ = [
     "HubError",
     "HubUnavailableError",
     "ImageError",
+    "InvalidParameterError",
     "Lfm2EdgeError",
     "ModelClosedError",
     "ModelFileError",
@@ -41,6 +42,11 @@ class ModelFileError(Lfm2EdgeError):
 
 class ModelMismatchError(ModelFileError):
     """The projector (mmproj) was made for a different language model."""
+
+
+class InvalidParameterError(Lfm2EdgeError, ValueError):
+    """An argument is unknown, of the wrong type or out of range (``temprature=``,
+    ``max_tokens="10"``, ``top_p=5``); the message names it and what it accepts."""
 
 
 class ImageError(Lfm2EdgeError):

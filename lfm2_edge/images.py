@@ -21,17 +21,28 @@ import stat
 import time
 import urllib.parse
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 from PIL import Image, ImageOps
 
 from lfm2_edge.errors import ImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "LoadedImage", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "ImagesArg", "LoadedImage", "is_single_image", "load_image"]
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# One image: a path or URL, encoded bytes, a PIL image, a numpy array of pixels
+# (HxWx3 / HxWx4 / HxW, uint8), or a binary file object (``open(path, "rb")``, BytesIO).
+ImageInput = Union[
+    str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, "npt.NDArray[np.uint8]", IO[bytes]
+]
+# What ``chat(images=...)`` takes: one image, or a sequence of them.
+ImagesArg = Union[ImageInput, Sequence[Any]]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; larger is a decompression bomb, not a photo
 MAX_ASPECT_RATIO = 32  # a 32:1 strip is already a degenerate tile grid
@@ -240,7 +251,8 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     timeout: float = REMOTE_TIMEOUT_S,
 ) -> LoadedImage:
-    """Read an image from a path, bytes, a PIL image, a ``data:`` URI or an http(s) URL.
+    """Read an image from a path, bytes, a PIL image, a numpy array (HxWx3 / HxWx4 / HxW
+    uint8), a binary file object, a ``data:`` URI or an http(s) URL.
 
     URLs are fetched only with ``allow_remote``, and then never from loopback, private
     or link-local addresses (also after a redirect) unless ``allow_private``; the whole
@@ -265,4 +277,60 @@ def load_image(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return _decode(read_file(path, "an image", FILE_MAX_BYTES), f"{path}", max_pixels)
-    raise ImageError(f"cannot use a {type(source).__name__} as an image; pass a path, bytes or a PIL image")
+    if _is_array(source):
+        return LoadedImage.from_pil(_array_image(source, max_pixels), max_pixels=max_pixels)
+    if callable(getattr(source, "read", None)):
+        return _decode(_read_stream(source), "the image file object", max_pixels)
+    raise ImageError(
+        f"cannot use a {type(source).__name__} as an image; pass a path, bytes, a PIL image, "
+        "a numpy array or a binary file object"
+    )
+
+
+def is_single_image(value: Any) -> bool:
+    """Whether ``value`` is one image rather than a sequence of them (``images="cat.jpg"``
+    is one path, not nine one-letter paths)."""
+    return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, LoadedImage)) or (
+        _is_array(value) or callable(getattr(value, "read", None))
+    )
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "__array_interface__") and hasattr(value, "dtype") and hasattr(value, "shape")
+
+
+def _array_image(array: Any, max_pixels: int) -> Image.Image:
+    """A PIL image of an HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA) uint8 array."""
+    import numpy as np
+
+    shape = tuple(array.shape)
+    if str(array.dtype) != "uint8":
+        raise ImageError(
+            f"a numpy image must be uint8 (0-255), not {array.dtype}; "
+            "convert it with (array * 255).clip(0, 255).astype('uint8') or .astype('uint8')"
+        )
+    if len(shape) == 3 and shape[2] == 1:
+        array, shape = array[:, :, 0], shape[:2]
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4))):
+        raise ImageError(
+            f"a numpy image must be HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA), not of shape {shape}"
+        )
+    check_size(shape[1], shape[0], max_pixels)
+    return Image.fromarray(np.ascontiguousarray(array))  # uint8: L, RGB or RGBA by shape
+
+
+def _read_stream(stream: Any) -> bytes:
+    """The bytes of a binary file object, from where it stands, at most :data:`FILE_MAX_BYTES`."""
+    try:
+        data = stream.read(FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"cannot read the image file object: {exc.strerror or exc}") from None
+    except Exception as exc:  # e.g. io.UnsupportedOperation on a write-only file
+        raise ImageError(f"cannot read the image file object: {type(exc).__name__}: {exc}") from None
+    if isinstance(data, str):
+        raise ImageError("the image file object is open in text mode; open it with open(path, \"rb\")")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"the image file object's read() returned a {type(data).__name__}, not bytes")
+    if len(data) > FILE_MAX_BYTES:
+        raise ImageError(f"the image file object holds more than {FILE_MAX_BYTES // 2**20} MiB; that is not an image")
+    return bytes(data)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from lfm2_edge._llama.context import Runtime
+from lfm2_edge.aio import AsyncChatMixin
 from lfm2_edge.caches import StateCache
 from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
 from lfm2_edge.errors import ContextOverflowError, ModelClosedError, ModelFileError, ModelMismatchError
 from lfm2_edge.holdback import HoldBack
-from lfm2_edge.images import load_image
+from lfm2_edge.images import ImagesArg, load_image
 from lfm2_edge.prefill import prefill
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
@@ -49,7 +50,7 @@ from lfm2_edge.tools import tool_plan as _tool_plan
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from lfm2_edge.hub import Hub, ResolvedModel
+    from lfm2_edge.hub import Hub, ProgressFactory, ResolvedModel
 
 __all__ = [
     "TEXT_SAMPLING",
@@ -80,7 +81,7 @@ class LoadOptions(TypedDict, total=False):
     """Where and how a model runs; the same for :class:`VisionModel` and :class:`TextModel`."""
 
     n_threads: int | None  # default: the physical cores
-    n_gpu_layers: int | str  # 0 (CPU), -1 (all), a count, or "auto"
+    n_gpu_layers: int | str  # "auto" (default: all on a GPU when llama.cpp has one, else CPU), 0 (CPU), -1, a count
     device: str | None  # a ggml device name (`lfm2-edge info`)
     n_ctx: int  # 4096
     n_batch: int  # 512
@@ -92,7 +93,7 @@ class LoadOptions(TypedDict, total=False):
     n_seq_max: int  # 1: sequences in the context, for the batched engine (lfm2_edge.batching)
 
 
-class _LocalModel:
+class _LocalModel(AsyncChatMixin):
     """What :class:`VisionModel` and :class:`TextModel` share: a llama.cpp runtime, its
     saved conversation states, and chat."""
 
@@ -104,7 +105,7 @@ class _LocalModel:
         system_prompt: str | None,
         sampling: Sampling,
         n_threads: int | None = None,
-        n_gpu_layers: int | str = 0,
+        n_gpu_layers: int | str = "auto",
         device: str | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
@@ -165,6 +166,7 @@ class _LocalModel:
         *,
         mmproj: str | os.PathLike[str] | None = None,
         hub: Hub | None = None,
+        progress: ProgressFactory | None = None,
         **kwargs: Any,
     ) -> _M:
         """Load a model by reference, downloading it into the hub cache on first use.
@@ -173,10 +175,17 @@ class _LocalModel:
         ``.gguf`` path; ``None`` is the default model (LFM2-VL-450M at Q4_0). The card's
         sampling, system prompt and image-token budget are the defaults; ``kwargs``
         override them. A cached model loads without any network request.
+
+        ``progress`` draws the download: a factory called once per file as
+        ``progress(desc=filename, total=bytes or None, initial=bytes_already_there)``
+        that returns a context manager with ``update(n_bytes)`` (``tqdm.tqdm``'s shape,
+        so ``tqdm.tqdm`` itself works); the default draws rich bars on stderr. It is
+        ignored when ``hub`` is given (pass ``Hub(progress=...)`` instead).
         """
         from lfm2_edge.hub import Hub, RichProgress
 
-        return cls.from_resolved((hub or Hub(progress=RichProgress())).resolve(ref, mmproj=mmproj), **kwargs)
+        hub = hub or Hub(progress=progress or RichProgress())
+        return cls.from_resolved(hub.resolve(ref, mmproj=mmproj), **kwargs)
 
     @classmethod
     def from_resolved(cls: type[_M], resolved: ResolvedModel, **kwargs: Any) -> _M:
@@ -276,7 +285,7 @@ class _LocalModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = ...,
+        images: ImagesArg | None = ...,
         *,
         stream: Literal[False] = ...,
         tools: Sequence[Mapping[str, Any]] | None = ...,
@@ -290,7 +299,7 @@ class _LocalModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = ...,
+        images: ImagesArg | None = ...,
         *,
         stream: Literal[True],
         tools: Sequence[Mapping[str, Any]] | None = ...,
@@ -303,7 +312,7 @@ class _LocalModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = None,
+        images: ImagesArg | None = None,
         *,
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
@@ -333,6 +342,11 @@ class _LocalModel:
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
         functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
+        if self._runtime.projector is None and any(m.images for m in messages):
+            raise ModelFileError(
+                f"{self.model_path.name} was loaded without a vision projector; pass mmproj_path= "
+                "(the mmproj GGUF from the model's repo) to send images"
+            )
         self._check_lower_bound(messages)
         loaded = [
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
@@ -487,7 +501,9 @@ class _LocalModel:
 class VisionModel(_LocalModel):
     """An LFM2-VL model (GGUF language model + mmproj projector) ready to chat.
 
-    Without ``mmproj_path`` it chats in text only (a request with images is refused).
+    Without ``mmproj_path``, an ``mmproj*.gguf`` next to the model file is used (the
+    one matching the model's quant, else F16), as the CLI does; with none there it chats
+    in text only (a request with images is refused).
 
     >>> model = VisionModel("model-Q4_0.gguf", "mmproj-F16.gguf")
     >>> model.chat("What is in this image?", images=["cat.jpg"]).text
@@ -507,6 +523,10 @@ class VisionModel(_LocalModel):
         embedding_cache_mb: float = 32,
         **options: Unpack[LoadOptions],
     ) -> None:
+        if mmproj_path is None:
+            from lfm2_edge.hub import find_mmproj
+
+            mmproj_path = find_mmproj(Path(model_path))
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
         super().__init__(
             model_path,

@@ -101,12 +101,19 @@ def _to_message(raw: MessageInput) -> Message:
 
 def normalize_messages(
     prompt_or_messages: str | Sequence[MessageInput],
-    images: Sequence[Any] | None = None,
+    images: Sequence[Any] | Any | None = None,
 ) -> list[Message]:
     """Turn a prompt string or a message list into :class:`Message` objects.
 
-    ``images`` given beside the messages join the last user turn, ahead of its text.
+    ``images`` given beside the messages join the last user turn, ahead of its text:
+    one image (a path, bytes, a PIL image, a numpy array, a file object) or a sequence.
     """
+    from lfm2_edge.images import is_single_image
+
+    if images is not None and is_single_image(images):
+        images = [images]
+    elif images is not None and not isinstance(images, Sequence):
+        images = list(images)  # a generator or another iterable of images
     if isinstance(prompt_or_messages, str):
         messages = [Message("user", prompt_or_messages)]
     else:

@@ -15,9 +15,10 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any, Literal, overload
 
+from lfm2_edge.aio import AsyncChatMixin
 from lfm2_edge.catalog import presets
 from lfm2_edge.errors import RemoteError
-from lfm2_edge.images import LoadedImage, load_image
+from lfm2_edge.images import ImagesArg, LoadedImage, load_image
 from lfm2_edge.prompt import Message, MessageInput, conversation_images, normalize_messages
 from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings
 from lfm2_edge.sampling import Sampling
@@ -47,7 +48,7 @@ def to_openai_messages(
     return out
 
 
-class RemoteModel:
+class RemoteModel(AsyncChatMixin):
     """An OpenAI-compatible ``/v1/chat/completions`` endpoint, used like a local model.
 
     >>> model = RemoteModel("http://gpu-box:8000/v1", model="LiquidAI/LFM2.5-VL-450M")
@@ -56,8 +57,10 @@ class RemoteModel:
     ``model`` is the id requests name (default: the server's first model). The system
     prompt and sampling defaults are the catalog card's for that model (a VL card when
     the model is not in the catalog), so a local and a remote model answer the same
-    request the same way.
+    request the same way. ``achat()`` (:mod:`lfm2_edge.aio`) sends concurrent requests.
     """
+
+    _achat_serial = False  # the server takes concurrent requests
 
     def __init__(
         self,
@@ -121,7 +124,7 @@ class RemoteModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = ...,
+        images: ImagesArg | None = ...,
         *,
         stream: Literal[False] = ...,
         tools: Sequence[Mapping[str, Any]] | None = ...,
@@ -134,7 +137,7 @@ class RemoteModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = ...,
+        images: ImagesArg | None = ...,
         *,
         stream: Literal[True],
         tools: Sequence[Mapping[str, Any]] | None = ...,
@@ -146,7 +149,7 @@ class RemoteModel:
     def chat(
         self,
         prompt_or_messages: str | Sequence[MessageInput],
-        images: Sequence[Any] | None = None,
+        images: ImagesArg | None = None,
         *,
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,

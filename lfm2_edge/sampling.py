@@ -3,19 +3,98 @@
 Kept apart from the model classes so that the catalog and the CLI can name presets
 without loading llama.cpp. The model families' presets are the catalog's
 (:data:`lfm2_edge.catalog.VL_SAMPLING`, :data:`lfm2_edge.catalog.TEXT_SAMPLING`).
+
+Every value is checked against :data:`RULES` (the ranges OpenAI's API accepts), so a
+wrong option is one :class:`~lfm2_edge.errors.InvalidParameterError` line at the call,
+not a ``TypeError`` from deep inside llama.cpp's bindings. A new field adds one rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["Sampling"]
+from lfm2_edge.errors import InvalidParameterError
+
+__all__ = ["RULES", "Rule", "Sampling"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one sampling field accepts: a kind (``"float"``, ``"int"``, ``"seed"``,
+    ``"stop"``) and, for numbers, a range check with the words that describe it."""
+
+    kind: str
+    check: Callable[[float], bool] | None = None
+    expects: str = ""
+
+
+def _in(low: float, high: float) -> Callable[[float], bool]:
+    return lambda v: low <= v <= high
+
+
+RULES: dict[str, Rule] = {
+    "temperature": Rule("float", _in(0.0, 2.0), "between 0 and 2"),
+    "top_p": Rule("float", _in(0.0, 1.0), "between 0 and 1"),
+    "top_k": Rule("int", lambda v: v >= 0, "0 (off) or more"),
+    "min_p": Rule("float", _in(0.0, 1.0), "between 0 and 1"),
+    "repetition_penalty": Rule("float", lambda v: v > 0, "above 0 (1 is off)"),
+    "seed": Rule("seed"),
+    "max_tokens": Rule("int", lambda v: v >= 1, "at least 1"),
+    "stop": Rule("stop"),
+}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` for field ``name``, normalised (an int temperature becomes a float, a
+    ``stop`` string a 1-tuple), or :class:`InvalidParameterError`. A field without a
+    rule is taken as is."""
+    rule = RULES.get(name)
+    if rule is None:
+        return value
+    if rule.kind == "stop":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+            return tuple(value)
+        raise InvalidParameterError(f"stop must be a string or a list of strings, not {_show(value)}")
+    if rule.kind == "seed":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise InvalidParameterError(f"seed must be an integer or None, not {_show(value)}")
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if rule.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+        if numeric and float(value).is_integer():
+            value = int(value)
+        else:
+            raise InvalidParameterError(f"{name} must be an integer {rule.expects}, not {_show(value)}")
+    elif rule.kind == "float":
+        if not numeric or not math.isfinite(value):
+            raise InvalidParameterError(f"{name} must be a number {rule.expects}, not {_show(value)}")
+        value = float(value)
+    if rule.check is not None and not rule.check(value):
+        raise InvalidParameterError(f"{name} must be {rule.expects}, not {value!r}")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings; the defaults are the LFM2-VL model card's."""
+    """Sampling settings; the defaults are the LFM2-VL model card's.
+
+    Ranges (OpenAI's): ``temperature`` 0..2 (0 is greedy), ``top_p`` and ``min_p``
+    0..1, ``top_k`` 0 (off) or more, ``repetition_penalty`` above 0 (1 is off),
+    ``max_tokens`` at least 1. Anything else raises
+    :class:`~lfm2_edge.errors.InvalidParameterError`.
+    """
 
     temperature: float = 0.1
     top_p: float = 1.0
@@ -26,14 +105,24 @@ class Sampling:
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            checked = check_value(f.name, value)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+
     def updated(self, **overrides: Any) -> Sampling:
-        """A copy with the given fields replaced; ``None`` values keep the default."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        if isinstance(given.get("stop"), str):
-            given["stop"] = (given["stop"],)
-        elif "stop" in given:
-            given["stop"] = tuple(given["stop"])
+        """A copy with the given fields replaced; ``None`` values keep the default.
+
+        An unknown name, a value of the wrong type or out of range raises
+        :class:`~lfm2_edge.errors.InvalidParameterError`.
+        """
+        names = [f.name for f in fields(self)]
+        for key in overrides:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {', '.join(names)}"
+                raise InvalidParameterError(f"unknown sampling option {key!r}{hint}")
+        given = {k: check_value(k, v) for k, v in overrides.items() if v is not None}
         return replace(self, **given)

@@ -26,7 +26,8 @@ def check_model_files(
     model = read_summary(model_path, "model")
     if model.architecture == "clip":
         raise ModelFileError(
-            f"{model.path} is a vision projector (mmproj); pass it as --mmproj and give the language model as --model"
+            f"{model.path} is a vision projector (mmproj), not a language model; "
+            "give the LFM2 language model GGUF as the model and this file as the projector"
         )
     if model.architecture not in MODEL_ARCHS:
         raise ModelFileError(

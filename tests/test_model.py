@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lfm2_edge import ContextOverflowError, ImageError, VisionModel
+from lfm2_edge import ContextOverflowError, ImageError, InvalidParameterError, VisionModel
 from tests.conftest import noise_image, png_bytes
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -178,8 +178,8 @@ def test_sampling_with_seed_is_repeatable(vm: VisionModel, noise: Image.Image) -
     assert a == b
 
 
-def test_unknown_sampling_option_is_a_type_error(vm: VisionModel) -> None:
-    with pytest.raises(TypeError, match="unknown sampling option"):
+def test_unknown_sampling_option_is_an_invalid_parameter_error(vm: VisionModel) -> None:
+    with pytest.raises(InvalidParameterError, match="unknown sampling option 'temprature'; did you mean"):
         vm.chat("hi", temprature=0)
 
 
