@@ -16,23 +16,18 @@ model raises :class:`~lfm2_edge.errors.ModelClosedError`.
 
 from __future__ import annotations
 
-import codecs
 import os
-import threading
-import time
-from collections.abc import Generator, Mapping, Sequence
-from contextlib import ExitStack, suppress
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.aio import AsyncChatMixin
 from lfm2_edge.caches import StateCache
 from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
-from lfm2_edge.errors import ContextOverflowError, ModelClosedError, ModelFileError, ModelMismatchError
-from lfm2_edge.holdback import HoldBack
+from lfm2_edge.errors import ContextOverflowError, ModelFileError, ModelMismatchError
+from lfm2_edge.generation import Run, Turns, answer
 from lfm2_edge.images import ImagesArg, load_image
-from lfm2_edge.prefill import prefill
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
     DEFAULT_VL_SYSTEM_PROMPT,
@@ -42,9 +37,8 @@ from lfm2_edge.prompt import (
     normalize_messages,
     render_prompt,
 )
-from lfm2_edge.results import ChatResult, ChatStream, StreamClosed, Timings, Usage
+from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
 from lfm2_edge.sampling import Sampling
-from lfm2_edge.tools import ToolCall, parse_answer
 from lfm2_edge.tools import tool_plan as _tool_plan
 
 if TYPE_CHECKING:
@@ -66,15 +60,6 @@ __all__ = [
 
 
 _M = TypeVar("_M", bound="_LocalModel")
-
-
-class _Run:
-    """One chat's claim on its model's context, and the sampler chain it holds there."""
-
-    __slots__ = ("stack",)
-
-    def __init__(self) -> None:
-        self.stack: ExitStack | None = None  # the sampler chain, while the run owns the context
 
 
 class LoadOptions(TypedDict, total=False):
@@ -129,11 +114,7 @@ class _LocalModel(AsyncChatMixin):
         self.allow_remote_images = allow_remote_images
         self.allow_private_urls = allow_private_urls
         # Taken per llama.cpp step, never across a yield (see the module's docstring).
-        self._lock = threading.Lock()
-        self._turns = threading.Condition(self._lock)
-        self._closed = False
-        self._owner: _Run | None = None  # the run whose conversation the context holds
-        self._pinned: _Run | None = None  # a chat() without stream in progress: others wait
+        self._turns = Turns()
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -213,30 +194,11 @@ class _LocalModel(AsyncChatMixin):
         """Free the model. Safe to call twice, and from another thread while a stream
         runs: it waits for the token step in progress and ends the stream (which keeps
         its text so far); a ``chat()`` in progress raises :class:`ModelClosedError`."""
-        with self._turns:
-            if self._closed:
-                return
-            self._closed = True
-            if self._owner is not None:
-                self._end(self._owner)
-            self._runtime.close()
-            self._turns.notify_all()
+        self._turns.close(self._runtime.close)
 
     @property
     def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ModelClosedError("the model has been closed; load it again to chat")
-
-    def _end(self, run: _Run) -> None:
-        """End ``run``'s hold on the context and free its sampler chain (lock held)."""
-        stack, run.stack = run.stack, None
-        if self._owner is run:
-            self._owner = None
-        if stack is not None:
-            stack.close()
+        return self._turns.closed
 
     def __enter__(self: _M) -> _M:
         return self
@@ -251,12 +213,9 @@ class _LocalModel(AsyncChatMixin):
         It frees memory, and gives a clean slate after :meth:`chat` raised. An
         unfinished stream is ended, as by a new chat.
         """
-        with self._turns:
-            while self._pinned is not None and not self._closed:
-                self._turns.wait()
-            self._check_open()
-            if self._owner is not None:
-                self._end(self._owner)
+        with self._turns.cond:
+            self._turns.wait_turn()
+            self._turns.end_owner()
             self._runtime.reset()
             self._states.clear()
 
@@ -338,7 +297,7 @@ class _LocalModel(AsyncChatMixin):
         One conversation at a time: a new chat ends an unfinished stream of this model
         (see the module's docstring). Raises :class:`ModelClosedError` once closed.
         """
-        self._check_open()
+        self._turns.check_open()
         params = self.sampling.updated(**sampling)
         messages = normalize_messages(prompt_or_messages, images)
         functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
@@ -353,22 +312,14 @@ class _LocalModel(AsyncChatMixin):
             for img in conversation_images(messages)
         ]
         prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-        run = _Run()
-        stream_obj = ChatStream(self._generate(run, prompt, loaded, params, grammar, tools_mode))
+        run = Run()
+        steps = answer(self._turns, self._runtime, self._states, run, prompt, loaded, params, grammar, tools_mode)
+        stream_obj = ChatStream(steps)
         if stream:
             return stream_obj
-        with self._turns:  # wait for another thread's chat(); this thread runs no user code until done
-            while self._pinned is not None and not self._closed:
-                self._turns.wait()
-            self._check_open()
-            self._pinned = run
-        try:
+        with self._turns.pin(run):
             for _ in stream_obj:
                 pass
-        finally:
-            with self._turns:
-                self._pinned = None
-                self._turns.notify_all()
         assert stream_obj.result is not None
         return stream_obj.result
 
@@ -389,113 +340,6 @@ class _LocalModel(AsyncChatMixin):
                 f"the prompt needs at least {low} tokens ({len(messages)} messages, {n_images} image(s)) "
                 f"but the context holds {rt.n_ctx}; raise --ctx or shorten the conversation"
             )
-
-    def _generate(
-        self,
-        run: _Run,
-        prompt: str,
-        images: list[Any],
-        params: Sampling,
-        grammar: str | None = None,
-        tools_mode: Literal["auto", "forced"] | None = None,
-    ) -> Generator[str, None, ChatResult]:
-        """Answer ``prompt``: one step (the prompt, then each token) per lock hold."""
-        t_start = time.perf_counter()
-        with self._turns:
-            while self._pinned is not None and self._pinned is not run and not self._closed:
-                self._turns.wait()
-            self._check_open()
-            if self._owner is not None:  # an unfinished stream: it ends here
-                self._end(self._owner)
-            self._owner = run
-            rt = self._runtime
-            try:
-                encodes_before = self.image_encodes
-                pre = prefill(rt, self._states, prompt, images)
-                image_encodes = self.image_encodes - encodes_before
-                run.stack = ExitStack()
-                chain = run.stack.enter_context(rt.sampler(params, grammar=grammar))
-            except BaseException:
-                self._end(run)
-                raise
-            first_logits = pre.resumed.logits if pre.resumed is not None else None
-            tokens = rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits)
-        t_prompt = time.perf_counter()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        scanner = HoldBack(stops=params.stop)
-        n_out = 0
-        finish: Literal["stop", "length"] = "stop"
-        hit_stop_string = closed = ended = False
-        t_first = t_prompt
-        try:
-            while True:
-                with self._lock:
-                    if self._owner is not run:  # closed, or a newer chat took over
-                        if self._closed and self._pinned is run:
-                            raise ModelClosedError("the model was closed during the chat")
-                        ended = True
-                        break
-                    token = next(tokens, None)
-                    if token is None:  # ended by itself: an end token, max_tokens or the context's end
-                        if n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
-                            finish = "length"
-                        if n_out == 0 and finish == "stop":  # the first token sampled was an end token
-                            t_first = time.perf_counter()
-                        break
-                    if n_out == 0:
-                        t_first = time.perf_counter()
-                    n_out += 1
-                    piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
-                if piece:
-                    try:
-                        yield piece
-                    except StreamClosed:
-                        closed = True
-                        break
-                if hit_stop_string:
-                    break
-            with self._lock:
-                if self._owner is run:
-                    self._end(run)
-        finally:
-            # An error or a dropped stream (GeneratorExit, maybe from the garbage collector
-            # in a thread that holds the lock): free the chain if the lock is free now, else
-            # the next chat or close() does.
-            if run.stack is not None and self._lock.acquire(blocking=False):
-                try:
-                    if self._owner is run:
-                        self._end(run)
-                finally:
-                    self._lock.release()
-        if not hit_stop_string:
-            piece, _ = scanner.feed(decoder.decode(b"", final=True))
-            tail = piece + scanner.finish()
-            if tail and not closed and not ended:
-                with suppress(StreamClosed):
-                    yield tail
-        t_end = time.perf_counter()
-        text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
-        if tools_mode is not None:
-            parsed = parse_answer(text, bare=tools_mode == "forced")
-            text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
-        return ChatResult(
-            text=text,
-            finish_reason="tool_calls" if calls else finish,
-            tool_calls=calls,
-            usage=Usage(
-                pre.n_prompt,
-                pre.n_image_tokens,
-                n_out,
-                cached_tokens=pre.cached_tokens,
-                image_encodes=image_encodes,
-            ),
-            timings=Timings(
-                prompt_ms=(t_prompt - t_start) * 1000,
-                image_ms=pre.image_s * 1000,
-                first_token_ms=(t_first - t_start) * 1000,
-                decode_ms=(t_end - t_first) * 1000,
-            ),
-        )
 
 
 class VisionModel(_LocalModel):
