@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from lfm2_edge.errors import ModelClosedError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.prefill import prefill
-from lfm2_edge.results import ChatResult, StreamClosed, Timings, Usage
+from lfm2_edge.results import ChatResult, StreamClosed, Timings, TokenLogprob, Usage
 from lfm2_edge.sampling import Sampling
 from lfm2_edge.tools import ToolCall, parse_answer
 
@@ -109,8 +110,17 @@ def answer(
     params: Sampling,
     grammar: str | None = None,
     tools_mode: Literal["auto", "forced"] | None = None,
+    *,
+    parallel_tool_calls: bool = True,
+    logprobs: int | None = None,
+    sink: list[TokenLogprob] | None = None,
 ) -> Generator[str, None, ChatResult]:
-    """Answer ``prompt``: one step (the prompt, then each token) per lock hold."""
+    """Answer ``prompt``: one step (the prompt, then each token) per lock hold.
+
+    With ``logprobs`` (the number of alternatives per token, 0 for none), each token's
+    :class:`TokenLogprob` goes into ``sink`` once the text it ends is yielded (all of them
+    by the end); without, no per-token work is done for them.
+    """
     t_start = time.perf_counter()
     with turns.cond:
         turns.wait_turn(run)
@@ -134,6 +144,9 @@ def answer(
     finish: Literal["stop", "length"] = "stop"
     hit_stop_string = closed = ended = False
     t_first = t_prompt
+    # logprobs: entries not yet released, each with the length of the text up to its token's end
+    pending: deque[tuple[int, TokenLogprob]] = deque()
+    decoded = released = 0
     try:
         while True:
             with turns.lock:
@@ -151,9 +164,19 @@ def answer(
                     break
                 if n_out == 0:
                     t_first = time.perf_counter()
+                data = rt.token_bytes(token)
+                text = decoder.decode(data)
+                if sink is not None:
+                    decoded += len(text)
+                    logits = first_logits if n_out == 0 else None  # else the context's, not yet moved on
+                    pending.append((decoded, _entry(rt, token, data, logprobs or 0, logits)))
                 n_out += 1
-                piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
+                piece, hit_stop_string = scanner.feed(text)
             if piece:
+                if sink is not None:
+                    released += len(piece)
+                    while pending and pending[0][0] <= released:
+                        sink.append(pending.popleft()[1])
                 try:
                     yield piece
                 except StreamClosed:
@@ -181,10 +204,13 @@ def answer(
             with suppress(StreamClosed):
                 yield tail
     t_end = time.perf_counter()
+    if sink is not None:
+        sink.extend(entry for _, entry in pending)
     text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
     if tools_mode is not None:
         parsed = parse_answer(text, bare=tools_mode == "forced")
         text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
+        calls = calls if parallel_tool_calls else calls[:1]
     return ChatResult(
         text=text,
         finish_reason="tool_calls" if calls else finish,
@@ -202,7 +228,16 @@ def answer(
             first_token_ms=(t_first - t_start) * 1000,
             decode_ms=(t_end - t_first) * 1000,
         ),
+        logprobs=tuple(sink) if sink is not None else None,
     )
+
+
+def _entry(rt: Runtime, token: int, data: bytes, n_top: int, logits: Any) -> TokenLogprob:
+    """``token``'s :class:`TokenLogprob`, from the logits it was sampled from (see
+    :meth:`Runtime.logprobs`)."""
+    logprob, top = rt.logprobs(token, n_top, logits)
+    alts = tuple((rt.token_bytes(t).decode("utf-8", "replace"), lp) for t, lp in top)
+    return TokenLogprob(data.decode("utf-8", "replace"), logprob, tuple(data), alts)
 
 
 def _encodes(rt: Runtime) -> int:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.caches import StateCache
 from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
-from lfm2_edge.errors import ContextOverflowError, ModelFileError, ModelMismatchError
+from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError, ModelFileError, ModelMismatchError
 from lfm2_edge.generation import Run, Turns, answer
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import (
@@ -36,7 +36,7 @@ from lfm2_edge.prompt import (
     normalize_messages,
     render_prompt,
 )
-from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
+from lfm2_edge.results import ChatResult, ChatStream, Timings, TokenLogprob, Usage
 from lfm2_edge.sampling import Sampling
 from lfm2_edge.tools import tool_plan as _tool_plan
 
@@ -232,8 +232,10 @@ class _LocalModel:
         stream: Literal[False] = ...,
         tools: Sequence[Mapping[str, Any]] | None = ...,
         tool_choice: str | Mapping[str, Any] | None = ...,
+        parallel_tool_calls: bool | None = ...,
         response_format: Mapping[str, Any] | None = ...,
         grammar: str | None = ...,
+        logprobs: int | None = ...,
         **sampling: Any,
     ) -> ChatResult: ...
 
@@ -246,8 +248,10 @@ class _LocalModel:
         stream: Literal[True],
         tools: Sequence[Mapping[str, Any]] | None = ...,
         tool_choice: str | Mapping[str, Any] | None = ...,
+        parallel_tool_calls: bool | None = ...,
         response_format: Mapping[str, Any] | None = ...,
         grammar: str | None = ...,
+        logprobs: int | None = ...,
         **sampling: Any,
     ) -> ChatStream: ...
 
@@ -259,40 +263,58 @@ class _LocalModel:
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         response_format: Mapping[str, Any] | None = None,
         grammar: str | None = None,
+        logprobs: int | None = None,
         **sampling: Any,
     ) -> ChatResult | ChatStream:
         """Answer a prompt or a conversation, with images before the text of their turn.
 
         ``images`` (paths, bytes, PIL images, ``data:`` URIs, http(s) URLs) join the
         last user turn. Sampling options (``temperature``, ``top_p``, ``top_k``,
-        ``min_p``, ``repetition_penalty``, ``seed``, ``max_tokens``, ``stop``)
+        ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
+        ``logit_bias``, ``seed``, ``max_tokens``, ``stop``: see :class:`Sampling`)
         override the model card's defaults for this call.
 
         ``tools`` (OpenAI function tools) are written into the system turn in LFM2's
         format; the model's calls come back as ``result.tool_calls``. ``tool_choice``
-        is ``"auto"`` (default), ``"none"`` or ``{"type": "function", "function":
-        {"name": ...}}``, which forces that call with a grammar. ``response_format``
+        is ``"auto"`` (default), ``"none"``, ``"required"`` (a call of one of the tools,
+        or several unless ``parallel_tool_calls`` is false) or ``{"type": "function",
+        "function": {"name": ...}}`` (one call of that one); forced calls follow their
+        function's JSON schema, by a grammar. ``response_format``
         (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
         {"schema": ...}}``) and ``grammar`` (GBNF) constrain the answer's shape.
 
         One conversation at a time: a new chat ends an unfinished stream of this model
         (see the module's docstring). Raises :class:`ModelClosedError` once closed.
+
+        ``logprobs``: ``None`` (default) for none, else each generated token's
+        log-probability and that many likeliest alternatives (``0``: none) in
+        ``result.logprobs`` (and ``stream.logprobs`` as it goes): see
+        :class:`~lfm2_edge.results.TokenLogprob`.
         """
         self._turns.check_open()
         params = self.sampling.updated(**sampling)
+        params.check_vocabulary(self._runtime.n_vocab)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise Lfm2EdgeError(f"logprobs must be None or a number of alternatives from 0, not {logprobs!r}")
         messages = normalize_messages(prompt_or_messages, images)
-        functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
+        plan = _tool_plan(tools, tool_choice, response_format, grammar, parallel_tool_calls=parallel_tool_calls)
         self._check_lower_bound(messages)
         loaded = [
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
-        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-        run = Run()
-        steps = answer(self._turns, self._runtime, self._states, run, prompt, loaded, params, grammar, tools_mode)
-        stream_obj = ChatStream(steps)
+        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=plan.functions)
+        run, sink = Run(), (cast("list[TokenLogprob]", []) if logprobs is not None else None)
+        steps = answer(
+            *(self._turns, self._runtime, self._states, run, prompt, loaded, params, plan.grammar, plan.mode),
+            parallel_tool_calls=plan.parallel,
+            logprobs=logprobs,
+            sink=sink,
+        )
+        stream_obj = ChatStream(steps, sink)
         if stream:
             return stream_obj
         with self._turns.pin(run):
