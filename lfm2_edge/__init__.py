@@ -5,11 +5,13 @@ The public API:
 * :class:`VisionModel` (LFM2-VL, images and text), :class:`TextModel` (LFM2 text
   models) and :class:`RemoteModel` (the same chat against an OpenAI-compatible
   server): ``chat()`` returns a :class:`ChatResult` (text, tool calls, :class:`Usage`,
-  :class:`Timings`), ``chat(..., stream=True)`` a :class:`ChatStream`; for asyncio,
-  ``await model.achat(...)`` and ``model.achat(..., stream=True)``, an
-  :class:`AsyncChatStream` (:mod:`lfm2_edge.aio`); ``VisionModel.from_pretrained(ref,
-  progress=...)`` downloads a model by name, with a progress callback;
-* :class:`Sampling`: temperature, top-p/top-k/min-p, repetition penalty, seed, stop;
+  :class:`Timings`, per-token :class:`TokenLogprob` when asked for), ``chat(...,
+  stream=True)`` a :class:`ChatStream`; for asyncio, ``await model.achat(...)`` and
+  ``model.achat(..., stream=True)``, an :class:`AsyncChatStream` (:mod:`lfm2_edge.aio`);
+  ``VisionModel.from_pretrained(ref, progress=...)`` downloads a model by name, with a
+  progress callback;
+* :class:`Sampling`: temperature, top-p/top-k/min-p, repetition / presence / frequency
+  penalties, logit bias, seed, stop;
 * the errors, all subclasses of :class:`Lfm2EdgeError` with a one-line message:
   :class:`ModelFileError`, :class:`ModelMismatchError`, :class:`ImageError`,
   :class:`ContextOverflowError`, :class:`GenerationError`, :class:`ModelClosedError`,
@@ -50,6 +52,7 @@ __all__ = [
     "Sampling",
     "TextModel",
     "Timings",
+    "TokenLogprob",
     "UnknownModelError",
     "UnknownQuantError",
     "Usage",
@@ -75,7 +78,7 @@ from lfm2_edge.errors import (
     UnknownModelError,
     UnknownQuantError,
 )
-from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
+from lfm2_edge.results import ChatResult, ChatStream, Timings, TokenLogprob, Usage
 from lfm2_edge.sampling import Sampling
 
 if TYPE_CHECKING:

@@ -16,30 +16,24 @@ shared by all sequences; a request loads the longest saved prefix into its own s
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import functools
 import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from lfm2_edge._llama.batch import Sequences, Unit, plan_units
 from lfm2_edge._llama.projector import PromptChunks
 from lfm2_edge.caches import Item
 from lfm2_edge.errors import ContextOverflowError
-from lfm2_edge.holdback import HoldBack
-from lfm2_edge.images import load_image
-from lfm2_edge.prompt import conversation_images, normalize_messages, render_prompt
-from lfm2_edge.results import ChatResult, Timings, Usage
-from lfm2_edge.sampling import Sampling
-from lfm2_edge.tools import ToolCall, parse_answer
-from lfm2_edge.tools import tool_plan as _tool_plan
+from lfm2_edge.generation import PreparedChat, Transcript
+from lfm2_edge.results import ChatResult, Timings, TokenLogprob, Usage
 
-__all__ = ["Job", "Scheduler", "default_slots", "prepare_chat"]
+__all__ = ["Job", "Scheduler", "default_slots"]
 
 
 def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
@@ -60,40 +54,6 @@ def default_slots(n_cores: int | None = None, available_bytes: int | None = None
     return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
 
 Emit = Callable[[str, Any], None]  # ("piece", text) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
-
-
-@dataclass
-class PreparedChat:
-    """A chat request turned into what the model evaluates (as ``model.chat`` does)."""
-
-    prompt: str
-    images: list[Any]
-    params: Sampling
-    grammar: str | None
-    tools_mode: Literal["auto", "forced"] | None
-
-
-def prepare_chat(
-    model: Any,
-    prompt_or_messages: Any,
-    images: Sequence[Any] | None = None,
-    *,
-    tools: Sequence[Mapping[str, Any]] | None = None,
-    tool_choice: str | Mapping[str, Any] | None = None,
-    response_format: Mapping[str, Any] | None = None,
-    grammar: str | None = None,
-    **sampling: Any,
-) -> PreparedChat:
-    """What :meth:`lfm2_edge.model.VisionModel.chat` does before it evaluates anything."""
-    params = model.sampling.updated(**sampling)
-    messages = normalize_messages(prompt_or_messages, images)
-    functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
-    loaded = [
-        load_image(img, allow_remote=model.allow_remote_images, allow_private=model.allow_private_urls)
-        for img in conversation_images(messages)
-    ]
-    prompt = render_prompt(messages, system_prompt=model.system_prompt, tools=functions)
-    return PreparedChat(prompt, loaded, params, grammar, tools_mode)
 
 
 @dataclass(eq=False)
@@ -119,12 +79,11 @@ class Job:
     cached_tokens: int = 0
     image_s: float = 0.0
     encodes: int = 0
-    n_out: int = 0
     t_start: float = 0.0
     t_prompt: float = 0.0
     t_first: float = 0.0
-    decoder: Any = None
-    scanner: HoldBack | None = None
+    out: Transcript | None = None  # the answer so far
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Scheduler:
@@ -266,9 +225,8 @@ class Scheduler:
                 prompt_tokens=job.n_prompt,
                 context_tokens=rt.n_ctx_seq,
             )
-        job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.grammar))
-        job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        job.scanner = HoldBack(stops=chat.params.stop)
+        job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar))
+        job.out = Transcript(rt, chat, job.logprobs)
         states = self.model._states
         start = 0
         resumed = None
@@ -289,7 +247,7 @@ class Scheduler:
         if resumed is not None and resumed.logits is not None:
             job.t_prompt = time.perf_counter()
             job.phase = "decode"
-            self._take(job, self._sample_saved(job, resumed.logits))
+            self._take(job, self._sample_saved(job, resumed.logits), resumed.logits)
         elif not job.units:  # a state without logits covered everything: evaluate its last item again
             self.seqs.clear(job.seq)
             job.pos = job.cached_tokens = 0
@@ -320,34 +278,43 @@ class Scheduler:
             self._take(job, self.seqs.sample(job.chain, -1))
 
     def _take_row(self, job: Job, *, row: int) -> None:
-        self._take(job, self.seqs.sample(job.chain, row))
+        self._take(job, self.seqs.sample(job.chain, row), self.seqs.row_logits(row))
 
-    def _take(self, job: Job, token: int) -> None:
-        """A token sampled for ``job``: stream it, and finish or queue it for decoding."""
-        rt, params = self.rt, job.chat.params
-        assert job.scanner is not None
-        if job.n_out == 0:
+    def _take(self, job: Job, token: int, logits: Any = None) -> None:
+        """A token sampled for ``job`` (from ``logits``, when they are not the context's
+        last row): stream it, and finish or queue it for decoding."""
+        rt, out = self.rt, job.out
+        assert out is not None
+        if out.n_out == 0:
             job.t_first = time.perf_counter()
         if rt.is_end(token):
             self._finish(job)
             return
-        job.n_out += 1
-        piece, hit_stop = job.scanner.feed(job.decoder.decode(rt.token_bytes(token)))
+        piece = out.take(token, logits)
         if piece:
-            job.emit("piece", piece)
-        if hit_stop:
-            self._finish(job, hit_stop=True)
-        elif job.n_out >= params.max_tokens or job.pos + 1 >= rt.n_ctx_seq:
+            self._emit_piece(job, piece)
+        if out.hit_stop:
+            self._finish(job)
+        elif out.n_out >= job.chat.params.max_tokens or job.pos + 1 >= rt.n_ctx_seq:
             self._finish(job, finish="length")
         else:
             job.pending = token
+
+    @staticmethod
+    def _emit_piece(job: Job, piece: str) -> None:
+        """Send ``piece``, after the logprobs of the tokens it completes (when asked for)."""
+        assert job.out is not None
+        sent = len(job.logprobs)
+        job.out.shown(piece)
+        if len(job.logprobs) > sent:
+            job.emit("logprobs", job.logprobs[sent:])
+        job.emit("piece", piece)
 
     def _finish(
         self,
         job: Job,
         *,
         finish: Literal["stop", "length"] = "stop",
-        hit_stop: bool = False,
         cancelled: bool = False,
         error: BaseException | None = None,
     ) -> None:
@@ -357,7 +324,7 @@ class Scheduler:
         result = None
         try:
             if error is None and not cancelled:
-                result = self._result(job, finish, hit_stop)
+                result = self._result(job, finish)
         except BaseException as exc:
             error = exc
         finally:
@@ -379,32 +346,20 @@ class Scheduler:
         else:
             job.emit("cancelled", None)
 
-    def _result(self, job: Job, finish: Literal["stop", "length"], hit_stop: bool) -> ChatResult:
-        scanner = job.scanner
-        assert scanner is not None
-        if not hit_stop:
-            piece, _ = scanner.feed(job.decoder.decode(b"", final=True))
-            if tail := piece + scanner.finish():
-                job.emit("piece", tail)
+    def _result(self, job: Job, finish: Literal["stop", "length"]) -> ChatResult:
+        out = job.out
+        assert out is not None
+        if tail := out.tail():
+            self._emit_piece(job, tail)
         t_end = time.perf_counter()
-        if job.n_out == 0:
+        if out.n_out == 0:
             job.t_first = t_end
-        text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
-        if job.chat.tools_mode is not None:
-            parsed = parse_answer(text, bare=job.chat.tools_mode == "forced")
-            text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
-        return ChatResult(
-            text=text,
-            finish_reason="tool_calls" if calls else finish,
-            tool_calls=calls,
-            usage=Usage(
-                job.n_prompt,
-                job.n_image_tokens,
-                job.n_out,
-                cached_tokens=job.cached_tokens,
-                image_encodes=job.encodes,
+        return out.result(
+            finish,
+            Usage(
+                job.n_prompt, job.n_image_tokens, out.n_out, cached_tokens=job.cached_tokens, image_encodes=job.encodes
             ),
-            timings=Timings(
+            Timings(
                 prompt_ms=(job.t_prompt - job.t_start) * 1000,
                 image_ms=job.image_s * 1000,
                 first_token_ms=(job.t_first - job.t_start) * 1000,

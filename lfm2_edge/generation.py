@@ -13,22 +13,24 @@ from __future__ import annotations
 import codecs
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from lfm2_edge.errors import ModelClosedError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.prefill import prefill
-from lfm2_edge.results import ChatResult, StreamClosed, Timings, Usage
+from lfm2_edge.results import ChatResult, StreamClosed, Timings, TokenLogprob, Usage
 from lfm2_edge.sampling import Sampling
-from lfm2_edge.tools import ToolCall, parse_answer
+from lfm2_edge.tools import ToolCall, ToolPlan, parse_answer
 
 if TYPE_CHECKING:
     from lfm2_edge._llama.context import Runtime
     from lfm2_edge.caches import StateCache
 
-__all__ = ["Run", "Turns", "answer"]
+__all__ = ["PreparedChat", "Run", "Transcript", "Turns", "answer"]
 
 
 class Run:
@@ -99,40 +101,117 @@ class Turns:
                 self.cond.notify_all()
 
 
+@dataclass
+class PreparedChat:
+    """A chat request as the model evaluates it: the rendered prompt, the loaded images,
+    the sampling, the tool plan and the logprobs wanted (see ``_LocalModel.prepare``)."""
+
+    prompt: str
+    images: list[Any]
+    params: Sampling
+    plan: ToolPlan
+    logprobs: int | None = None  # alternatives per token; None: no logprobs
+
+
+class Transcript:
+    """Sampled tokens turned into streamed text, and at the end into the
+    :class:`ChatResult`: UTF-8 across tokens, stop strings held back, each token's
+    logprobs released with the text it ends, tool calls parsed. One for every answer, in
+    the single-sequence loop (:func:`answer`) and the batched one
+    (:mod:`lfm2_edge.batching`) alike."""
+
+    def __init__(self, rt: Runtime, chat: PreparedChat, sink: list[TokenLogprob] | None = None) -> None:
+        self.rt, self.chat = rt, chat
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.scanner = HoldBack(stops=chat.params.stop)
+        self.sink = sink if chat.logprobs is not None else None
+        self.n_out = 0
+        self.hit_stop = False
+        # logprobs not released yet, each with the length of the text up to its token's end
+        self._pending: deque[tuple[int, TokenLogprob]] = deque()
+        self._decoded = self._released = 0
+
+    def take(self, token: int, logits: Any = None) -> str:
+        """The text ``token`` makes safe to show (``logits``: the row it was sampled
+        from, when not the context's last); sets :attr:`hit_stop` at a stop string."""
+        data = self.rt.token_bytes(token)
+        text = self.decoder.decode(data)
+        if self.sink is not None:
+            self._decoded += len(text)
+            self._pending.append((self._decoded, _entry(self.rt, token, data, self.chat.logprobs or 0, logits)))
+        self.n_out += 1
+        piece, self.hit_stop = self.scanner.feed(text)
+        return piece
+
+    def shown(self, piece: str) -> None:
+        """``piece`` went out: its tokens' logprobs join the sink."""
+        if self.sink is not None:
+            self._released += len(piece)
+            while self._pending and self._pending[0][0] <= self._released:
+                self.sink.append(self._pending.popleft()[1])
+
+    def tail(self) -> str:
+        """The text held back until the end (none after a stop string)."""
+        if self.hit_stop:
+            return ""
+        piece, _ = self.scanner.feed(self.decoder.decode(b"", final=True))
+        return piece + self.scanner.finish()
+
+    def result(self, finish: Literal["stop", "length"], usage: Usage, timings: Timings) -> ChatResult:
+        if self.sink is not None:
+            self.sink.extend(entry for _, entry in self._pending)
+            self._pending.clear()
+        text, calls = self.scanner.text, cast("tuple[ToolCall, ...]", ())
+        plan = self.chat.plan
+        if plan.mode is not None:
+            parsed = parse_answer(text, bare=plan.mode == "forced")
+            text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
+            calls = calls if plan.parallel else calls[:1]
+        return ChatResult(
+            text=text,
+            finish_reason="tool_calls" if calls else finish,
+            tool_calls=calls,
+            usage=usage,
+            timings=timings,
+            logprobs=tuple(self.sink) if self.sink is not None else None,
+        )
+
+
 def answer(
     turns: Turns,
     rt: Runtime,
     states: StateCache,
     run: Run,
-    prompt: str,
-    images: list[Any],
-    params: Sampling,
-    grammar: str | None = None,
-    tools_mode: Literal["auto", "forced"] | None = None,
+    chat: PreparedChat,
+    sink: list[TokenLogprob] | None = None,
 ) -> Generator[str, None, ChatResult]:
-    """Answer ``prompt``: one step (the prompt, then each token) per lock hold."""
+    """Answer ``chat``: one step (the prompt, then each token) per lock hold.
+
+    With ``chat.logprobs``, each token's :class:`TokenLogprob` goes into ``sink`` once
+    the text it ends is yielded (all of them by the end); without, no per-token work is
+    done for them.
+    """
     t_start = time.perf_counter()
+    params = chat.params
     with turns.cond:
         turns.wait_turn(run)
         turns.end_owner()  # an unfinished stream: it ends here
         turns.owner = run
         try:
             encodes_before = _encodes(rt)
-            pre = prefill(rt, states, prompt, images)
+            pre = prefill(rt, states, chat.prompt, chat.images)
             image_encodes = _encodes(rt) - encodes_before
             run.stack = ExitStack()
-            chain = run.stack.enter_context(rt.sampler(params, grammar=grammar))
+            chain = run.stack.enter_context(rt.sampler(params, grammar=chat.plan.grammar))
         except BaseException:
             turns.end(run)
             raise
         first_logits = pre.resumed.logits if pre.resumed is not None else None
         tokens = rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits)
     t_prompt = time.perf_counter()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    scanner = HoldBack(stops=params.stop)
-    n_out = 0
+    out = Transcript(rt, chat, sink)
     finish: Literal["stop", "length"] = "stop"
-    hit_stop_string = closed = ended = False
+    closed = ended = False
     t_first = t_prompt
     try:
         while True:
@@ -144,22 +223,23 @@ def answer(
                     break
                 token = next(tokens, None)
                 if token is None:  # ended by itself: an end token, max_tokens or the context's end
-                    if n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
+                    if out.n_out >= params.max_tokens or rt.n_past >= rt.n_ctx:
                         finish = "length"
-                    if n_out == 0 and finish == "stop":  # the first token sampled was an end token
+                    if out.n_out == 0 and finish == "stop":  # the first token sampled was an end token
                         t_first = time.perf_counter()
                     break
-                if n_out == 0:
+                if out.n_out == 0:
                     t_first = time.perf_counter()
-                n_out += 1
-                piece, hit_stop_string = scanner.feed(decoder.decode(rt.token_bytes(token)))
+                # the first token's logits are the saved ones; later ones the context's
+                piece = out.take(token, first_logits if out.n_out == 0 else None)
             if piece:
+                out.shown(piece)
                 try:
                     yield piece
                 except StreamClosed:
                     closed = True
                     break
-            if hit_stop_string:
+            if out.hit_stop:
                 break
         with turns.lock:
             if turns.owner is run:
@@ -174,35 +254,31 @@ def answer(
                     turns.end(run)
             finally:
                 turns.lock.release()
-    if not hit_stop_string:
-        piece, _ = scanner.feed(decoder.decode(b"", final=True))
-        tail = piece + scanner.finish()
-        if tail and not closed and not ended:
-            with suppress(StreamClosed):
-                yield tail
+    tail = out.tail()
+    if tail and not closed and not ended:
+        with suppress(StreamClosed):
+            yield tail
     t_end = time.perf_counter()
-    text, calls = scanner.text, cast("tuple[ToolCall, ...]", ())
-    if tools_mode is not None:
-        parsed = parse_answer(text, bare=tools_mode == "forced")
-        text, calls = (parsed.content, parsed.tool_calls) if parsed.tool_calls else (text, ())
-    return ChatResult(
-        text=text,
-        finish_reason="tool_calls" if calls else finish,
-        tool_calls=calls,
-        usage=Usage(
-            pre.n_prompt,
-            pre.n_image_tokens,
-            n_out,
-            cached_tokens=pre.cached_tokens,
-            image_encodes=image_encodes,
+    return out.result(
+        finish,
+        Usage(
+            pre.n_prompt, pre.n_image_tokens, out.n_out, cached_tokens=pre.cached_tokens, image_encodes=image_encodes
         ),
-        timings=Timings(
+        Timings(
             prompt_ms=(t_prompt - t_start) * 1000,
             image_ms=pre.image_s * 1000,
             first_token_ms=(t_first - t_start) * 1000,
             decode_ms=(t_end - t_first) * 1000,
         ),
     )
+
+
+def _entry(rt: Runtime, token: int, data: bytes, n_top: int, logits: Any) -> TokenLogprob:
+    """``token``'s :class:`TokenLogprob`, from the logits it was sampled from (see
+    :meth:`Runtime.logprobs`)."""
+    logprob, top = rt.logprobs(token, n_top, logits)
+    alts = tuple((rt.token_bytes(t).decode("utf-8", "replace"), lp) for t, lp in top)
+    return TokenLogprob(data.decode("utf-8", "replace"), logprob, tuple(data), alts)
 
 
 def _encodes(rt: Runtime) -> int:

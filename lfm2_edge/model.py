@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.aio import AsyncChatMixin
 from lfm2_edge.caches import StateCache
 from lfm2_edge.catalog import TEXT_SAMPLING, VL_SAMPLING
-from lfm2_edge.errors import ContextOverflowError, ModelFileError, ModelMismatchError
-from lfm2_edge.generation import Run, Turns, answer
+from lfm2_edge.errors import ContextOverflowError, InvalidParameterError, ModelFileError, ModelMismatchError
+from lfm2_edge.generation import PreparedChat, Run, Turns, answer
 from lfm2_edge.images import ImagesArg, load_image
 from lfm2_edge.prompt import (
     DEFAULT_TEXT_SYSTEM_PROMPT,
@@ -37,7 +37,7 @@ from lfm2_edge.prompt import (
     normalize_messages,
     render_prompt,
 )
-from lfm2_edge.results import ChatResult, ChatStream, Timings, Usage
+from lfm2_edge.results import ChatResult, ChatStream, Timings, TokenLogprob, Usage
 from lfm2_edge.sampling import Sampling
 from lfm2_edge.tools import tool_plan as _tool_plan
 
@@ -249,8 +249,10 @@ class _LocalModel(AsyncChatMixin):
         stream: Literal[False] = ...,
         tools: Sequence[Mapping[str, Any]] | None = ...,
         tool_choice: str | Mapping[str, Any] | None = ...,
+        parallel_tool_calls: bool | None = ...,
         response_format: Mapping[str, Any] | None = ...,
         grammar: str | None = ...,
+        logprobs: int | None = ...,
         **sampling: Any,
     ) -> ChatResult: ...
 
@@ -263,8 +265,10 @@ class _LocalModel(AsyncChatMixin):
         stream: Literal[True],
         tools: Sequence[Mapping[str, Any]] | None = ...,
         tool_choice: str | Mapping[str, Any] | None = ...,
+        parallel_tool_calls: bool | None = ...,
         response_format: Mapping[str, Any] | None = ...,
         grammar: str | None = ...,
+        logprobs: int | None = ...,
         **sampling: Any,
     ) -> ChatStream: ...
 
@@ -276,31 +280,82 @@ class _LocalModel(AsyncChatMixin):
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         response_format: Mapping[str, Any] | None = None,
         grammar: str | None = None,
+        logprobs: int | None = None,
         **sampling: Any,
     ) -> ChatResult | ChatStream:
         """Answer a prompt or a conversation, with images before the text of their turn.
 
         ``images`` (paths, bytes, PIL images, ``data:`` URIs, http(s) URLs) join the
         last user turn. Sampling options (``temperature``, ``top_p``, ``top_k``,
-        ``min_p``, ``repetition_penalty``, ``seed``, ``max_tokens``, ``stop``)
+        ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
+        ``logit_bias``, ``seed``, ``max_tokens``, ``stop``: see :class:`Sampling`)
         override the model card's defaults for this call.
 
         ``tools`` (OpenAI function tools) are written into the system turn in LFM2's
         format; the model's calls come back as ``result.tool_calls``. ``tool_choice``
-        is ``"auto"`` (default), ``"none"`` or ``{"type": "function", "function":
-        {"name": ...}}``, which forces that call with a grammar. ``response_format``
+        is ``"auto"`` (default), ``"none"``, ``"required"`` (a call of one of the tools,
+        or several unless ``parallel_tool_calls`` is false) or ``{"type": "function",
+        "function": {"name": ...}}`` (one call of that one); forced calls follow their
+        function's JSON schema, by a grammar. ``response_format``
         (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
         {"schema": ...}}``) and ``grammar`` (GBNF) constrain the answer's shape.
 
         One conversation at a time: a new chat ends an unfinished stream of this model
         (see the module's docstring). Raises :class:`ModelClosedError` once closed.
+
+        ``logprobs``: ``None`` (default) for none, else each generated token's
+        log-probability and that many likeliest alternatives (``0``: none) in
+        ``result.logprobs`` (and ``stream.logprobs`` as it goes): see
+        :class:`~lfm2_edge.results.TokenLogprob`.
         """
+        chat = self.prepare(
+            prompt_or_messages,
+            images,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            grammar=grammar,
+            logprobs=logprobs,
+            **sampling,
+        )
+        run, sink = Run(), (cast("list[TokenLogprob]", []) if logprobs is not None else None)
+        steps = answer(self._turns, self._runtime, self._states, run, chat, sink)
+        stream_obj = ChatStream(steps, sink)
+        if stream:
+            return stream_obj
+        with self._turns.pin(run):
+            for _ in stream_obj:
+                pass
+        assert stream_obj.result is not None
+        return stream_obj.result
+
+    def prepare(
+        self,
+        prompt_or_messages: str | Sequence[MessageInput],
+        images: ImagesArg | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        **sampling: Any,
+    ) -> PreparedChat:
+        """What :meth:`chat` evaluates, checked and rendered, nothing evaluated yet: the
+        sampling, the tool plan, a cheap context check, the loaded images and the prompt.
+        The batched server (:mod:`lfm2_edge.batching`) starts from here too."""
         self._turns.check_open()
         params = self.sampling.updated(**sampling)
+        params.check_vocabulary(self._runtime.n_vocab)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise InvalidParameterError(f"logprobs must be None or a number of alternatives from 0, not {logprobs!r}")
         messages = normalize_messages(prompt_or_messages, images)
-        functions, tools_mode, grammar = _tool_plan(tools, tool_choice, response_format, grammar)
+        plan = _tool_plan(tools, tool_choice, response_format, grammar, parallel_tool_calls=parallel_tool_calls)
         if self._runtime.projector is None and any(m.images for m in messages):
             raise ModelFileError(
                 f"{self.model_path.name} was loaded without a vision projector; pass mmproj_path= "
@@ -311,17 +366,8 @@ class _LocalModel(AsyncChatMixin):
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
-        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=functions)
-        run = Run()
-        steps = answer(self._turns, self._runtime, self._states, run, prompt, loaded, params, grammar, tools_mode)
-        stream_obj = ChatStream(steps)
-        if stream:
-            return stream_obj
-        with self._turns.pin(run):
-            for _ in stream_obj:
-                pass
-        assert stream_obj.result is not None
-        return stream_obj.result
+        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=plan.functions)
+        return PreparedChat(prompt, loaded, params, plan, logprobs)
 
     def _check_lower_bound(self, messages: Sequence[Message]) -> None:
         """Refuse a conversation that cannot fit, before rendering or tokenizing it.
@@ -335,10 +381,11 @@ class _LocalModel(AsyncChatMixin):
         n_bytes = sum(len(m.role) + 1 + len(m.text.encode("utf-8", "replace")) for m in messages)
         n_images = sum(len(m.images) for m in messages)
         low = 3 * len(messages) + -(-n_bytes // rt.max_token_bytes) + n_images * rt.min_image_tokens
-        if low >= rt.n_ctx:
+        if low >= rt.n_ctx_seq:
             raise ContextOverflowError(
                 f"the prompt needs at least {low} tokens ({len(messages)} messages, {n_images} image(s)) "
-                f"but the context holds {rt.n_ctx}; raise --ctx or shorten the conversation"
+                f"but the context holds {rt.n_ctx_seq}; raise --ctx or shorten the conversation",
+                context_tokens=rt.n_ctx_seq,
             )
 
 

@@ -19,7 +19,16 @@ if TYPE_CHECKING:
     from lfm2_edge.prompt import MessageInput
     from lfm2_edge.tools import ToolCall
 
-__all__ = ["ChatModel", "ChatResult", "ChatStream", "FinishReason", "StreamClosed", "Timings", "Usage"]
+__all__ = [
+    "ChatModel",
+    "ChatResult",
+    "ChatStream",
+    "FinishReason",
+    "StreamClosed",
+    "Timings",
+    "TokenLogprob",
+    "Usage",
+]
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -55,12 +64,30 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability (natural log), as OpenAI's ``logprobs``
+    reports it: the model's own distribution at that position (the log-softmax of its raw
+    logits, before logit biases, penalties, a grammar or the temperature, as vLLM
+    reports by default), and the ``top_logprobs`` likeliest tokens there, best first.
+
+    ``token`` is the token's text (invalid UTF-8 of a byte-level piece replaced by
+    U+FFFD), ``bytes`` its exact bytes.
+    """
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ChatResult:
     text: str
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made, when tools were given
+    logprobs: tuple[TokenLogprob, ...] | None = None  # per generated token, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the derived token rates."""
@@ -81,11 +108,17 @@ class ChatStream:
     """An iterator of text pieces; :attr:`result` is set once it is exhausted or closed.
 
     ``steps`` is a generator that yields the pieces and returns the :class:`ChatResult`.
+    With ``logprobs`` asked for, :attr:`logprobs` is a list that ``steps`` fills: one
+    entry per token, those of a piece's tokens added before the piece is yielded (a
+    piece may cover several tokens, a token held back may come with a later piece).
     """
 
-    def __init__(self, steps: Generator[str, None, ChatResult | None]) -> None:
+    def __init__(
+        self, steps: Generator[str, None, ChatResult | None], logprobs: list[TokenLogprob] | None = None
+    ) -> None:
         self._steps: Generator[str, None, ChatResult | None] | None = steps
         self.result: ChatResult | None = None
+        self.logprobs = logprobs
 
     def __iter__(self) -> Iterator[str]:
         return self

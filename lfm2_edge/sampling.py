@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lfm2_edge.errors import InvalidParameterError
 
-__all__ = ["RULES", "Rule", "Sampling"]
+__all__ = ["RULES", "LogitBias", "Rule", "Sampling"]
+
+LogitBias = tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ RULES: dict[str, Rule] = {
     "seed": Rule("seed"),
     "max_tokens": Rule("int", lambda v: v >= 1, "at least 1"),
     "stop": Rule("stop"),
+    "presence_penalty": Rule("float", _in(-2.0, 2.0), "between -2 and 2"),
+    "frequency_penalty": Rule("float", _in(-2.0, 2.0), "between -2 and 2"),
+    "logit_bias": Rule("logit_bias"),
 }
 
 
@@ -61,6 +66,8 @@ def check_value(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
             return tuple(value)
         raise InvalidParameterError(f"stop must be a string or a list of strings, not {_show(value)}")
+    if rule.kind == "logit_bias":
+        return _logit_bias(value)
     if rule.kind == "seed":
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
@@ -94,6 +101,12 @@ class Sampling:
     0..1, ``top_k`` 0 (off) or more, ``repetition_penalty`` above 0 (1 is off),
     ``max_tokens`` at least 1. Anything else raises
     :class:`~lfm2_edge.errors.InvalidParameterError`.
+
+    ``presence_penalty`` and ``frequency_penalty`` (-2..2) are OpenAI's: subtracted from
+    the logit of every token the answer already holds, once (presence) or once per
+    occurrence (frequency), over the whole answer (not the prompt). ``logit_bias`` maps
+    token ids to a bias (-100..100) added to their logits; -100 bans a token, +100 all but
+    forces it. A mapping is accepted and kept as sorted ``(token, bias)`` pairs.
     """
 
     temperature: float = 0.1
@@ -104,6 +117,9 @@ class Sampling:
     seed: int | None = None
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: LogitBias = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -126,3 +142,42 @@ class Sampling:
                 raise InvalidParameterError(f"unknown sampling option {key!r}{hint}")
         given = {k: check_value(k, v) for k, v in overrides.items() if v is not None}
         return replace(self, **given)
+
+    def check_vocabulary(self, n_vocab: int) -> None:
+        """Refuse a ``logit_bias`` that names a token the model's vocabulary lacks."""
+        bad = [t for t, _ in self.logit_bias if t >= n_vocab]
+        if bad:
+            raise InvalidParameterError(
+                f"logit_bias names token id {bad[0]}, outside this model's vocabulary (ids 0 to {n_vocab - 1})"
+            )
+
+
+def _logit_bias(value: Any) -> LogitBias:
+    """``{token: bias}`` (keys may be digit strings, as JSON writes them) or pairs, checked
+    and sorted by token."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    try:
+        items = list(pairs)
+    except TypeError:
+        raise InvalidParameterError(f"logit_bias must map token ids to biases, not {value!r}") from None
+    out: dict[int, float] = {}
+    for item in items:
+        try:
+            key, bias = item
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"logit_bias must map token ids to biases, not {value!r}") from None
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            raise InvalidParameterError(f"logit_bias keys must be token ids (integers from 0), not {key!r}")
+        if (
+            isinstance(bias, bool)
+            or not isinstance(bias, (int, float))
+            or not math.isfinite(bias)
+            or not -100 <= bias <= 100
+        ):
+            raise InvalidParameterError(
+                f"logit_bias values must be numbers from -100 to 100, not {bias!r} (token {key})"
+            )
+        out[key] = float(bias)
+    return tuple(sorted(out.items()))

@@ -146,7 +146,7 @@ class Engine:
         ``ticket.cancel`` (or closing the iterator) stops the request: a queued one never
         reaches a sequence, a running one frees its sequence at the next step. The ticket
         is released once its sequence is free again."""
-        from lfm2_edge.batching import Job, prepare_chat
+        from lfm2_edge.batching import Job
 
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -166,7 +166,7 @@ class Engine:
                 loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
         try:
-            chat = await asyncio.to_thread(prepare_chat, scheduler.model, request.messages, **request.options)
+            chat = await asyncio.to_thread(scheduler.model.prepare, request.messages, **request.options)
         except BaseException:
             ticket.release()
             raise

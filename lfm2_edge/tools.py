@@ -21,9 +21,11 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.grammars import call_grammar, calls_grammar, schema_grammar
+from lfm2_edge.grammars import literal as _literal
 from lfm2_edge.tokens import (
     SPECIAL_TOOL_TOKENS,
     TOOL_CALL_END,
@@ -46,7 +48,9 @@ __all__ = [
     "TOOL_RESPONSE_START",
     "ParsedAnswer",
     "ToolCall",
+    "ToolPlan",
     "call_grammar",
+    "calls_grammar",
     "format_calls",
     "parse_answer",
     "schema_grammar",
@@ -97,21 +101,6 @@ def tools_system_text(functions: Sequence[Mapping[str, Any]], system: str | None
     listed = ", ".join(json.dumps(fn, ensure_ascii=False) for fn in functions)
     own = (system, template("\n")) if system else ()
     return Prompt.of(*own, template(f"List of tools: {TOOL_LIST_START}"), f"[{listed}]", template(TOOL_LIST_END))
-
-
-def _literal(value: Any) -> str:
-    """A Python literal for a JSON value, strings in double quotes as LFM2 writes them."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if value is None or isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_literal(str(k))}: {_literal(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    raise Lfm2EdgeError(f"a tool argument of type {type(value).__name__} cannot be written")
 
 
 def format_calls(calls: Sequence[Mapping[str, Any]]) -> Prompt:
@@ -199,61 +188,15 @@ def parse_answer(text: str, *, bare: bool = False) -> ParsedAnswer:
     return ParsedAnswer(rest.strip() if found else text, tuple(found))
 
 
-# -- grammars ---------------------------------------------------------------------------
+class ToolPlan(NamedTuple):
+    """How a request uses tools: the functions for the prompt, how to read calls in the
+    answer (``"auto"``: between markers; ``"forced"``: the whole answer, which a grammar
+    made a call list), the grammar, and whether several calls are allowed."""
 
-_PY_VALUE_GBNF = r"""
-value  ::= string | number | "True" | "False" | "None" | list | dict
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ["\\/bfnrt] ){0,64} "\""
-number ::= "-"? ([0-9] | [1-9] [0-9]{0,15}) ("." [0-9]{1,8})?
-list   ::= "[" ( value ( ", " value ){0,15} )? "]"
-dict   ::= "{" ( string ": " value ( ", " string ": " value ){0,15} )? "}"
-"""
-
-
-def call_grammar(function: Mapping[str, Any]) -> str:
-    """A GBNF grammar that forces one call of ``function`` as ``[name(arg=value, ...)]``.
-
-    Argument names come from the function's JSON-schema properties; values are Python
-    literals (what :func:`parse_answer` accepts).
-    """
-    name = function["name"]
-    props = list((function.get("parameters") or {}).get("properties") or {})
-    if props:
-        arg = " | ".join(json.dumps(f"{p}=") for p in props)
-        args = f'( kwarg ( ", " kwarg ){{0,{len(props) - 1}}} )?\nkwarg ::= ( {arg} ) value'
-    else:
-        args = '""'
-    return f'root ::= "[" {json.dumps(name)} "(" args ")]"\nargs ::= {args}\n{_PY_VALUE_GBNF}'
-
-
-def _from_schema(schema: Mapping[str, Any]) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:
-        raise Lfm2EdgeError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
-    # llama-cpp-python's converter lets raw control characters into strings, which JSON forbids
-    return grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
-
-
-def schema_grammar(response_format: Mapping[str, Any]) -> str | None:
-    """A GBNF grammar for an OpenAI ``response_format`` (``json_object`` or ``json_schema``)."""
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    kind = response_format.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        schema = response_format.get("schema")
-        return _from_schema(schema) if isinstance(schema, Mapping) else JSON_GBNF
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise Lfm2EdgeError("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
-        return _from_schema(schema)
-    raise Lfm2EdgeError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
+    functions: list[dict[str, Any]]
+    mode: Literal["auto", "forced"] | None
+    grammar: str | None
+    parallel: bool = True
 
 
 def tool_plan(
@@ -261,24 +204,38 @@ def tool_plan(
     tool_choice: str | Mapping[str, Any] | None,
     response_format: Mapping[str, Any] | None,
     grammar: str | None,
-) -> tuple[list[dict[str, Any]], Literal["auto", "forced"] | None, str | None]:
-    """(functions for the prompt, how to read calls in the answer, grammar) of a request."""
+    *,
+    parallel_tool_calls: bool | None = None,
+) -> ToolPlan:
+    """The :class:`ToolPlan` of a request.
+
+    ``tool_choice`` ``"required"`` forces a call of one of the tools (or several, unless
+    ``parallel_tool_calls`` is false); a named one forces exactly one call of it. Both
+    constrain the arguments to the function's JSON schema (:func:`calls_grammar`).
+    """
+    parallel = parallel_tool_calls is not False
     functions = tool_functions(tools) if tools else []
     mode: Literal["auto", "forced"] | None = "auto" if functions else None
     if response_format is not None:
         if grammar is not None:
             raise Lfm2EdgeError("give response_format or grammar, not both")
         grammar = schema_grammar(response_format)
+    if tool_choice == "required" and not functions:
+        raise Lfm2EdgeError("tool_choice 'required' needs tools")
     if tool_choice in (None, "auto") or not functions:
-        return functions, mode, grammar
+        return ToolPlan(functions, mode, grammar, parallel)
     if tool_choice == "none":
-        return [], None, grammar
+        return ToolPlan([], None, grammar, parallel)
+    if (tool_choice == "required" or isinstance(tool_choice, Mapping)) and grammar is not None:
+        raise Lfm2EdgeError("a required or named tool_choice cannot be combined with response_format or grammar")
+    if tool_choice == "required":
+        return ToolPlan(functions, "forced", calls_grammar(functions, parallel=parallel), parallel)
     if isinstance(tool_choice, Mapping):
         name = (tool_choice.get("function") or {}).get("name")
         chosen = [f for f in functions if f["name"] == name]
         if not chosen:
             raise Lfm2EdgeError(f"tool_choice names {name!r}, which is not among the tools")
-        if grammar is not None:
-            raise Lfm2EdgeError("a named tool_choice cannot be combined with response_format or grammar")
-        return functions, "forced", call_grammar(chosen[0])
-    raise Lfm2EdgeError(f"tool_choice must be 'auto', 'none' or {{'type': 'function', ...}}, not {tool_choice!r}")
+        return ToolPlan(functions, "forced", call_grammar(chosen[0]), False)
+    raise Lfm2EdgeError(
+        f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}"
+    )

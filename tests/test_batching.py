@@ -15,7 +15,7 @@ import pytest
 from lfm2_edge import VisionModel
 from lfm2_edge._llama.batch import Sequences, plan_units
 from lfm2_edge._llama.context import Runtime
-from lfm2_edge.batching import Job, Scheduler, prepare_chat
+from lfm2_edge.batching import Job, Scheduler
 from tests.conftest import noise_image
 
 PROMPTS = [f"Question {i}: tell me about {w}?" for i, w in enumerate(["cats", "dogs", "the sea", "rain", "stars", "a"])]
@@ -37,7 +37,7 @@ def run_all(sch: Scheduler, model: VisionModel, requests: list[tuple[Any, dict[s
         return emit
 
     for i, (messages, options) in enumerate(requests):
-        sch.submit(Job(prepare_chat(model, messages, **options), emitter(i)))
+        sch.submit(Job(model.prepare(messages, **options), emitter(i)))
     assert done.wait(120)
     return [results[i] for i in range(len(requests))]
 
@@ -150,7 +150,7 @@ def test_a_cancelled_request_frees_its_sequence(batched: Any) -> None:
     model, sch = batched
     results: list[Any] = []
     done = threading.Event()
-    job = Job(prepare_chat(model, "Count to a thousand.", temperature=0, max_tokens=4000, stop=[]), lambda k, v: (
+    job = Job(model.prepare("Count to a thousand.", temperature=0, max_tokens=4000, stop=[]), lambda k, v: (
         results.append(k), done.set() if k in ("done", "cancelled", "error") else None))
     sch.submit(job)
     while "piece" not in results:

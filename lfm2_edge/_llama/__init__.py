@@ -3,7 +3,8 @@
 - :mod:`.context`: :class:`Runtime`, a model + context: tokenize, evaluate, save and
   load state, and the decode loop (:meth:`Runtime.generate`)
 - :mod:`.projector`: mtmd's :class:`Projector` and tokenized :class:`PromptChunks`
-- :mod:`.sampler`: llama.cpp sampler chains
+- :mod:`.sampler`: llama.cpp sampler chains, log-probabilities
+- :mod:`.vocab`: scans of a whole vocabulary
 - :mod:`.log`: llama.cpp's and mtmd's log routing (:func:`set_verbose`)
 - :mod:`.ggml`: the ggml backend/device registry, CPU features, build info, threads
 - :mod:`.gguf`: a bounds-checked GGUF header reader (no llama.cpp needed)

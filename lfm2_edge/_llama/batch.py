@@ -20,6 +20,7 @@ import ctypes
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp
 
@@ -165,6 +166,10 @@ class Sequences:
             b.logits[i] = 1
         b.n_tokens = len(entries)
         self._decode()
+
+    def row_logits(self, row: int) -> Any:
+        """The logits of row ``row`` of the last decode (-1: its last)."""
+        return llama_cpp.llama_get_logits_ith(self.rt.ctx, row)
 
     def sample(self, chain: int, row: int) -> int:
         """Sample (and accept) from row ``row`` of the last decode (-1: its last)."""

@@ -18,8 +18,9 @@ import llama_cpp
 
 from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
-from lfm2_edge._llama.sampler import sample_logits, sampler_chain
+from lfm2_edge._llama.sampler import sample_logits, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
+from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens
 from lfm2_edge.caches import EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelClosedError, ModelFileError
 from lfm2_edge.images import LoadedImage
@@ -104,7 +105,7 @@ class Runtime:
         self._markers: MarkerTable | None = None
         self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
         self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
-        self.max_token_bytes = self._longest_token_bytes()
+        self.max_token_bytes = longest_token_bytes(self.vocab, self.n_vocab)
 
     # -- loading -----------------------------------------------------------------
 
@@ -231,16 +232,6 @@ class Runtime:
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
 
-    def _longest_token_bytes(self) -> int:
-        """The longest text any one token stands for (special tokens included, as a
-        prompt's text is tokenized with them): a prompt of N bytes has at least
-        N / this many tokens."""
-        vocab, buf, longest = self.vocab, self._piece_buf, 1
-        for t in range(self.n_vocab):
-            n = llama_cpp.llama_token_to_piece(vocab, t, buf, 256, 0, True)
-            longest = max(longest, n if n >= 0 else -n)
-        return longest
-
     @property
     def min_image_tokens(self) -> int:
         """The fewest positions one image takes (the projector's minimum, else 1)."""
@@ -250,13 +241,7 @@ class Runtime:
     def _partial_utf8_tokens(self) -> list[int]:
         """Tokens whose text is not valid UTF-8 on its own (byte-level pieces); cached."""
         if self._partial_utf8 is None:
-            bad = []
-            for t in range(self.n_vocab):
-                try:
-                    self.token_bytes(t).decode("utf-8")
-                except UnicodeDecodeError:
-                    bad.append(t)
-            self._partial_utf8 = bad
+            self._partial_utf8 = partial_utf8_tokens(self.token_bytes, self.n_vocab)
         return self._partial_utf8
 
     def is_end(self, token: int) -> bool:
@@ -451,23 +436,10 @@ class Runtime:
 
     # -- sampling ----------------------------------------------------------------
 
-    def sampler(
-        self, params: Sampling, *, grammar: str | None = None, penalty_last_n: int = 64
-    ) -> AbstractContextManager[int]:
+    def sampler(self, params: Sampling, *, grammar: str | None = None) -> AbstractContextManager[int]:
         """A sampler chain for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`)."""
-        return sampler_chain(
-            self.vocab,
-            self.n_vocab,
-            self._partial_utf8_tokens,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            repetition_penalty=params.repetition_penalty,
-            seed=params.seed,
-            penalty_last_n=penalty_last_n,
-            grammar=grammar,
-        )
+        params.check_vocabulary(self.n_vocab)
+        return sampler_chain(self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar)
 
     def sample(self, chain: int, logits: ctypes.Array[ctypes.c_float] | None = None) -> int:
         """Sample from the last evaluated position's logits, or from saved ones (and
@@ -475,3 +447,13 @@ class Runtime:
         if logits is None:
             return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
         return sample_logits(chain, logits, self.n_vocab)
+
+    def logprobs(
+        self, token: int, n_top: int, logits: ctypes.Array[ctypes.c_float] | None = None
+    ) -> tuple[float, list[tuple[int, float]]]:
+        """``token``'s log-probability and the ``n_top`` likeliest tokens' under the raw
+        logits it was sampled from: saved ones, else the last evaluated position's (ask
+        before :meth:`generate` is asked for the next token, which evaluates this one)."""
+        return token_logprobs(
+            logits if logits is not None else llama_cpp.llama_get_logits_ith(self.ctx, -1), self.n_vocab, token, n_top
+        )
