@@ -159,7 +159,7 @@ class Scheduler:
                         continue
                     job.seq = self._free.pop(0)
                     admit.append(job)
-            with self.model._lock:
+            with self.model.step_lock:
                 for job in admit:
                     self._active.append(job)
                     self._guard(job, self._start)

@@ -17,6 +17,7 @@ model raises :class:`~lfm2_edge.errors.ModelClosedError`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
@@ -228,6 +229,12 @@ class _LocalModel(AsyncChatMixin):
     @property
     def n_ctx(self) -> int:
         return self._runtime.n_ctx
+
+    @property
+    def step_lock(self) -> threading.Lock:
+        """The lock held for each llama.cpp step on this model; the batched server
+        (:mod:`lfm2_edge.batching`) takes it for each of its steps too."""
+        return self._turns.lock
 
     @property
     def n_ctx_per_seq(self) -> int:

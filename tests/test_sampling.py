@@ -54,7 +54,7 @@ def test_logit_bias_forces_and_bans(vm: VisionModel) -> None:
 
 
 def test_bad_sampling_values_are_clear_errors(vm: VisionModel) -> None:
-    with pytest.raises(Lfm2EdgeError, match="presence_penalty must be a number from -2 to 2"):
+    with pytest.raises(Lfm2EdgeError, match="presence_penalty must be between -2 and 2"):
         vm.chat("x", presence_penalty=2.5)
     with pytest.raises(Lfm2EdgeError, match="frequency_penalty"):
         Sampling(frequency_penalty=-3)
