@@ -34,20 +34,26 @@ def literal(value: Any) -> str:
 
 
 
+# A string argument without maxLength ends within this many characters: a small model
+# (and any model at a high temperature) may otherwise never close it, and the call never
+# parses. A schema's own maxLength overrides it.
+MAX_FREE_STRING = 256
+MAX_FREE_ITEMS = 64  # likewise for a list (or dict) without maxItems
+
 # Python literals as LFM2 writes them (and as :func:`_literal` does): strings in double
 # quotes with JSON's escapes, True / False / None, lists and dicts with ", " and ": ".
 _BASE_GBNF = r"""
 char    ::= [^"\\\x7F\x00-\x1F] | "\\" ["\\bfnrt] | "\\u00" [01] [0-9a-fA-F]
-string  ::= "\"" char* "\""
+string  ::= "\"" char{0,MAX_FREE_STRING} "\""
 integer ::= "-"? ("0" | [1-9] [0-9]{0,15})
 number  ::= integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?
 boolean ::= "True" | "False"
 null    ::= "None"
 value   ::= string | number | boolean | null | list | dict
-list    ::= "[" ( value ( ", " value )* )? "]"
-dict    ::= "{" ( string ": " value ( ", " string ": " value )* )? "}"
+list    ::= "[" ( value ( ", " value ){0,MORE_ITEMS} )? "]"
+dict    ::= "{" ( string ": " value ( ", " string ": " value ){0,MORE_ITEMS} )? "}"
 ident   ::= [a-zA-Z_] [a-zA-Z0-9_]*
-"""
+""".replace("MAX_FREE_STRING", str(MAX_FREE_STRING)).replace("MORE_ITEMS", str(MAX_FREE_ITEMS - 1))
 _TYPE_RULES = {"integer": "integer", "number": "number", "boolean": "boolean", "null": "null"}
 
 
@@ -116,15 +122,17 @@ class _CallGrammar:
             lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
             if not lo and hi is None:
                 return "string"
-            return self.rule(hint, f'"\\"" char{{{lo},{"" if hi is None else int(hi)}}} "\\""')
+            hi = max(lo, MAX_FREE_STRING) if hi is None else int(hi)
+            return self.rule(hint, f'"\\"" char{{{lo},{hi}}} "\\""')
         if kind == "array":
             item = self.value(schema.get("items"), root, f"{hint}-item")
             lo, hi = int(schema.get("minItems", 0)), schema.get("maxItems")
-            more = "*" if hi is None else f"{{0,{max(0, int(hi) - 1)}}}"
+            hi = max(lo, MAX_FREE_ITEMS) if hi is None else int(hi)
+            more = f"{{0,{max(0, hi - 1)}}}"
             if lo:
-                more = f"{{{lo - 1},{'' if hi is None else int(hi) - 1}}}"
+                more = f"{{{lo - 1},{hi - 1}}}"
                 return self.rule(hint, f'"[" {item} ( ", " {item} ){more} "]"')
-            if hi is not None and int(hi) <= 0:
+            if hi <= 0:
                 return '"[]"'
             return self.rule(hint, f'"[" ( {item} ( ", " {item} ){more} )? "]"')
         if kind == "object":

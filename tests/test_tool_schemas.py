@@ -103,6 +103,25 @@ def test_the_issue_example_gets_its_required_arguments(vm: VisionModel) -> None:
         validate(call, [WEATHER])
 
 
+@pytest.mark.slow
+def test_the_issues_example_without_max_length_always_closes(vm: VisionModel) -> None:
+    """get_weather(city: string, days: integer), as a client sends it (no maxLength): with
+    random weights a free string would never close; the grammar's cap ends it."""
+    weather = {**WEATHER, "parameters": {**WEATHER["parameters"], "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}}}}
+    for seed in range(20):
+        result = vm.chat(
+            "Weather?",
+            tools=tools(weather),
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=1.0,
+            seed=seed,
+            max_tokens=600,
+        )
+        (call,) = result.tool_calls
+        validate(call, [weather])
+
+
 @pytest.mark.parametrize("parallel", [None, False])
 def test_required_picks_a_valid_call_of_one_of_the_tools(vm: VisionModel, parallel: bool | None) -> None:
     names = []

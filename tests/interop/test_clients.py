@@ -23,7 +23,6 @@ from pydantic import BaseModel
 from tests.helpers import cli_server, data_uri
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-SCHEMA_XFAIL = pytest.mark.xfail(strict=False, reason="needs schema-bound tool calls")
 IMAGE = [{"type": "text", "text": "What is in this image?"}, {"type": "image_url", "image_url": {"url": data_uri()}}]
 
 
@@ -104,7 +103,6 @@ def test_openai_tools_round_trip(url: str) -> None:
     assert final.choices[0].message.content is not None
 
 
-@SCHEMA_XFAIL
 def test_openai_pydantic_function_tool_parse(url: str) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
@@ -157,7 +155,6 @@ def test_langchain_structured_output_json_schema(url: str) -> None:
     assert isinstance(pet, Pet)
 
 
-@SCHEMA_XFAIL
 def test_langchain_structured_output_function_calling(url: str) -> None:
     pet = _chat(url).with_structured_output(Pet, method="function_calling").invoke("Two cats.")
     assert isinstance(pet, Pet)
@@ -166,7 +163,6 @@ def test_langchain_structured_output_function_calling(url: str) -> None:
 # -- instructor -------------------------------------------------------------------------
 
 
-@SCHEMA_XFAIL
 def test_instructor_default_mode(url: str) -> None:  # Mode.TOOLS: a forced tool call
     instructor = pytest.importorskip("instructor")
     openai = pytest.importorskip("openai")
