@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.filesize import decimal as _size
+from rich.markup import escape
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.progress import Activity
 from lfm2_edge.repl import interactive as _interactive
 
 app = typer.Typer(
@@ -33,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: 0.15]" is text, not a markup tag
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -67,6 +71,24 @@ RefArg = Annotated[
     ),
 ]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Same as MODEL.", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"lfm2-edge {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Run Liquid AI's LFM2-VL vision-language models on your own machine."""
+
+
 MmprojOpt = Annotated[
     Optional[Path], typer.Option("--mmproj", help="Vision projector GGUF [default: the model's own].")
 ]
@@ -158,7 +180,15 @@ def chat(
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Per-answer figures on stderr (durations, tokens/s, image tiles); twice (-vv): llama.cpp's log too.",
+        ),
+    ] = 0,
 ) -> None:
     """Chat about images: answer --prompt once, or open an interactive session.
 
@@ -171,12 +201,16 @@ def chat(
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
+    if prompt == "-":  # the prompt is stdin's text
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            fail("-p - read an empty prompt from stdin")
     repetition_penalty = _either(repetition_penalty, repeat_penalty)
     min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
     max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
     if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
         fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
-    set_verbose(verbose)
+    set_verbose(verbose >= 2)
     sampling: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
@@ -202,29 +236,49 @@ def chat(
             from lfm2_edge.remote import RemoteModel
 
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
+                label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    _answer_once(remote, remote.endpoint, prompt, images, sampling, as_json)
+                    _answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
                 else:
-                    _interactive(remote, images, sampling)
+                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
             return
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        label = _label(resolved)
         if images and resolved.mmproj_path is None:
             fail(
                 f"{resolved.ref.display} has no vision projector: give --mmproj, the mmproj GGUF that "
                 "belongs to the model, or use an LFM2-VL model"
             )
-        vm = VisionModel.from_resolved(
-            resolved,
-            **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
-            **{k: v for k, v in overrides.items() if v is not None},
-        )
+        t_load = time.perf_counter()
+        with Activity(err, show=err.is_terminal) as loading:
+            loading.say(f"loading {label}…")
+            vm = VisionModel.from_resolved(
+                resolved,
+                **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
+                **{k: v for k, v in overrides.items() if v is not None},
+            )
+            if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
+                vm.close()
+                raise typer.Exit(130)
+        load_s = time.perf_counter() - t_load
         if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
             err.print(f"note: {vm.gpu_notice}")
         with vm:
             if prompt is not None:
-                _answer_once(vm, str(vm.model_path), prompt, images, sampling, as_json)
+                _answer_once(
+                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                )
             else:
-                _interactive(vm, images, sampling)
+                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+
+
+def _label(resolved: Any) -> str:
+    """The model as the user named it: ``NAME:QUANT``, ``REPO:QUANT`` or the file's path."""
+    ref = resolved.ref
+    if ref.is_local:
+        return str(ref.text)
+    base = ref.entry.name if ref.entry else ref.repo
+    return f"{base}:{resolved.quant}" if resolved.quant else str(ref.display)
 
 
 def _schema(path: Path) -> Any:
@@ -243,20 +297,69 @@ def _schema(path: Path) -> Any:
 
 
 def _answer_once(
-    vm: Any, label: str, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool
+    vm: Any,
+    label: str,
+    prompt: str,
+    images: list[Any],
+    sampling: dict[str, Any],
+    as_json: bool,
+    *,
+    verbose: bool = False,
+    load_s: float | None = None,
+    schema: Path | None = None,
 ) -> None:
+    """Answer ``prompt`` once: streamed to stdout, or as one JSON object. Ctrl-C stops
+    the answer (also while an image is encoded) and exits 130."""
+    from lfm2_edge.repl import answer_stats
+
+    activity = Activity(err, show=err.is_terminal)
+    if hasattr(vm, "on_progress"):
+        vm.on_progress = activity.on_progress
+    start = time.perf_counter()
+    stream = None
+    stopped = False
+    with activity:
+        activity.say("thinking…")
+        try:
+            stream = vm.chat(prompt, images=images, stream=True, **sampling)
+            for piece in stream:
+                activity.done()
+                if not as_json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                activity.check()
+        except KeyboardInterrupt:
+            stopped = True
+            if stream is not None:
+                stream.close()
+    result = stream.result if stream is not None else None
+    if not as_json and (result is not None or stopped):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if stopped:
+        err.print("[dim](stopped)[/]")
+        raise typer.Exit(130)
+    assert result is not None
     if as_json:
-        result = vm.chat(prompt, images=images, **sampling)
-        _emit_json({"model": label, **result.to_dict()})
-        return
-    stream = vm.chat(prompt, images=images, stream=True, **sampling)
-    try:
-        for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        stream.close()
-    sys.stdout.write("\n")
+        _emit_json({"model": label, **_result_json(result, load_s)})
+    elif verbose:
+        err.print(answer_stats(result, time.perf_counter() - start, load_s), markup=False, highlight=False)
+    if schema is not None and result.finish_reason == "length":
+        err.print(
+            f"[bold red]error:[/] the answer reached --max-tokens ({sampling['max_tokens']}) before its JSON "
+            "ended, so it is not valid JSON; give a larger --max-tokens"
+        )
+        raise typer.Exit(1)
+
+
+def _result_json(result: Any, load_s: float | None) -> dict[str, Any]:
+    """``ChatResult.to_dict()`` with times rounded to 0.1 ms and the load time added."""
+    data = result.to_dict()
+    timings = {k: round(v, 1) if k.endswith("_ms") else v for k, v in data["timings"].items()}
+    if load_s is not None:
+        timings = {"load_ms": round(load_s * 1000, 1), **timings}
+    data["timings"] = timings
+    return dict(data)
 
 
 @app.command()
@@ -601,7 +704,29 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def main() -> None:
-    app()
+    """The entry point: usage errors are one line on stderr and exit code 2."""
+    # typer vendors click; its exceptions live there (and are click's own in older typers)
+    try:
+        import typer._click.exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        import click.exceptions as click_errors  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `lfm2-edge` alone: the help
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        code = 0
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "lfm2-edge"
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())} (see {where} --help)")
+        code = exc.exit_code
+    except typer.Abort:  # Ctrl-C outside an answer
+        sys.stderr.write("\n")
+        code = 130
+    except click_errors.ClickException as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}")
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

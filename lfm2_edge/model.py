@@ -11,7 +11,7 @@ import codecs
 import os
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
@@ -107,6 +107,9 @@ class _LocalModel:
         self.allow_remote_images = allow_remote_images
         self.allow_private_urls = allow_private_urls
         self._lock = threading.Lock()
+        # on_progress(stage, i, n): before each image tile ("image") and prompt batch
+        # ("prefill") is evaluated; raising from it stops the prompt there.
+        self.on_progress: Callable[[str, int, int], None] | None = None
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -289,6 +292,7 @@ class _LocalModel:
     ) -> Generator[str, None, ChatResult]:
         with self._lock:
             rt = self._runtime
+            rt.on_progress = self.on_progress
             t_start = time.perf_counter()
             encodes_before = self.image_encodes
             pre = prefill(rt, self._states, prompt, images)
