@@ -397,26 +397,33 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 def doctor(
     ref: Annotated[
         Optional[str],
-        typer.Argument(metavar="[MODEL]", help="Also estimate (and with --measure, measure) this model's memory."),
+        typer.Argument(
+            metavar="[MODEL]",
+            help="Also estimate this model's memory (from the catalog or the cache: nothing is downloaded).",
+        ),
     ] = None,
+    model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context size to plan for.")] = 4096,
     measure: Annotated[bool, typer.Option(help="Run one image chat with MODEL and report its peak RSS.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
-    from lfm2_edge.doctor import estimate_memory, measure_peak_rss, system_report
+    from lfm2_edge.doctor import measure_peak_rss, system_report
 
+    ref = _model_ref(ref, model)
+    if measure and ref is None:
+        fail("--measure needs a MODEL to run (lfm2-edge doctor LFM2-VL-450M --measure)")
     report = system_report(n_ctx=ctx)
     if ref is not None:
         with user_errors():
-            resolved = _hub().resolve(ref, mmproj=mmproj)
-            est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-            report["model"] = {"name": resolved.ref.display, "estimate_mib": est.to_dict()}
+            report["model"] = _doctor_model(ref, mmproj, ctx, download=measure)
             if measure:
+                resolved = _hub().resolve(ref, mmproj=mmproj)
+                est_total = report["model"]["estimate_mib"]["total"] * 2**20
                 rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
                 report["model"]["measured_peak_rss_mib"] = round(rss / 2**20, 1)
-                report["model"]["estimate_error_pct"] = round(100 * (est.total - rss) / rss, 1)
+                report["model"]["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
     if as_json:
         _emit_json(report)
         return
@@ -436,19 +443,49 @@ def doctor(
         (
             "recommended",
             f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
-            f"~{rec['estimate_mib']['total']:.0f} MiB, {rec['headroom_mib']} MiB left over",
+            f"~{rec['estimate_mib']['total']:.0f} MiB"
+            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
         ),
+        ("try", rec["command"] + " -i photo.jpg"),
     ]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
     if "model" in report:
         m = report["model"]
-        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx}"
+        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
         if "measured_peak_rss_mib" in m:
             text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
         lines.append((m["name"], text))
     for key, value in lines:
         out.print(f"[bold]{key}[/]: {value}")
+
+
+def _doctor_model(ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+    """The memory estimate for ``ref``: from its files when they are here (or ``download``),
+    else from the catalog's published shapes, without a download."""
+    from lfm2_edge.catalog import parse_ref
+    from lfm2_edge.doctor import estimate_memory, estimate_spec, repacks
+
+    hub = _hub()
+    parsed = parse_ref(ref)
+    cached = parsed.is_local or hub._cached_choice(parsed) is not None
+    if cached or download or parsed.entry is None or parsed.entry.arch is None:
+        if not (cached or download):
+            fail(
+                f"{parsed.display} is not in the cache and the catalog has no shapes for it; "
+                f"`lfm2-edge pull {parsed.display}` first, or add --measure"
+            )
+        resolved = hub.resolve(parsed, mmproj=mmproj)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
+    quant = parsed.quant or parsed.entry.default_quant
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    return {
+        "name": f"{parsed.entry.name}:{quant}",
+        "estimate_mib": est.to_dict(),
+        "source": "from the catalog's shapes; not downloaded",
+    }
 
 
 @app.command()
@@ -563,11 +600,12 @@ def _model_names(resolved: Any) -> list[str]:
 @app.command()
 def pull(
     ref: RefArg = None,
+    model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Download a model and its vision projector into the hub cache (or check the cached copy)."""
     with user_errors():
-        resolved = _hub().pull(ref)
+        resolved = _hub().pull(_model_ref(ref, model))
     files = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None]
     if as_json:
         _emit_json(
@@ -624,11 +662,17 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
 @app.command("rm")
 def remove(
-    ref: Annotated[str, typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")],
+    ref: Annotated[
+        Optional[str], typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")
+    ] = None,
+    model: ModelOpt = None,
 ) -> None:
     """Remove a cached model (one quant, or every file of the model when no quant is named)."""
     from lfm2_edge.hub import Hub
 
+    ref = _model_ref(ref, model)
+    if ref is None:
+        fail("rm needs a MODEL (lfm2-edge models lists them)")
     with user_errors():
         removed = Hub().remove(ref)
     for f in removed:
@@ -644,6 +688,9 @@ def bench(
             help="Model references or .gguf files [default: the synthetic 450M-shaped F16, Q8_0, Q4_0].",
             show_default=False,
         ),
+    ] = None,
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", "-m", help="Same as MODEL (repeatable).", show_default=False)
     ] = None,
     mmproj: MmprojOpt = None,
     repeat: Annotated[int, typer.Option(min=1, help="Runs per figure; the median is reported.")] = 3,
@@ -661,6 +708,7 @@ def bench(
 
     if flash_attn not in ("auto", "on", "off"):
         fail(f"--flash-attn must be auto, on or off (got {flash_attn!r})")
+    models = [*(models or []), *(model or [])]
     refs = models or [str(DEFAULT_MODEL_DIR / f"model-{q}.gguf") for q in ("F16", "Q8_0", "Q4_0")]
     if not models and not all(Path(r).is_file() for r in refs):
         fail(f"no benchmark models in {DEFAULT_MODEL_DIR}; {GET_MODELS}")

@@ -231,3 +231,61 @@ def test_schema_that_is_not_a_small_regular_file_is_one_line_at_once(tmp_path: P
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "--schema" in lines[0] and str(schema) in lines[0], lines[0]
+
+
+def test_a_hub_that_never_answers_times_out_with_a_way_out(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "HF_HUB_CACHE": str(tmp_path),
+            "HF_HUB_ETAG_TIMEOUT": "1",
+        }
+        env.pop("HF_HUB_OFFLINE", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "lfm2_edge.cli", "chat", "LFM2-VL-450M", "-p", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "did not answer within 1 s" in line and "LiquidAI/LFM2-VL-450M-GGUF" in line
+    assert "HF_HUB_OFFLINE=1" in line and ".gguf path" in line
+
+
+def test_doctor_estimates_a_model_without_downloading_it(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)}  # no hub at all
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", "doctor", "--model", "LFM2.5-VL-1.6B", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"]["name"] == "LFM2.5-VL-1.6B:Q4_0" and "not downloaded" in data["model"]["source"]
+    rec = data["recommendation"]
+    assert rec["command"].startswith("lfm2-edge chat LFM2") and "reserve_mib" in rec
+    if not data["gpus"]:  # a CPU: the speed is estimated, and Q4_0 is the fast quant there
+        assert rec["expected_tok_s"] > 0 and rec["model"].endswith(":Q4_0")
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+    text = run("doctor").stdout
+    assert "left over" not in text and "kept in reserve" in text and "try: lfm2-edge chat " in text
+
+
+def test_every_model_command_takes_model_as_an_option(tmp_path: Path) -> None:
+    measure = run("doctor", "--measure")
+    assert measure.returncode == 2 and "--measure needs a MODEL" in measure.stderr
+    for args in (["pull", "--model", str(tmp_path / "x.gguf")], ["rm", "--model", "LFM2-VL-450M:Q8_0"]):
+        result = run(*args)
+        assert "No such option" not in result.stderr, (args, result.stderr)
+    bench = run("bench", "--model", str(tmp_path / "model-Q4_0.gguf"))
+    assert bench.returncode == 2 and "run `make models`" in bench.stderr
