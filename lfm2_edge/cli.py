@@ -414,16 +414,19 @@ def doctor(
     ref = _model_ref(ref, model)
     if measure and ref is None:
         fail("--measure needs a MODEL to run (lfm2-edge doctor LFM2-VL-450M --measure)")
-    report = system_report(n_ctx=ctx)
+    checked: dict[str, Any] | None = None
     if ref is not None:
         with user_errors():
-            report["model"] = _doctor_model(ref, mmproj, ctx, download=measure)
-            if measure:
+            checked = _doctor_model(ref, mmproj, ctx, download=measure)
+            if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
                 resolved = _hub().resolve(ref, mmproj=mmproj)
-                est_total = report["model"]["estimate_mib"]["total"] * 2**20
+                est_total = checked["estimate_mib"]["total"] * 2**20
                 rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-                report["model"]["measured_peak_rss_mib"] = round(rss / 2**20, 1)
-                report["model"]["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
+                checked["measured_peak_rss_mib"] = round(rss / 2**20, 1)
+                checked["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
+    report = system_report(n_ctx=ctx)
+    if checked is not None:
+        report["model"] = checked
     if as_json:
         _emit_json(report)
         return

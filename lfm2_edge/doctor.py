@@ -161,13 +161,13 @@ MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choic
 
 
 def memory_bandwidth() -> float:
-    """Bytes per second this device copies memory at (the best of a few 128 MiB copies):
+    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
     what a decode step, which reads every weight once, is bound by on a CPU."""
     import time
 
     import numpy as np
 
-    src = np.ones(16 * MIB, dtype=np.float64)
+    src = np.ones(8 * MIB, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
     dst = np.empty_like(src)
     best = float("inf")
     for _ in range(3):
