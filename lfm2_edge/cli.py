@@ -631,9 +631,7 @@ def pull(
 
 @app.command("models")
 def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the models in the cache: name, quant, size and path."""
-    from rich.table import Table
-
+    """List the models in the cache: NAME:QUANT, size (with its projector) and path."""
     from lfm2_edge.hub import Hub
 
     hub = Hub()
@@ -657,9 +655,23 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     if not files:
         err.print(f"no models in {hub.cache_dir}; `lfm2-edge pull LFM2-VL-450M` fetches the default one")
         return
-    table = Table("model", "quant", "kind", "size", "path", title=f"models in {hub.cache_dir}")
-    for f in files:
-        table.add_row(f.name, f.quant or "?", "mmproj" if f.is_mmproj else "model", _size(f.size), str(f.path))
+    rows = []
+    for f in (f for f in files if not f.is_mmproj):
+        proj = [p for p in files if p.is_mmproj and p.repo == f.repo]
+        size = f.size + (proj[0].size if proj else 0)
+        vision = f"+ {Path(proj[0].filename).name}" if proj else "text only"
+        rows.append((f"{f.name}:{f.quant}" if f.quant else f.name, _size(size), vision, str(f.path)))
+    if not sys.stdout.isatty():  # for scripts and pipes: whole values, tab-separated
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table("model", "size", "projector", "path", title=f"models in {hub.cache_dir}")
+    for row in rows:
+        table.add_row(*row)
+    for column in table.columns:
+        column.overflow = "fold"  # never "…": a path is copied from here
     Console(highlight=False).print(table)
 
 

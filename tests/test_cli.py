@@ -289,3 +289,22 @@ def test_every_model_command_takes_model_as_an_option(tmp_path: Path) -> None:
         assert "No such option" not in result.stderr, (args, result.stderr)
     bench = run("bench", "--model", str(tmp_path / "model-Q4_0.gguf"))
     assert bench.returncode == 2 and "run `make models`" in bench.stderr
+
+
+def test_models_lists_one_row_per_quant_with_whole_paths_when_piped(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    repo = tmp_path / "models--LiquidAI--LFM2-VL-450M-GGUF"
+    snap = repo / "snapshots" / ("a" * 40) / "a-rather-long-directory-name-so-that-a-table-would-cut-it"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name, src in (("LFM2-VL-450M-Q8_0.gguf", "F16"), ("mmproj-LFM2-VL-450M-F16.gguf", "mmproj")):
+        (snap / name).write_bytes(tiny[src].read_bytes())
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "COLUMNS": "60"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", "models"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()  # the mmproj is not a row of its own
+    name, _size, projector, path = line.split("\t")
+    assert name == "LFM2-VL-450M:Q8_0" and projector == "+ mmproj-LFM2-VL-450M-F16.gguf"
+    assert path == str(snap / "LFM2-VL-450M-Q8_0.gguf") and "…" not in result.stdout
