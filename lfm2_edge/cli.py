@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -497,7 +498,10 @@ def serve(
     model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port (see the ready line).")] = 8000,
+    parent_pid: Annotated[
+        Optional[int], typer.Option(help="Exit when this process ends (for an app that runs serve as a sidecar).")
+    ] = None,
     api_key: Annotated[
         Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="Require Authorization: Bearer KEY on /v1.")
     ] = None,
@@ -526,9 +530,11 @@ def serve(
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per instance.")] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
-    import uvicorn
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
 
+    Once it accepts connections it writes one JSON line on stdout:
+    {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
+    """
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.model import VisionModel
     from lfm2_edge.server import ServerConfig, create_app
@@ -572,12 +578,69 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    err.print(f"serving {names[0]} at http://{host}:{port}/v1 ({n_parallel} instance(s), Ctrl-C to stop)")
+    _run_server(app_, host, port, names[0], n_parallel, verbose=verbose, parent_pid=parent_pid)
+
+
+def _run_server(
+    app_: Any, host: str, port: int, name: str, n_parallel: int, *, verbose: bool, parent_pid: int | None
+) -> None:
+    """Bind (``port`` 0: any free port), serve, and write one JSON line on stdout once
+    connections are accepted: ``{"event": "ready", "url": ..., "port": ..., "pid": ...}``.
+    With ``parent_pid``, shut down (finishing the answers in flight) when that process ends."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror}); --port 0 picks a free port")
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    url = f"http://{shown}:{port}/v1"
+    config = uvicorn.Config(app_, log_level="info" if verbose else "warning", access_log=verbose)
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started:
+            _emit_json({"event": "ready", "url": url, "port": port, "pid": os.getpid()})
+            err.print(f"serving {name} at {url} ({n_parallel} instance(s), Ctrl-C to stop)")
+
+    def watch_parent() -> None:
+        assert parent_pid is not None
+        while not server.should_exit:
+            if not _alive(parent_pid):
+                err.print(f"parent process {parent_pid} is gone: shutting down")
+                server.should_exit = True
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=announce, daemon=True).start()
+    if parent_pid is not None:
+        if not _alive(parent_pid):
+            fail(f"--parent-pid {parent_pid}: no such process")
+        threading.Thread(target=watch_parent, daemon=True).start()
     # uvicorn finishes in-flight answers on SIGTERM / Ctrl-C, then re-raises the signal;
     # catch it so that a clean shutdown exits 0 (systemd reads anything else as a failure).
     signal.signal(signal.SIGTERM, lambda *_: None)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose)
+        server.run(sockets=[sock])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:

@@ -308,3 +308,33 @@ def test_models_lists_one_row_per_quant_with_whole_paths_when_piped(tmp_path: Pa
     name, _size, projector, path = line.split("\t")
     assert name == "LFM2-VL-450M:Q8_0" and projector == "+ mmproj-LFM2-VL-450M-F16.gguf"
     assert path == str(snap / "LFM2-VL-450M-Q8_0.gguf") and "…" not in result.stdout
+
+
+def test_serve_as_a_sidecar_port_0_ready_line_and_parent_pid(tiny: dict[str, Path]) -> None:
+    import time
+    import urllib.request
+
+    parent = subprocess.Popen(["sleep", "60"])
+    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", "0", "--parent-pid", str(parent.pid)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lfm2_edge.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready" and ready["port"] > 0 and ready["pid"] == proc.pid
+        assert ready["url"] == f"http://127.0.0.1:{ready['port']}/v1"
+        with urllib.request.urlopen(ready["url"].removesuffix("/v1") + "/health", timeout=10) as r:
+            assert r.status == 200
+        parent.kill()
+        parent.wait()
+        t0 = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        parent.kill()
+        proc.kill()
