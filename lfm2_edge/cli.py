@@ -388,7 +388,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     out = Console(highlight=False)
     for key, value in data.items():
         if key == "devices":
-            value = "; ".join(f"{d.name} ({d.type}, {d.description}, {_size(d.memory_total)})" for d in devices)
+            value = "; ".join(f"{d.name} ({d.type}, {d.description}, {d.memory_total // 2**20} MiB)" for d in devices)
         elif isinstance(value, list):
             value = ", ".join(value)
         out.print(f"[bold]{key}[/]: {value}")
@@ -805,7 +805,9 @@ def bench(
             resolved = _hub().resolve(ref, mmproj=mmproj)
             name = Path(ref).name if resolved.ref.is_local else resolved.ref.display
             targets.append(BenchTarget(name, resolved.model_path, resolved.mmproj_path))
-        results = run_bench(targets, config)
+        status = err.status("benchmarking…", spinner="dots") if err.is_terminal else contextlib.nullcontext()
+        with status as shown:
+            results = run_bench(targets, config, on_step=shown.update if shown is not None else None)
     failed = [r for r in results if "error" in r]
     if as_json:
         _emit_json({"repeat": repeat, "config": {"batch": batch, "flash_attn": flash_attn}, "results": results})

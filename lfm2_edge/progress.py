@@ -125,5 +125,5 @@ class Activity:
         self.check()
         if stage == "image":
             self.say(f"encoding the image: tile {done + 1} of {total}")
-        elif stage == "prefill":
+        elif stage == "prefill" and total >= 64:  # not the few tokens between two tiles
             self.say(f"reading the prompt: {done} of {total} tokens")
