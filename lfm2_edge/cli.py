@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from rich.filesize import decimal as _size
 from rich.markup import escape
 
 from lfm2_edge import __version__
+from lfm2_edge.answer import answer_once
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
 from lfm2_edge.progress import Activity
 from lfm2_edge.repl import interactive as _interactive
@@ -239,7 +238,9 @@ def chat(
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    _answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    if code:
+                        raise typer.Exit(code)
                 else:
                     _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
             return
@@ -266,9 +267,11 @@ def chat(
             err.print(f"note: {vm.gpu_notice}")
         with vm:
             if prompt is not None:
-                _answer_once(
+                code = answer_once(
                     vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
                 )
+                if code:
+                    raise typer.Exit(code)
             else:
                 _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
 
@@ -295,72 +298,6 @@ def _schema(path: Path) -> Any:
     if not isinstance(data, dict):
         fail(f"--schema {path} must hold a JSON schema object")
     return data
-
-
-def _answer_once(
-    vm: Any,
-    label: str,
-    prompt: str,
-    images: list[Any],
-    sampling: dict[str, Any],
-    as_json: bool,
-    *,
-    verbose: bool = False,
-    load_s: float | None = None,
-    schema: Path | None = None,
-) -> None:
-    """Answer ``prompt`` once: streamed to stdout, or as one JSON object. Ctrl-C stops
-    the answer (also while an image is encoded) and exits 130."""
-    from lfm2_edge.repl import answer_stats
-
-    activity = Activity(err, show=err.is_terminal)
-    if hasattr(vm, "on_progress"):
-        vm.on_progress = activity.on_progress
-    start = time.perf_counter()
-    stream = None
-    stopped = False
-    with activity:
-        activity.say("thinking…")
-        try:
-            stream = vm.chat(prompt, images=images, stream=True, **sampling)
-            for piece in stream:
-                activity.done()
-                if not as_json:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                activity.check()
-        except KeyboardInterrupt:
-            stopped = True
-            if stream is not None:
-                stream.close()
-    result = stream.result if stream is not None else None
-    if not as_json and (result is not None or stopped):
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    if stopped:
-        err.print("[dim](stopped)[/]")
-        raise typer.Exit(130)
-    assert result is not None
-    if as_json:
-        _emit_json({"model": label, **_result_json(result, load_s)})
-    elif verbose:
-        err.print(answer_stats(result, time.perf_counter() - start, load_s), markup=False, highlight=False)
-    if schema is not None and result.finish_reason == "length":
-        err.print(
-            f"[bold red]error:[/] the answer reached --max-tokens ({sampling['max_tokens']}) before its JSON "
-            "ended, so it is not valid JSON; give a larger --max-tokens"
-        )
-        raise typer.Exit(1)
-
-
-def _result_json(result: Any, load_s: float | None) -> dict[str, Any]:
-    """``ChatResult.to_dict()`` with times rounded to 0.1 ms and the load time added."""
-    data = result.to_dict()
-    timings = {k: round(v, 1) if k.endswith("_ms") else v for k, v in data["timings"].items()}
-    if load_s is not None:
-        timings = {"load_ms": round(load_s * 1000, 1), **timings}
-    data["timings"] = timings
-    return dict(data)
 
 
 @app.command()
@@ -410,7 +347,7 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
-    from lfm2_edge.doctor import measure_peak_rss, system_report
+    from lfm2_edge.doctor import measure_peak_rss, model_estimate, report_lines, system_report
 
     ref = _model_ref(ref, model)
     if measure and ref is None:
@@ -418,7 +355,7 @@ def doctor(
     checked: dict[str, Any] | None = None
     if ref is not None:
         with user_errors():
-            checked = _doctor_model(ref, mmproj, ctx, download=measure)
+            checked = model_estimate(_hub(), ref, mmproj, ctx, download=measure)
             if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
                 resolved = _hub().resolve(ref, mmproj=mmproj)
                 est_total = checked["estimate_mib"]["total"] * 2**20
@@ -432,64 +369,8 @@ def doctor(
         _emit_json(report)
         return
     out = Console(highlight=False, soft_wrap=True)
-    rec = report["recommendation"]
-    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
-    lines = [
-        (
-            "CPU",
-            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
-            f"{report['cores_logical']} logical cores",
-        ),
-        ("SIMD", " ".join(report["simd"])),
-        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
-        ("GPUs", gpus),
-        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
-        (
-            "recommended",
-            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
-            f"~{rec['estimate_mib']['total']:.0f} MiB"
-            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
-            + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
-        ),
-        ("try", rec["command"] + " -i photo.jpg"),
-    ]
-    if "warning" in rec:
-        lines.append(("warning", rec["warning"]))
-    if "model" in report:
-        m = report["model"]
-        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
-        if "measured_peak_rss_mib" in m:
-            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
-        lines.append((m["name"], text))
-    for key, value in lines:
+    for key, value in report_lines(report, ctx):
         out.print(f"[bold]{key}[/]: {value}")
-
-
-def _doctor_model(ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
-    """The memory estimate for ``ref``: from its files when they are here (or ``download``),
-    else from the catalog's published shapes, without a download."""
-    from lfm2_edge.catalog import parse_ref
-    from lfm2_edge.doctor import estimate_memory, estimate_spec, repacks
-
-    hub = _hub()
-    parsed = parse_ref(ref)
-    cached = parsed.is_local or hub._cached_choice(parsed) is not None
-    if cached or download or parsed.entry is None or parsed.entry.arch is None:
-        if not (cached or download):
-            fail(
-                f"{parsed.display} is not in the cache and the catalog has no shapes for it; "
-                f"`lfm2-edge pull {parsed.display}` first, or add --measure"
-            )
-        resolved = hub.resolve(parsed, mmproj=mmproj)
-        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-        return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
-    quant = parsed.quant or parsed.entry.default_quant
-    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
-    return {
-        "name": f"{parsed.entry.name}:{quant}",
-        "estimate_mib": est.to_dict(),
-        "source": "from the catalog's shapes; not downloaded",
-    }
 
 
 @app.command()
@@ -578,69 +459,10 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    _run_server(app_, host, port, names[0], n_parallel, verbose=verbose, parent_pid=parent_pid)
+    from lfm2_edge.sidecar import run_server
 
-
-def _run_server(
-    app_: Any, host: str, port: int, name: str, n_parallel: int, *, verbose: bool, parent_pid: int | None
-) -> None:
-    """Bind (``port`` 0: any free port), serve, and write one JSON line on stdout once
-    connections are accepted: ``{"event": "ready", "url": ..., "port": ..., "pid": ...}``.
-    With ``parent_pid``, shut down (finishing the answers in flight) when that process ends."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port} ({exc.strerror}); --port 0 picks a free port")
-    port = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    url = f"http://{shown}:{port}/v1"
-    config = uvicorn.Config(app_, log_level="info" if verbose else "warning", access_log=verbose)
-    server = uvicorn.Server(config)
-
-    def announce() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.02)
-        if server.started:
-            _emit_json({"event": "ready", "url": url, "port": port, "pid": os.getpid()})
-            err.print(f"serving {name} at {url} ({n_parallel} instance(s), Ctrl-C to stop)")
-
-    def watch_parent() -> None:
-        assert parent_pid is not None
-        while not server.should_exit:
-            if not _alive(parent_pid):
-                err.print(f"parent process {parent_pid} is gone: shutting down")
-                server.should_exit = True
-                return
-            time.sleep(0.5)
-
-    threading.Thread(target=announce, daemon=True).start()
-    if parent_pid is not None:
-        if not _alive(parent_pid):
-            fail(f"--parent-pid {parent_pid}: no such process")
-        threading.Thread(target=watch_parent, daemon=True).start()
-    # uvicorn finishes in-flight answers on SIGTERM / Ctrl-C, then re-raises the signal;
-    # catch it so that a clean shutdown exits 0 (systemd reads anything else as a failure).
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+    with user_errors():
+        run_server(app_, host, port, names[0], n_parallel, verbose=verbose, parent_pid=parent_pid)
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:

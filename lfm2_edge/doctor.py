@@ -33,8 +33,10 @@ __all__ = [
     "expected_tok_s",
     "measure_peak_rss",
     "memory_bandwidth",
+    "model_estimate",
     "preference",
     "recommend",
+    "report_lines",
     "system_report",
 ]
 
@@ -322,4 +324,64 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
         "recommendation": rec,
+    }
+
+
+def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
+    """``doctor``'s report as (label, text) lines for a terminal."""
+    rec = report["recommendation"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    lines = [
+        (
+            "CPU",
+            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
+            f"{report['cores_logical']} logical cores",
+        ),
+        ("SIMD", " ".join(report["simd"])),
+        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
+        ("GPUs", gpus),
+        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
+        (
+            "recommended",
+            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
+            f"~{rec['estimate_mib']['total']:.0f} MiB"
+            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
+        ),
+        ("try", rec["command"] + " -i photo.jpg"),
+    ]
+    if "warning" in rec:
+        lines.append(("warning", rec["warning"]))
+    if "model" in report:
+        m = report["model"]
+        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
+        if "measured_peak_rss_mib" in m:
+            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
+        lines.append((m["name"], text))
+    return lines
+
+
+def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+    """The memory estimate for ``ref``: from its files when they are here (or ``download``),
+    else from the catalog's published shapes, without a download."""
+    from lfm2_edge.catalog import parse_ref
+    from lfm2_edge.errors import ModelFileError
+
+    parsed = parse_ref(ref)
+    cached = parsed.is_local or hub._cached_choice(parsed) is not None
+    if cached or download or parsed.entry is None or parsed.entry.arch is None:
+        if not (cached or download):
+            raise ModelFileError(
+                f"{parsed.display} is not in the cache and the catalog has no shapes for it; "
+                f"`lfm2-edge pull {parsed.display}` first, or add --measure"
+            )
+        resolved = hub.resolve(parsed, mmproj=mmproj)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
+    quant = parsed.quant or parsed.entry.default_quant
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    return {
+        "name": f"{parsed.entry.name}:{quant}",
+        "estimate_mib": est.to_dict(),
+        "source": "from the catalog's shapes; not downloaded",
     }

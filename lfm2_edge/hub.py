@@ -319,8 +319,8 @@ class Hub:
         from huggingface_hub import errors as hf
 
         offline_hint = (
-            f"could not get {what}; a model already in the cache runs without the hub (HF_HUB_OFFLINE=1 "
-            "skips it), and so does a local .gguf path (lfm2-edge chat ./model.gguf --mmproj ./mmproj.gguf)"
+            f"could not get {what}; models already pulled run without it (HF_HUB_OFFLINE=1 skips the hub), "
+            "and so does a local .gguf path (lfm2-edge chat ./model.gguf --mmproj ./mmproj.gguf)"
         )
         try:
             yield

@@ -32,11 +32,12 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from lfm2_edge.answer import answer_stats
 from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 from lfm2_edge.progress import Activity
 from lfm2_edge.session import ChatSession
 
-__all__ = ["HELP", "answer_stats", "extract_image_paths", "interactive"]
+__all__ = ["HELP", "extract_image_paths", "interactive"]
 
 HELP = """Available commands:
   /image PATH...     Attach images to your next message (or type or drop a path into it)
@@ -103,32 +104,6 @@ def _image_args(rest: str) -> list[str]:
         return shlex.split(rest)
     except ValueError:  # an unbalanced quote: take the text as one path
         return [rest.strip().strip("'\"")]
-
-
-def answer_stats(result: Any, wall_s: float, load_s: float | None = None) -> str:
-    """``ollama run --verbose``'s figures for one answer."""
-    u, t = result.usage, result.timings
-    rows: list[tuple[str, str]] = [("total duration", f"{wall_s:.2f}s")]
-    if load_s is not None:
-        rows.append(("load duration", f"{load_s:.2f}s"))
-    evaluated = u.prompt_tokens - u.cached_tokens
-    detail = f" ({u.image_tokens} image, {u.cached_tokens} cached)" if u.image_tokens or u.cached_tokens else ""
-    rows += [
-        ("prompt eval count", f"{u.prompt_tokens} token(s){detail}"),
-        ("prompt eval duration", f"{t.prompt_ms / 1000:.2f}s"),
-        (
-            "prompt eval rate",
-            f"{evaluated / (t.prompt_ms / 1000):.2f} tokens/s" if t.prompt_ms > 0 and evaluated else "-",
-        ),
-    ]
-    if u.image_tokens:
-        rows.append(("image encode", f"{u.image_encodes} tile(s) encoded, {t.image_ms / 1000:.2f}s"))
-    rows += [
-        ("eval count", f"{u.completion_tokens} token(s)"),
-        ("eval duration", f"{t.decode_ms / 1000:.2f}s"),
-        ("eval rate", f"{t.decode_tok_s(u):.2f} tokens/s"),
-    ]
-    return "\n".join(f"{k + ':':<22}{v}" for k, v in rows)
 
 
 class _Reader:
