@@ -326,6 +326,7 @@ class Repl:
         goes on either way (and neither turn is kept in the history)."""
         activity = Activity(self.err, show=self.err.is_terminal)
         stream = None
+        wrote = False
         start = time.perf_counter()
         if hasattr(self.vm, "on_progress"):
             self.vm.on_progress = activity.on_progress
@@ -338,6 +339,7 @@ class Repl:
                         activity.done()
                         sys.stdout.write(piece)
                         sys.stdout.flush()
+                        wrote = True
                         activity.check()
                 except KeyboardInterrupt:
                     if stream is not None:
@@ -351,7 +353,7 @@ class Repl:
             self.note("(stopped)")
             return
         except Exception as exc:  # one turn's failure must not end the session
-            sys.stdout.write("\n" if stream is not None else "")
+            sys.stdout.write("\n" if wrote else "")
             sys.stdout.flush()
             message = str(exc) if isinstance(exc, Lfm2EdgeError) else f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ContextOverflowError):
