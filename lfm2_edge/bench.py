@@ -258,17 +258,24 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
 
-def run_bench(targets: Sequence[BenchTarget], config: BenchConfig) -> list[dict[str, Any]]:
-    """Measure each model (and the peer on it) in fresh child processes."""
+def run_bench(
+    targets: Sequence[BenchTarget], config: BenchConfig, on_step: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Measure each model (and the peer on it) in fresh child processes; ``on_step`` is
+    told what starts (a progress display)."""
     for t in targets:
         for path in (t.model, t.mmproj):
             if path is not None and not Path(path).is_file():
                 raise ModelFileError(f"{path} not found; {GET_MODELS}")
     results = []
-    for t in targets:
+    for i, t in enumerate(targets, 1):
+        if on_step is not None:
+            on_step(f"benchmarking {t.name} ({i} of {len(targets)}): lfm2-edge, {config.repeat} run(s) per figure")
         ours = _in_child(bench_ours, t, config)
         result: dict[str, Any] = {"model": t.name, "model_path": str(t.model), **ours}
         if config.peer and "error" not in ours:
+            if on_step is not None:
+                on_step(f"benchmarking {t.name} ({i} of {len(targets)}): llama-cpp-python's MTMDChatHandler")
             peer = _in_child(bench_peer, t, config)
             result["peer"] = peer
             result["ratios"] = {

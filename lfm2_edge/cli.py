@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +22,12 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.filesize import decimal as _size
+from rich.markup import escape
 
 from lfm2_edge import __version__
+from lfm2_edge.answer import answer_once
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.progress import Activity
 from lfm2_edge.repl import interactive as _interactive
 
 app = typer.Typer(
@@ -33,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: 0.15]" is text, not a markup tag
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -67,6 +71,24 @@ RefArg = Annotated[
     ),
 ]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Same as MODEL.", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"lfm2-edge {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Run Liquid AI's LFM2-VL vision-language models on your own machine."""
+
+
 MmprojOpt = Annotated[
     Optional[Path], typer.Option("--mmproj", help="Vision projector GGUF [default: the model's own].")
 ]
@@ -158,7 +180,15 @@ def chat(
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Per-answer figures on stderr (durations, tokens/s, image tiles); twice (-vv): llama.cpp's log too.",
+        ),
+    ] = 0,
 ) -> None:
     """Chat about images: answer --prompt once, or open an interactive session.
 
@@ -171,12 +201,16 @@ def chat(
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
+    if prompt == "-":  # the prompt is stdin's text
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            fail("-p - read an empty prompt from stdin")
     repetition_penalty = _either(repetition_penalty, repeat_penalty)
     min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
     max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
     if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
         fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
-    set_verbose(verbose)
+    set_verbose(verbose >= 2)
     sampling: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
@@ -202,29 +236,53 @@ def chat(
             from lfm2_edge.remote import RemoteModel
 
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
+                label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    _answer_once(remote, remote.endpoint, prompt, images, sampling, as_json)
+                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    if code:
+                        raise typer.Exit(code)
                 else:
-                    _interactive(remote, images, sampling)
+                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
             return
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        label = _label(resolved)
         if images and resolved.mmproj_path is None:
             fail(
                 f"{resolved.ref.display} has no vision projector: give --mmproj, the mmproj GGUF that "
                 "belongs to the model, or use an LFM2-VL model"
             )
-        vm = VisionModel.from_resolved(
-            resolved,
-            **_placement(threads, gpu_layers, device, mlock, ctx, verbose),
-            **{k: v for k, v in overrides.items() if v is not None},
-        )
+        t_load = time.perf_counter()
+        with Activity(err, show=err.is_terminal) as loading:
+            loading.say(f"loading {label}…")
+            vm = VisionModel.from_resolved(
+                resolved,
+                **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
+                **{k: v for k, v in overrides.items() if v is not None},
+            )
+            if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
+                vm.close()
+                raise typer.Exit(130)
+        load_s = time.perf_counter() - t_load
         if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
             err.print(f"note: {vm.gpu_notice}")
         with vm:
             if prompt is not None:
-                _answer_once(vm, str(vm.model_path), prompt, images, sampling, as_json)
+                code = answer_once(
+                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                )
+                if code:
+                    raise typer.Exit(code)
             else:
-                _interactive(vm, images, sampling)
+                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+
+
+def _label(resolved: Any) -> str:
+    """The model as the user named it: ``NAME:QUANT``, ``REPO:QUANT`` or the file's path."""
+    ref = resolved.ref
+    if ref.is_local:
+        return str(ref.text)
+    base = ref.entry.name if ref.entry else ref.repo
+    return f"{base}:{resolved.quant}" if resolved.quant else str(ref.display)
 
 
 def _schema(path: Path) -> Any:
@@ -240,23 +298,6 @@ def _schema(path: Path) -> Any:
     if not isinstance(data, dict):
         fail(f"--schema {path} must hold a JSON schema object")
     return data
-
-
-def _answer_once(
-    vm: Any, label: str, prompt: str, images: list[Any], sampling: dict[str, Any], as_json: bool
-) -> None:
-    if as_json:
-        result = vm.chat(prompt, images=images, **sampling)
-        _emit_json({"model": label, **result.to_dict()})
-        return
-    stream = vm.chat(prompt, images=images, stream=True, **sampling)
-    try:
-        for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        stream.close()
-    sys.stdout.write("\n")
 
 
 @app.command()
@@ -284,7 +325,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     out = Console(highlight=False)
     for key, value in data.items():
         if key == "devices":
-            value = "; ".join(f"{d.name} ({d.type}, {d.description}, {_size(d.memory_total)})" for d in devices)
+            value = "; ".join(f"{d.name} ({d.type}, {d.description}, {d.memory_total // 2**20} MiB)" for d in devices)
         elif isinstance(value, list):
             value = ", ".join(value)
         out.print(f"[bold]{key}[/]: {value}")
@@ -294,57 +335,41 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 def doctor(
     ref: Annotated[
         Optional[str],
-        typer.Argument(metavar="[MODEL]", help="Also estimate (and with --measure, measure) this model's memory."),
+        typer.Argument(
+            metavar="[MODEL]",
+            help="Also estimate this model's memory (from the catalog or the cache: nothing is downloaded).",
+        ),
     ] = None,
+    model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context size to plan for.")] = 4096,
     measure: Annotated[bool, typer.Option(help="Run one image chat with MODEL and report its peak RSS.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
-    from lfm2_edge.doctor import estimate_memory, measure_peak_rss, system_report
+    from lfm2_edge.doctor import measure_peak_rss, model_estimate, report_lines, system_report
 
-    report = system_report(n_ctx=ctx)
+    ref = _model_ref(ref, model)
+    if measure and ref is None:
+        fail("--measure needs a MODEL to run (lfm2-edge doctor LFM2-VL-450M --measure)")
+    checked: dict[str, Any] | None = None
     if ref is not None:
         with user_errors():
-            resolved = _hub().resolve(ref, mmproj=mmproj)
-            est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-            report["model"] = {"name": resolved.ref.display, "estimate_mib": est.to_dict()}
-            if measure:
+            checked = model_estimate(_hub(), ref, mmproj, ctx, download=measure)
+            if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
+                resolved = _hub().resolve(ref, mmproj=mmproj)
+                est_total = checked["estimate_mib"]["total"] * 2**20
                 rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-                report["model"]["measured_peak_rss_mib"] = round(rss / 2**20, 1)
-                report["model"]["estimate_error_pct"] = round(100 * (est.total - rss) / rss, 1)
+                checked["measured_peak_rss_mib"] = round(rss / 2**20, 1)
+                checked["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
+    report = system_report(n_ctx=ctx)
+    if checked is not None:
+        report["model"] = checked
     if as_json:
         _emit_json(report)
         return
     out = Console(highlight=False, soft_wrap=True)
-    rec = report["recommendation"]
-    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
-    lines = [
-        (
-            "CPU",
-            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
-            f"{report['cores_logical']} logical cores",
-        ),
-        ("SIMD", " ".join(report["simd"])),
-        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
-        ("GPUs", gpus),
-        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
-        (
-            "recommended",
-            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
-            f"~{rec['estimate_mib']['total']:.0f} MiB, {rec['headroom_mib']} MiB left over",
-        ),
-    ]
-    if "warning" in rec:
-        lines.append(("warning", rec["warning"]))
-    if "model" in report:
-        m = report["model"]
-        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx}"
-        if "measured_peak_rss_mib" in m:
-            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
-        lines.append((m["name"], text))
-    for key, value in lines:
+    for key, value in report_lines(report, ctx):
         out.print(f"[bold]{key}[/]: {value}")
 
 
@@ -354,7 +379,10 @@ def serve(
     model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port (see the ready line).")] = 8000,
+    parent_pid: Annotated[
+        Optional[int], typer.Option(help="Exit when this process ends (for an app that runs serve as a sidecar).")
+    ] = None,
     api_key: Annotated[
         Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="Require Authorization: Bearer KEY on /v1.")
     ] = None,
@@ -401,9 +429,11 @@ def serve(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)."""
-    import uvicorn
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
 
+    Once it accepts connections it writes one JSON line on stdout:
+    {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
+    """
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.batching import default_slots
     from lfm2_edge.model import VisionModel
@@ -456,12 +486,11 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    err.print(f"serving {names[0]} at http://{host}:{port}/v1 ({n_parallel} x {n_slots} slot(s), Ctrl-C to stop)")
-    # uvicorn finishes in-flight answers on SIGTERM / Ctrl-C, then re-raises the signal;
-    # catch it so that a clean shutdown exits 0 (systemd reads anything else as a failure).
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose)
+    from lfm2_edge.sidecar import run_server
+
+    with user_errors():
+        capacity = f"{n_parallel} x {n_slots} slot(s)"
+        run_server(app_, host, port, names[0], capacity, verbose=verbose, parent_pid=parent_pid)
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
@@ -487,11 +516,12 @@ def _model_names(resolved: Any) -> list[str]:
 @app.command()
 def pull(
     ref: RefArg = None,
+    model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Download a model and its vision projector into the hub cache (or check the cached copy)."""
     with user_errors():
-        resolved = _hub().pull(ref)
+        resolved = _hub().pull(_model_ref(ref, model))
     files = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None]
     if as_json:
         _emit_json(
@@ -514,9 +544,7 @@ def pull(
 
 @app.command("models")
 def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the models in the cache: name, quant, size and path."""
-    from rich.table import Table
-
+    """List the models in the cache: NAME:QUANT, size (with its projector) and path."""
     from lfm2_edge.hub import Hub
 
     hub = Hub()
@@ -540,19 +568,39 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     if not files:
         err.print(f"no models in {hub.cache_dir}; `lfm2-edge pull LFM2-VL-450M` fetches the default one")
         return
-    table = Table("model", "quant", "kind", "size", "path", title=f"models in {hub.cache_dir}")
-    for f in files:
-        table.add_row(f.name, f.quant or "?", "mmproj" if f.is_mmproj else "model", _size(f.size), str(f.path))
+    rows = []
+    for f in (f for f in files if not f.is_mmproj):
+        proj = [p for p in files if p.is_mmproj and p.repo == f.repo]
+        size = f.size + (proj[0].size if proj else 0)
+        vision = f"+ {Path(proj[0].filename).name}" if proj else "text only"
+        rows.append((f"{f.name}:{f.quant}" if f.quant else f.name, _size(size), vision, str(f.path)))
+    if not sys.stdout.isatty():  # for scripts and pipes: whole values, tab-separated
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table("model", "size", "projector", "path", title=f"models in {hub.cache_dir}")
+    for row in rows:
+        table.add_row(*row)
+    for column in table.columns:
+        column.overflow = "fold"  # never "…": a path is copied from here
     Console(highlight=False).print(table)
 
 
 @app.command("rm")
 def remove(
-    ref: Annotated[str, typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")],
+    ref: Annotated[
+        Optional[str], typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")
+    ] = None,
+    model: ModelOpt = None,
 ) -> None:
     """Remove a cached model (one quant, or every file of the model when no quant is named)."""
     from lfm2_edge.hub import Hub
 
+    ref = _model_ref(ref, model)
+    if ref is None:
+        fail("rm needs a MODEL (lfm2-edge models lists them)")
     with user_errors():
         removed = Hub().remove(ref)
     for f in removed:
@@ -568,6 +616,9 @@ def bench(
             help="Model references or .gguf files [default: the synthetic 450M-shaped F16, Q8_0, Q4_0].",
             show_default=False,
         ),
+    ] = None,
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", "-m", help="Same as MODEL (repeatable).", show_default=False)
     ] = None,
     mmproj: MmprojOpt = None,
     repeat: Annotated[int, typer.Option(min=1, help="Runs per figure; the median is reported.")] = 3,
@@ -585,6 +636,7 @@ def bench(
 
     if flash_attn not in ("auto", "on", "off"):
         fail(f"--flash-attn must be auto, on or off (got {flash_attn!r})")
+    models = [*(models or []), *(model or [])]
     refs = models or [str(DEFAULT_MODEL_DIR / f"model-{q}.gguf") for q in ("F16", "Q8_0", "Q4_0")]
     if not models and not all(Path(r).is_file() for r in refs):
         fail(f"no benchmark models in {DEFAULT_MODEL_DIR}; {GET_MODELS}")
@@ -603,7 +655,9 @@ def bench(
             resolved = _hub().resolve(ref, mmproj=mmproj)
             name = Path(ref).name if resolved.ref.is_local else resolved.ref.display
             targets.append(BenchTarget(name, resolved.model_path, resolved.mmproj_path))
-        results = run_bench(targets, config)
+        status = err.status("benchmarking…", spinner="dots") if err.is_terminal else contextlib.nullcontext()
+        with status as shown:
+            results = run_bench(targets, config, on_step=shown.update if shown is not None else None)
     failed = [r for r in results if "error" in r]
     if as_json:
         _emit_json({"repeat": repeat, "config": {"batch": batch, "flash_attn": flash_attn}, "results": results})
@@ -628,7 +682,29 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def main() -> None:
-    app()
+    """The entry point: usage errors are one line on stderr and exit code 2."""
+    # typer vendors click; its exceptions live there (and are click's own in older typers)
+    try:
+        import typer._click.exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        import click.exceptions as click_errors  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `lfm2-edge` alone: the help
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        code = 0
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "lfm2-edge"
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())} (see {where} --help)")
+        code = exc.exit_code
+    except typer.Abort:  # Ctrl-C outside an answer
+        sys.stderr.write("\n")
+        code = 130
+    except click_errors.ClickException as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}")
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

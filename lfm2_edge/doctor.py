@@ -30,9 +30,13 @@ __all__ = [
     "MemoryEstimate",
     "estimate_memory",
     "estimate_spec",
+    "expected_tok_s",
     "measure_peak_rss",
+    "memory_bandwidth",
+    "model_estimate",
     "preference",
     "recommend",
+    "report_lines",
     "system_report",
 ]
 
@@ -153,16 +157,74 @@ def preference() -> list[tuple[CatalogEntry, str]]:
     return [(e, quant) for e in ranked for quant in e.recommend]
 
 
-def recommend(available: int, *, n_ctx: int = 4096, repack: bool = False) -> dict[str, Any]:
-    """The best catalog model and quant whose estimate fits ``available`` bytes with headroom
-    (a quarter of it, at least 512 MiB, is left to the rest of the system)."""
-    headroom = max(available // 4, 512 * MIB)
+# Share of a plain memory copy's bandwidth llama.cpp's decode reaches reading the weights.
+DECODE_EFFICIENCY = 0.6
+MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choice that fits
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
+    what a decode step, which reads every weight once, is bound by on a CPU."""
+    import time
+
+    import numpy as np
+
+    src = np.ones(8 * MIB, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
+    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
+    return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
+
+
+def recommend(
+    available: int,
+    *,
+    n_ctx: int = 4096,
+    repack: bool = False,
+    cpu_only: bool = False,
+    bandwidth: float | None = None,
+) -> dict[str, Any]:
+    """The best catalog model and quant whose estimate fits ``available`` bytes with a
+    reserve (a quarter of it, at least 512 MiB, is left to the rest of the system).
+
+    On a CPU (``cpu_only``) Q4_0 comes before Q8_0: it reads half the bytes per token and
+    llama.cpp repacks it for the CPU's SIMD. With ``bandwidth`` (bytes/s) the choice must
+    also be expected to decode at :data:`MIN_TOK_S` or more; when none fits that, the
+    fastest that fits is chosen."""
+    reserve = max(available // 4, 512 * MIB)
     choices = preference()
+    if cpu_only:
+        order = {q: i for i, q in enumerate(("Q4_0", "Q8_0", "F16"))}
+        models = list(dict.fromkeys(e.name for e, _ in choices))
+        choices = sorted(choices, key=lambda c: (models.index(c[0].name), order.get(c[1], 9)))
+    fits = []
     for entry, quant in choices:
         assert entry.arch is not None
         est = estimate_spec(entry.arch, quant, n_ctx=n_ctx, repack=repack)
-        if est.total + headroom <= available:
-            return {"model": f"{entry.name}:{quant}", "estimate_mib": est.to_dict(), "headroom_mib": headroom // MIB}
+        if est.total + reserve <= available:
+            speed = expected_tok_s(entry.arch, quant, bandwidth) if bandwidth else None
+            fits.append((entry, quant, est, speed))
+    if fits:
+        fast = [f for f in fits if f[3] is None or f[3] >= MIN_TOK_S]
+        entry, quant, est, speed = fast[0] if fast else max(fits, key=lambda f: f[3] or 0.0)
+        out = {
+            "model": f"{entry.name}:{quant}",
+            "estimate_mib": est.to_dict(),
+            "reserve_mib": reserve // MIB,
+            "headroom_mib": reserve // MIB,  # the old name of reserve_mib
+            "command": f"lfm2-edge chat {entry.name}:{quant}",
+        }
+        if speed is not None:
+            out["expected_tok_s"] = round(speed, 1)
+        return out
     smallest, quant = choices[-1]
     assert smallest.arch is not None
     estimate = estimate_spec(smallest.arch, quant, n_ctx=min(n_ctx, 1024), repack=repack)
@@ -170,7 +232,9 @@ def recommend(available: int, *, n_ctx: int = 4096, repack: bool = False) -> dic
         "model": f"{smallest.name}:{quant}",
         "n_ctx": min(n_ctx, 1024),
         "estimate_mib": estimate.to_dict(),
-        "headroom_mib": headroom // MIB,
+        "reserve_mib": reserve // MIB,
+        "headroom_mib": reserve // MIB,
+        "command": f"lfm2-edge chat {smallest.name}:{quant} --ctx {min(n_ctx, 1024)}",
         "warning": "even the smallest model leaves little room here; close other programs or lower --ctx",
     }
 
@@ -241,7 +305,9 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
     gpus = [d for d in list_devices() if d.is_gpu]
-    rec = recommend(available, n_ctx=n_ctx, repack=repacks())
+    rec = recommend(
+        available, n_ctx=n_ctx, repack=repacks(), cpu_only=not gpus, bandwidth=None if gpus else memory_bandwidth()
+    )
     rec["threads"] = default_threads()
     return {
         "cpu": _cpu_model(),
@@ -258,4 +324,64 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
         "recommendation": rec,
+    }
+
+
+def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
+    """``doctor``'s report as (label, text) lines for a terminal."""
+    rec = report["recommendation"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    lines = [
+        (
+            "CPU",
+            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
+            f"{report['cores_logical']} logical cores",
+        ),
+        ("SIMD", " ".join(report["simd"])),
+        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
+        ("GPUs", gpus),
+        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
+        (
+            "recommended",
+            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
+            f"~{rec['estimate_mib']['total']:.0f} MiB"
+            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
+        ),
+        ("try", rec["command"] + " -i photo.jpg"),
+    ]
+    if "warning" in rec:
+        lines.append(("warning", rec["warning"]))
+    if "model" in report:
+        m = report["model"]
+        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
+        if "measured_peak_rss_mib" in m:
+            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
+        lines.append((m["name"], text))
+    return lines
+
+
+def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+    """The memory estimate for ``ref``: from its files when they are here (or ``download``),
+    else from the catalog's published shapes, without a download."""
+    from lfm2_edge.catalog import parse_ref
+    from lfm2_edge.errors import ModelFileError
+
+    parsed = parse_ref(ref)
+    cached = parsed.is_local or hub._cached_choice(parsed) is not None
+    if cached or download or parsed.entry is None or parsed.entry.arch is None:
+        if not (cached or download):
+            raise ModelFileError(
+                f"{parsed.display} is not in the cache and the catalog has no shapes for it; "
+                f"`lfm2-edge pull {parsed.display}` first, or add --measure"
+            )
+        resolved = hub.resolve(parsed, mmproj=mmproj)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
+    quant = parsed.quant or parsed.entry.default_quant
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    return {
+        "name": f"{parsed.entry.name}:{quant}",
+        "estimate_mib": est.to_dict(),
+        "source": "from the catalog's shapes; not downloaded",
     }

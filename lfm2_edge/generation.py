@@ -184,6 +184,8 @@ def answer(
     run: Run,
     chat: PreparedChat,
     sink: list[TokenLogprob] | None = None,
+    *,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Generator[str, None, ChatResult]:
     """Answer ``chat``: one step (the prompt, then each token) per lock hold.
 
@@ -197,6 +199,7 @@ def answer(
         turns.wait_turn(run)
         turns.end_owner()  # an unfinished stream: it ends here
         turns.owner = run
+        rt.on_progress = on_progress
         try:
             encodes_before = _encodes(rt)
             pre = prefill(rt, states, chat.prompt, chat.images)

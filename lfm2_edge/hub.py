@@ -225,7 +225,12 @@ class Hub:
         with self._errors(repo, repo):
             while url:
                 response = http_backoff(
-                    "GET", url, params=params, headers=build_hf_headers(token=self.token), retry_on_exceptions=()
+                    "GET",
+                    url,
+                    params=params,
+                    headers=build_hf_headers(token=self.token),
+                    retry_on_exceptions=(),
+                    timeout=_timeout(),  # huggingface_hub's client has none: a silent hub would hang for good
                 )
                 hf_raise_for_status(response)
                 files += [e["path"] for e in response.json() if e.get("type") == "file"]
@@ -239,7 +244,7 @@ class Hub:
 
         url = hf_hub_url(repo, filename, revision=REVISION, endpoint=self.endpoint)
         with self._errors(repo, filename):
-            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
+            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, timeout=_timeout())
         if not meta.commit_hash or not meta.etag:
             raise HubError(f"the hub at {self.endpoint} gave no commit or etag for {repo}/{filename}")
         repo_dir = self._repo_dir(repo)
@@ -313,7 +318,10 @@ class Hub:
         """Turn huggingface_hub's and the network's exceptions into one-line errors."""
         from huggingface_hub import errors as hf
 
-        offline_hint = "models already pulled run without it (HF_HUB_OFFLINE=1 skips the hub)"
+        offline_hint = (
+            f"could not get {what}; models already pulled run without it (HF_HUB_OFFLINE=1 skips the hub), "
+            "and so does a local .gguf path (lfm2-edge chat ./model.gguf --mmproj ./mmproj.gguf)"
+        )
         try:
             yield
         except Lfm2EdgeError:
@@ -345,6 +353,11 @@ class Hub:
                 raise DownloadError(f"the download of {what} was cut short; run the command again to resume") from None
             raise HubUnavailableError(f"cannot reach the hub at {self.endpoint} ({exc}); {offline_hint}") from None
         except Exception as exc:
+            if "Timeout" in type(exc).__name__:
+                raise HubUnavailableError(
+                    f"the hub at {self.endpoint} did not answer within {_timeout():g} s "
+                    f"(HF_HUB_ETAG_TIMEOUT sets the wait); {offline_hint}"
+                ) from None
             if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "h11"):
                 raise HubUnavailableError(
                     f"cannot reach the hub at {self.endpoint} ({type(exc).__name__}: {exc}); check the network; "
@@ -476,6 +489,15 @@ class Hub:
                 for f in files:  # huggingface_hub logs a refused delete and goes on: the error, here
                     if os.path.lexists(f.file_path):
                         os.unlink(f.file_path)
+
+
+def _timeout() -> float:
+    """Seconds to wait for the hub to connect or to answer a request (downloads use
+    huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT between chunks)."""
+    try:
+        return max(0.1, float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "10")))
+    except ValueError:
+        return 10.0
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

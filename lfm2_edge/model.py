@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
@@ -116,6 +116,9 @@ class _LocalModel(AsyncChatMixin):
         self.allow_private_urls = allow_private_urls
         # Taken per llama.cpp step, never across a yield (see the module's docstring).
         self._turns = Turns()
+        # on_progress(stage, i, n): before each image tile ("image") and prompt batch
+        # ("prefill") is evaluated; raising from it stops the prompt there.
+        self.on_progress: Callable[[str, int, int], None] | None = None
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
@@ -330,7 +333,7 @@ class _LocalModel(AsyncChatMixin):
             **sampling,
         )
         run, sink = Run(), (cast("list[TokenLogprob]", []) if logprobs is not None else None)
-        steps = answer(self._turns, self._runtime, self._states, run, chat, sink)
+        steps = answer(self._turns, self._runtime, self._states, run, chat, sink, on_progress=self.on_progress)
         stream_obj = ChatStream(steps, sink)
         if stream:
             return stream_obj

@@ -229,7 +229,8 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
     if len(messages) > limits.max_messages:
         raise ApiError(
-            400, f"the request has {len(messages)} messages; this server takes at most {limits.max_messages}",
+            400,
+            f"the request has {len(messages)} messages; this server takes at most {limits.max_messages}",
             param="messages",
         )
     checked = [_check_message(m, i, limits) for i, m in enumerate(messages)]

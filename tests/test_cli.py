@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,31 +67,47 @@ def test_prompt_streams_plain_text(tiny: dict[str, Path], photo: Path) -> None:
 
 
 def test_verbose_shows_llama_cpp_log(tiny: dict[str, Path], photo: Path) -> None:
-    result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "2", "--verbose"))
+    result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "2", "-vv"))
     assert result.returncode == 0
     assert "llama_model_loader" in result.stderr
 
 
-def test_interactive_session(tiny: dict[str, Path], photo: Path) -> None:
-    script = f"hello\n/image {photo}\nwhat is it?\n/image /missing.png\n/reset\n/bogus\n/exit\n"
-    result = run(
-        "chat",
-        "--model",
-        str(tiny["F16"]),
-        "--mmproj",
-        str(tiny["mmproj"]),
-        "--max-tokens",
-        "4",
-        "--temperature",
-        "0",
-        stdin=script,
-    )
+def test_verbose_shows_the_answer_figures(tiny: dict[str, Path], photo: Path) -> None:
+    result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "4", "--verbose"))
     assert result.returncode == 0, result.stderr
-    assert "image added (1 waiting" in result.stdout
-    assert "conversation cleared" in result.stdout
-    assert "unknown command /bogus" in result.stdout
-    assert "image file not found: /missing.png" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "llama_model_loader" not in result.stderr
+    for figure in ("total duration:", "load duration:", "prompt eval rate:", "image encode:", "eval rate:"):
+        assert figure in result.stderr, figure
+
+
+def test_json_names_the_model_as_typed_with_rounded_timings(tiny: dict[str, Path], photo: Path) -> None:
+    result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "4", "--json"))
+    data = json.loads(result.stdout)
+    assert data["model"] == str(tiny["F16"])
+    assert data["timings"]["load_ms"] > 0
+    for key, value in data["timings"].items():
+        assert round(value, 2) == value, (key, value)
+
+
+def test_a_schema_answer_cut_short_is_an_error(tiny: dict[str, Path], tmp_path: Path) -> None:
+    schema = tmp_path / "long.json"
+    schema.write_text('{"type": "array", "items": {"type": "integer"}, "minItems": 50}')
+    result = run("chat", str(tiny["F16"]), "-p", "numbers", "--schema", str(schema), "--max-tokens", "8")
+    assert result.returncode == 1
+    assert "reached --max-tokens (8) before its JSON ended" in result.stderr
+
+
+def test_version_help_and_usage_errors() -> None:
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("lfm2-edge ")
+    usage = run("chat", "--temperature", "warm")
+    assert usage.returncode == 2
+    assert usage.stderr.count("\n") == 1 and usage.stderr.startswith("error: "), usage.stderr
+    assert "--temperature" in usage.stderr and "--help" in usage.stderr
+    helps = run("chat", "--help").stdout
+    for shown in ("[default: 0.15]", "[default: 1.05]", "[default: the card's", "[default: LFM2-VL-450M:Q4_0]"):
+        assert shown in " ".join(helps.split()), shown
+    assert not re.search(r"\S \.$", helps, re.MULTILINE)  # no help ends in " ." (an eaten "[default]")
 
 
 def test_info_json() -> None:
@@ -191,54 +208,6 @@ def test_bench_without_models_says_how_to_make_them(tmp_path: Path) -> None:
     assert "run `make models`" in result.stderr
 
 
-def _interrupt_an_answer(tiny: dict[str, Path], tmp: Path) -> tuple[int, str, str]:
-    """Start a session, ask for a long answer, press Ctrl-C while it streams, ask again, exit.
-
-    The random model ends its answers after a few hundred tokens (a few ms); a schema that
-    wants 5000 numbers keeps it writing for seconds, so Ctrl-C lands mid-answer.
-    """
-    import signal
-
-    schema = tmp / "long.json"
-    schema.write_text('{"type": "array", "items": {"type": "integer"}, "minItems": 5000}')
-    args = ["chat", "--model", str(tiny["F16"]), "--ctx", "4096", "--max-tokens", "2000", "--temperature", "0"]
-    args += ["--schema", str(schema)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lfm2_edge.cli", *args, "--threads", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        # a shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    assert proc.stdout.readline().startswith("Commands:")  # the session is up
-    proc.stdin.write("tell me everything\n")
-    proc.stdin.flush()
-    assert proc.stdout.read(2) == "> "
-    proc.stdout.read(8)  # the answer has started streaming
-    proc.send_signal(signal.SIGINT)
-    out, errs = proc.communicate("and now?\n/exit\n", timeout=120)
-    return proc.returncode, out, errs
-
-
-def test_ctrl_c_stops_the_answer_not_the_session(tiny: dict[str, Path], tmp_path: Path) -> None:
-    # Should the answer still end before the signal lands (then Ctrl-C ends the session at
-    # its prompt, as it should), the run says nothing about stopping an answer: try again.
-    for _ in range(3):
-        code, out, errs = _interrupt_an_answer(tiny, tmp_path)
-        assert code == 0 and "Traceback" not in errs, errs
-        if "(stopped)" in out:
-            break
-    assert "(stopped)" in out, (out[:300], out[-300:], errs[-300:])
-    _, after = out.split("(stopped)")
-    # the session went on: a prompt, a second answer, and the prompt /exit answered
-    assert after.lstrip("\n").startswith("> ") and after.endswith("\n> ")
-    assert len(after) > 100
-
-
 @pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "directory", "too large"])
 def test_schema_that_is_not_a_small_regular_file_is_one_line_at_once(tmp_path: Path, kind: str) -> None:
     """--schema is read with a bound, and never from a device, FIFO or directory (no hang, no endless read)."""
@@ -261,3 +230,110 @@ def test_schema_that_is_not_a_small_regular_file_is_one_line_at_once(tmp_path: P
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "--schema" in lines[0] and str(schema) in lines[0], lines[0]
+
+
+def test_a_hub_that_never_answers_times_out_with_a_way_out(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "HF_HUB_CACHE": str(tmp_path),
+            "HF_HUB_ETAG_TIMEOUT": "1",
+        }
+        env.pop("HF_HUB_OFFLINE", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "lfm2_edge.cli", "chat", "LFM2-VL-450M", "-p", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "did not answer within 1 s" in line and "LiquidAI/LFM2-VL-450M-GGUF" in line
+    assert "HF_HUB_OFFLINE=1" in line and ".gguf path" in line
+
+
+def test_doctor_estimates_a_model_without_downloading_it(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)}  # no hub at all
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", "doctor", "--model", "LFM2.5-VL-1.6B", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"]["name"] == "LFM2.5-VL-1.6B:Q4_0" and "not downloaded" in data["model"]["source"]
+    rec = data["recommendation"]
+    assert rec["command"].startswith("lfm2-edge chat LFM2") and "reserve_mib" in rec
+    if not data["gpus"]:  # a CPU: the speed is estimated, and Q4_0 is the fast quant there
+        assert rec["expected_tok_s"] > 0 and rec["model"].endswith(":Q4_0")
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+    text = run("doctor").stdout
+    assert "left over" not in text and "kept in reserve" in text and "try: lfm2-edge chat " in text
+
+
+def test_every_model_command_takes_model_as_an_option(tmp_path: Path) -> None:
+    measure = run("doctor", "--measure")
+    assert measure.returncode == 2 and "--measure needs a MODEL" in measure.stderr
+    for args in (["pull", "--model", str(tmp_path / "x.gguf")], ["rm", "--model", "LFM2-VL-450M:Q8_0"]):
+        result = run(*args)
+        assert "No such option" not in result.stderr, (args, result.stderr)
+    bench = run("bench", "--model", str(tmp_path / "model-Q4_0.gguf"))
+    assert bench.returncode == 2 and "run `make models`" in bench.stderr
+
+
+def test_models_lists_one_row_per_quant_with_whole_paths_when_piped(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    repo = tmp_path / "models--LiquidAI--LFM2-VL-450M-GGUF"
+    snap = repo / "snapshots" / ("a" * 40) / "a-rather-long-directory-name-so-that-a-table-would-cut-it"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name, src in (("LFM2-VL-450M-Q8_0.gguf", "F16"), ("mmproj-LFM2-VL-450M-F16.gguf", "mmproj")):
+        (snap / name).write_bytes(tiny[src].read_bytes())
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "COLUMNS": "60"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lfm2_edge.cli", "models"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()  # the mmproj is not a row of its own
+    name, _size, projector, path = line.split("\t")
+    assert name == "LFM2-VL-450M:Q8_0" and projector == "+ mmproj-LFM2-VL-450M-F16.gguf"
+    assert path == str(snap / "LFM2-VL-450M-Q8_0.gguf") and "…" not in result.stdout
+
+
+def test_serve_as_a_sidecar_port_0_ready_line_and_parent_pid(tiny: dict[str, Path]) -> None:
+    import time
+    import urllib.request
+
+    parent = subprocess.Popen(["sleep", "60"])
+    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", "0", "--parent-pid", str(parent.pid)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lfm2_edge.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready" and ready["port"] > 0 and ready["pid"] == proc.pid
+        assert ready["url"] == f"http://127.0.0.1:{ready['port']}/v1"
+        with urllib.request.urlopen(ready["url"].removesuffix("/v1") + "/health", timeout=10) as r:
+            assert r.status == 200
+        parent.kill()
+        parent.wait()
+        t0 = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        parent.kill()
+        proc.kill()

@@ -51,7 +51,7 @@ def test_new_and_old_spellings_give_the_same_settings(
     tiny: dict[str, Path], captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
     sampling: dict[str, Any] = {}
-    monkeypatch.setattr(cli, "_answer_once", lambda vm, label, prompt, images, s, as_json: sampling.update(s))
+    monkeypatch.setattr(cli, "answer_once", lambda vm, label, prompt, images, s, as_json, **kw: sampling.update(s) or 0)
     result = runner.invoke(cli.app, ["chat", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]), "-p", "hi", *args])
     assert result.exit_code == 0, result.output
     assert (captured["model"]["image_min_tokens"], captured["model"]["image_max_tokens"]) == (32, 128)

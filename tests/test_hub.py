@@ -294,7 +294,7 @@ def test_cli_pull_then_chat_with_the_network_gone(stub: HubStub, tmp_path: Path)
     )
     assert answer.returncode == 0, answer.stderr
     data = json.loads(answer.stdout)
-    assert data["usage"]["image_tokens"] > 0 and data["model"].endswith("LFM2-VL-450M-Q4_0.gguf")
+    assert data["usage"]["image_tokens"] > 0 and data["model_path"].endswith("LFM2-VL-450M-Q4_0.gguf")
     listed = json.loads(cli("models", "--json", env=env).stdout)
     assert {(m["name"], m["quant"], m["kind"]) for m in listed} == {
         ("LFM2-VL-450M", "Q4_0", "model"),

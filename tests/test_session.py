@@ -145,6 +145,7 @@ def test_the_interactive_session_goes_on_past_the_context(tiny: dict[str, Path])
     assert notices, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the prompt needs" in errors[0], result.stderr
-    # every line was read and the session ended at end of input, at its prompt
-    assert result.stdout.count("> ") == len(lines) + 1
-    assert "/reset" in result.stdout.splitlines()[0]
+    # every line was read and answered but the one too large, and with stdin piped stdout
+    # holds only the answers (no banner, no prompts)
+    assert len(result.stdout.splitlines()) >= len(lines) - 1 and "> " not in result.stdout
+    assert "/clear" in errors[0]

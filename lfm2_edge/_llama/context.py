@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,11 @@ class Runtime:
     sequence; callers decide what to evaluate next. It is not thread-safe: one runtime
     serves one conversation at a time.
     """
+
+    # Called before each image tile (``"image", i, n``) and each batch of prompt tokens
+    # (``"prefill", i, n``) is evaluated: a progress display, and the one place where a
+    # caller can stop a long prompt between chunks (by raising from it).
+    on_progress: Callable[[str, int, int], None] | None = None
 
     def __init__(
         self,
@@ -301,11 +306,16 @@ class Runtime:
         if chunks.tokens is not None or self._projector is None:
             self._eval_text([t for t in items if isinstance(t, int)], start, end)
             return image_s
+        n_tiles = sum(1 for it in items[start:end] if not isinstance(it, int))
+        tile = 0
         lo = 0
         for i, info in enumerate(chunks.info):
             hi = lo + (1 if info.is_image else info.n_tokens)
             if hi > start and lo < end:
                 if info.is_image:
+                    if self.on_progress is not None:
+                        self.on_progress("image", tile, n_tiles)
+                    tile += 1
                     item = items[lo]
                     assert not isinstance(item, int)
                     key = EmbeddingKey(
@@ -386,6 +396,8 @@ class Runtime:
     def eval_tokens(self, tokens: Sequence[int]) -> None:
         """Evaluate text tokens after ``n_past`` in batches; logits for the last one."""
         for start in range(0, len(tokens), self.n_batch):
+            if self.on_progress is not None:
+                self.on_progress("prefill", start, len(tokens))
             part = tokens[start : start + self.n_batch]
             arr = (llama_cpp.llama_token * len(part))(*part)
             self._decode(llama_cpp.llama_batch_get_one(arr, len(part)))

@@ -1,26 +1,51 @@
 """llama.cpp's one process-wide thing: its log sink (and mtmd's two).
 
-Importing this module routes mtmd's log through the ``llama-cpp-python`` logger, where
-llama-cpp-python already sends llama.cpp's, and quiets that logger to errors unless the
-app configured it. :func:`set_verbose` shows everything.
+Importing this module points llama.cpp's and mtmd's log at one callback that writes to
+stderr when the ``llama-cpp-python`` logger lets the level through, and quiets that
+logger to errors unless the app configured it. :func:`set_verbose` shows everything.
+
+The callback never raises: an exception raised inside a ctypes callback cannot reach
+the caller (ctypes prints "Exception ignored on calling ctypes callback function" and
+drops it), and llama.cpp calls it from inside long C calls (the vision encoder), which
+is exactly where a Ctrl-C's ``KeyboardInterrupt`` would land. Stopping work on Ctrl-C
+is done by checking a flag between chunks (see :class:`lfm2_edge.progress.Activity`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import sys
 
+import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
-
-from lfm2_edge._llama._private import llama_log_callback
 
 __all__ = ["set_verbose"]
 
 _LOGGER = logging.getLogger("llama-cpp-python")
 
+# ggml_log_level: NONE 0, INFO 1, WARN 2, ERROR 3, DEBUG 4, CONT 5 (continues the last line)
+_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_last_level = logging.CRITICAL
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    try:
+        lv = _LEVELS.get(level, _last_level)
+        _last_level = lv
+        if _LOGGER.level <= lv:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+            sys.stderr.flush()
+    except BaseException:  # nothing may escape a ctypes callback (see above)
+        pass
+
+
+llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 # mtmd has its own log sinks; send them where llama.cpp's go.
-mtmd.mtmd_log_set(llama_log_callback, ctypes.c_void_p(0))
-mtmd.mtmd_helper_log_set(llama_log_callback, ctypes.c_void_p(0))
+mtmd.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
+mtmd.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))
 if _LOGGER.level == logging.NOTSET:  # respect an app that configured it already
     _LOGGER.setLevel(logging.ERROR)
 

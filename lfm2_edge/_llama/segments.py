@@ -28,9 +28,7 @@ class MarkerTable:
         self.pattern = re.compile("|".join(re.escape(m) for m in sorted(ids, key=len, reverse=True)))
 
 
-def token_runs(
-    prompt: str, markers: MarkerTable, tokenize_plain: Callable[[str], list[int]]
-) -> list[list[int]]:
+def token_runs(prompt: str, markers: MarkerTable, tokenize_plain: Callable[[str], list[int]]) -> list[list[int]]:
     """The prompt's tokens, cut at its image markers: ``n_images + 1`` runs.
 
     A plain ``str`` (not a :class:`~lfm2_edge.tokens.Prompt`) is all template.
