@@ -18,11 +18,8 @@ The cache is read first: a model already there is used without any request, and 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,14 +28,13 @@ from typing import Any
 
 from rich.filesize import decimal
 
+from lfm2_edge.cache import REVISION, CachedFile, HubCache, atomic_write_text, is_sha256, sha256_file
 from lfm2_edge.catalog import (
     CatalogEntry,
     GgufChoice,
     ModelRef,
-    available_quants,
     choose_files,
     choose_mmproj,
-    find_entry,
     is_mmproj,
     parse_ref,
     quant_of,
@@ -50,14 +46,11 @@ from lfm2_edge.errors import (
     HubUnavailableError,
     Lfm2EdgeError,
     UnknownModelError,
-    UnknownQuantError,
 )
 from lfm2_edge.progress import RichProgress
 
 __all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj"]
 
-REVISION = "main"
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -79,33 +72,8 @@ class ResolvedModel:
         return presets(self.entry, self.mmproj_path is not None)
 
 
-@dataclass(frozen=True)
-class CachedFile:
-    """One GGUF file in the hub cache."""
-
-    repo: str
-    filename: str
-    quant: str | None
-    is_mmproj: bool
-    size: int
-    path: Path
-
-    @property
-    def name(self) -> str:
-        entry = find_entry(self.repo)
-        return entry.name if entry else self.repo
-
-
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 ProgressFactory = Callable[..., Any]
@@ -135,6 +103,7 @@ class Hub:
             env_home = os.environ.get("HF_HOME")
             cache_dir = env_cache or (Path(env_home) / "hub" if env_home else constants.HF_HUB_CACHE)
         self.cache_dir = Path(cache_dir).expanduser()
+        self.cache = HubCache(self.cache_dir)
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         self.token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
         self.offline = _env_flag("HF_HUB_OFFLINE") if offline is None else offline
@@ -182,14 +151,14 @@ class Hub:
         damaged = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None and not self.verify(p)]
         if not damaged:
             return resolved
-        self._unlink_cached(*damaged)
+        self.cache.unlink(*damaged)
         return self.resolve(resolved.ref)
 
     def _resolved(
         self, ref: ModelRef, choice: GgufChoice, mmproj: str | os.PathLike[str] | None, downloaded: bool = False
     ) -> ResolvedModel:
         assert ref.repo is not None
-        snap = self._snapshot_dir(ref.repo)
+        snap = self.cache.snapshot_dir(ref.repo)
         assert snap is not None
         proj = Path(mmproj) if mmproj is not None else (snap / choice.mmproj if choice.mmproj else None)
         full = ModelRef(ref.text, repo=ref.repo, quant=choice.quant, entry=ref.entry)
@@ -197,11 +166,11 @@ class Hub:
 
     def _cached_choice(self, ref: ModelRef) -> GgufChoice | None:
         assert ref.repo is not None
-        snap = self._snapshot_dir(ref.repo)
+        snap = self.cache.snapshot_dir(ref.repo)
         if snap is None:
             return None
         try:
-            choice = choose_files(ref, self._snapshot_files(snap), where="the cache")
+            choice = choose_files(ref, self.cache.snapshot_files(snap), where="the cache")
         except UnknownModelError:
             return None
         needed = [f for f in (choice.model, choice.mmproj) if f is not None]
@@ -247,11 +216,11 @@ class Hub:
             meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, timeout=_timeout())
         if not meta.commit_hash or not meta.etag:
             raise HubError(f"the hub at {self.endpoint} gave no commit or etag for {repo}/{filename}")
-        repo_dir = self._repo_dir(repo)
+        repo_dir = self.cache.repo_dir(repo)
         blob = repo_dir / "blobs" / meta.etag
         pointer = repo_dir / "snapshots" / meta.commit_hash / filename
         lock_path = self.cache_dir / ".locks" / repo_dir.name / f"{meta.etag}.lock"
-        with self._writing():
+        with self.cache.writing():
             blob.parent.mkdir(parents=True, exist_ok=True)
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(lock_path)):
@@ -286,7 +255,7 @@ class Hub:
                 displayed_filename=filename,
                 tqdm_class=self.progress,  # type: ignore[arg-type]  # any callable is accepted
             )
-        if _SHA256_RE.match(etag):
+        if is_sha256(etag):
             actual = sha256_file(partial)
             if actual != etag:
                 partial.unlink()
@@ -311,7 +280,7 @@ class Hub:
         """Point ``refs/main`` at ``commit``; readers see the old commit or the new one, never a part."""
         ref_file = repo_dir / "refs" / REVISION
         ref_file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(ref_file, commit)
+        atomic_write_text(ref_file, commit)
 
     @contextmanager
     def _errors(self, repo: str, what: str) -> Iterator[None]:
@@ -348,7 +317,7 @@ class Hub:
                     "and run the command again to resume"
                 ) from None
             if exc.filename is not None:  # a file, not the network: writing the partial download
-                raise self._cache_error(exc) from None
+                raise self.cache.error(exc) from None
             if "Consistency check failed" in str(exc):
                 raise DownloadError(f"the download of {what} was cut short; run the command again to resume") from None
             raise HubUnavailableError(f"cannot reach the hub at {self.endpoint} ({exc}); {offline_hint}") from None
@@ -365,130 +334,22 @@ class Hub:
                 ) from None
             raise
 
-    # -- the cache -----------------------------------------------------------------
-
-    def _cache_error(self, exc: OSError) -> HubError:
-        """One line for a failed write to the cache: where, why, and how to point elsewhere."""
-        if exc.errno == errno.ENOSPC:
-            return DownloadError(
-                f"the disk holding the hub cache at {self.cache_dir} is full; free some space, or set "
-                "HF_HUB_CACHE to a directory on a larger disk"
-            )
-        where = f" ({exc.filename})" if exc.filename is not None else ""
-        return HubError(
-            f"cannot write to the hub cache at {self.cache_dir}: {exc.strerror or exc}{where}; "
-            "set HF_HUB_CACHE to a directory you can write"
-        )
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Turn an ``OSError`` from writing the cache (read-only, a file in the way, full) into a HubError."""
-        try:
-            yield
-        except Lfm2EdgeError:
-            raise
-        except OSError as exc:
-            raise self._cache_error(exc) from None
-
-    def _repo_dir(self, repo: str) -> Path:
-        return self.cache_dir / ("models--" + repo.replace("/", "--"))
-
-    def _snapshot_dir(self, repo: str) -> Path | None:
-        repo_dir = self._repo_dir(repo)
-        ref_file = repo_dir / "refs" / REVISION
-        if ref_file.is_file():
-            snap = repo_dir / "snapshots" / ref_file.read_text().strip()
-            if snap.is_dir():
-                return snap
-        snaps = [p for p in (repo_dir / "snapshots").glob("*") if p.is_dir()]
-        return max(snaps, key=lambda p: p.stat().st_mtime) if snaps else None
-
-    @staticmethod
-    def _snapshot_files(snap: Path) -> list[str]:
-        return sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*.gguf"))
-
-    def cached_quants(self, repo: str) -> list[str]:
-        snap = self._snapshot_dir(repo)
-        return available_quants(self._snapshot_files(snap)) if snap else []
-
-    def _scan(self) -> Any:
-        """huggingface_hub's view of the cache (``HFCacheInfo``), or None when there is none."""
-        from huggingface_hub import CacheNotFound, scan_cache_dir
-
-        try:
-            return scan_cache_dir(self.cache_dir)
-        except CacheNotFound:
-            return None
-        except ValueError:  # "expects a directory but found a file"
-            raise HubError(
-                f"the hub cache at {self.cache_dir} is not a directory; set HF_HUB_CACHE to a directory"
-            ) from None
-
-    def _scanned_files(self) -> list[tuple[str, Any, Any]]:
-        """(repo id, revision, file) for every cached model file."""
-        info = self._scan()
-        repos = [r for r in info.repos if r.repo_type == "model"] if info else []
-        return [(r.repo_id, rev, f) for r in repos for rev in r.revisions for f in rev.files]
+    # -- the cache (lfm2_edge.cache) -------------------------------------------------
 
     def cached(self) -> list[CachedFile]:
-        """Every GGUF file in the cache, by repo and file name (``huggingface_hub.scan_cache_dir``)."""
-        out = []
-        for repo, revision, f in self._scanned_files():
-            name = f.file_path.relative_to(revision.snapshot_path).as_posix()
-            if name.lower().endswith(".gguf"):
-                out.append(CachedFile(repo, name, quant_of(name), is_mmproj(name), f.size_on_disk, f.file_path))
-        return sorted(out, key=lambda f: (f.repo, f.path))
+        """Every GGUF file in the cache, by repo and file name."""
+        return self.cache.cached()
+
+    def cached_quants(self, repo: str) -> list[str]:
+        return self.cache.cached_quants(repo)
 
     def verify(self, path: Path) -> bool:
         """Whether a cached file still matches the sha256 it was stored under."""
-        blob = path.resolve()
-        if not _SHA256_RE.match(blob.name):
-            return True  # not an LFS file: no hash to compare with
-        return sha256_file(blob) == blob.name
+        return self.cache.verify(path)
 
     def remove(self, ref: str | ModelRef) -> list[CachedFile]:
-        """Delete a cached model (one quant, or the whole repo when no quant is named).
-
-        The projector goes with the last quant that used it.
-        """
-        parsed = ref if isinstance(ref, ModelRef) else parse_ref(ref)
-        if parsed.repo is None:
-            raise UnknownModelError(f"{parsed.text} is a local file, not a cached model; delete it yourself")
-        files = [f for f in self.cached() if f.repo.lower() == parsed.repo.lower()]
-        if not files:
-            raise UnknownModelError(f"{parsed.display} is not in the cache at {self.cache_dir}")
-        if parsed.quant is None:
-            self._delete_repo(files[0].repo)
-            return files
-        targets = [f for f in files if not f.is_mmproj and f.quant == parsed.quant]
-        if not targets:
-            have = sorted({f.quant for f in files if not f.is_mmproj and f.quant})
-            raise UnknownQuantError(f"{parsed.display} is not in the cache; cached quants: {', '.join(have) or 'none'}")
-        if all(f.is_mmproj or f in targets for f in files):
-            targets = files
-        self._unlink_cached(*(f.path for f in targets))
-        return targets
-
-    def _delete_repo(self, repo_id: str) -> None:
-        """Remove every revision of a repo (``HFCacheInfo.delete_revisions``)."""
-        revisions = {rev.commit_hash for repo, rev, _ in self._scanned_files() if repo == repo_id}
-        repo_dir = self._repo_dir(repo_id)
-        with self._writing():
-            if revisions:
-                _execute(self._scan().delete_revisions(*revisions))
-            if repo_dir.exists():  # partial downloads, a repo scan_cache_dir skips; what it could not delete
-                shutil.rmtree(repo_dir)
-
-    def _unlink_cached(self, *pointers: Path) -> None:
-        """Remove snapshot entries, and each blob no other entry uses (``HFCacheInfo.delete_files``)."""
-        wanted = {p.parent.resolve() / p.name for p in pointers}  # the scan's paths are resolved
-        files = [f for _, _, f in self._scanned_files() if f.file_path.parent.resolve() / f.file_path.name in wanted]
-        if files:
-            with self._writing():
-                _execute(self._scan().delete_files(*files))
-                for f in files:  # huggingface_hub logs a refused delete and goes on: the error, here
-                    if os.path.lexists(f.file_path):
-                        os.unlink(f.file_path)
+        """Delete a cached model (one quant, or the whole repo when no quant is named)."""
+        return self.cache.remove(ref)
 
 
 def _timeout() -> float:
@@ -498,43 +359,6 @@ def _timeout() -> float:
         return max(0.1, float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "10")))
     except ValueError:
         return 10.0
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path``'s content in one step, through a temp file of this writer's own.
-
-    Concurrent writers each get a unique temp name next to ``path`` (a shared name lets
-    one writer truncate the file another is about to rename), and a reader sees the old
-    content or the new, never an empty or half-written file.
-    """
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as fh:
-        tmp = Path(fh.name)
-        try:
-            fh.write(text)
-        except BaseException:
-            fh.close()
-            tmp.unlink(missing_ok=True)
-            raise
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _execute(strategy: Any) -> None:
-    """Run a ``DeleteCacheStrategy`` without its warnings (a path it could not delete is checked after)."""
-    import logging
-
-    logger = logging.getLogger("huggingface_hub.utils._cache_manager")
-    was = logger.disabled
-    logger.disabled = True
-    try:
-        strategy.execute()
-    finally:
-        logger.disabled = was
 
 
 def find_mmproj(model_path: Path) -> Path | None:

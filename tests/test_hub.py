@@ -401,7 +401,7 @@ def test_concurrent_ref_writers_never_fail_and_readers_never_see_a_partial_ref(t
     import threading
 
     hub = Hub(cache_dir=tmp_path / "cache", offline=True)
-    repo_dir = hub._repo_dir(REPO)
+    repo_dir = hub.cache.repo_dir(REPO)
     ref_file = repo_dir / "refs" / "main"
     commits = [f"{i:040x}" for i in range(8)]
     hub._write_ref(repo_dir, commits[0])
