@@ -4,6 +4,7 @@ ggml registered (:mod:`lfm2_edge._llama.ggml` reads the registry).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from lfm2_edge._llama.ggml import Device, list_devices
@@ -21,12 +22,20 @@ class GpuChoice:
     notice: str | None = None  # one line for the user when the wish could not be met
 
 
-def choose_gpu_layers(gpu_layers: str | int, device: str | None = None) -> GpuChoice:
+GPU_LAYERS_ENV = "LFM2_EDGE_GPU_LAYERS"
+
+
+def choose_gpu_layers(gpu_layers: str | int | None, device: str | None = None) -> GpuChoice:
     """Turn ``--gpu-layers`` (``auto``, ``-1`` for all, or a count) and ``--device`` into a choice.
 
     ``auto`` offloads everything when a GPU device is registered and stays on the CPU
-    with a notice when none is. ``--device`` must name a registered device.
+    with a notice when none is. ``None`` (nothing asked) is ``$LFM2_EDGE_GPU_LAYERS``
+    when set, else ``auto`` without the notice. ``--device`` must name a registered device.
     """
+    if gpu_layers is None:
+        from_env = os.environ.get(GPU_LAYERS_ENV, "").strip()
+        choice = choose_gpu_layers(from_env or "auto", device)
+        return GpuChoice(choice.n_gpu_layers, choice.device) if not from_env else choice
     devices = list_devices()
     gpus = [d for d in devices if d.is_gpu]
     chosen = None

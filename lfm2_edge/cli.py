@@ -110,7 +110,7 @@ def _placement(
     """VisionModel arguments for where and how a model runs (chat and serve alike)."""
     return {
         "n_threads": threads,
-        "n_gpu_layers": gpu_layers or "auto",
+        "n_gpu_layers": gpu_layers,  # None: $LFM2_EDGE_GPU_LAYERS, else auto
         "device": device,
         "use_mlock": mlock,
         "n_ctx": ctx,

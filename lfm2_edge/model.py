@@ -67,7 +67,8 @@ class LoadOptions(TypedDict, total=False):
     """Where and how a model runs; the same for :class:`VisionModel` and :class:`TextModel`."""
 
     n_threads: int | None  # default: the physical cores
-    n_gpu_layers: int | str  # "auto" (default: all on a GPU when llama.cpp has one, else CPU), 0 (CPU), -1, a count
+    n_gpu_layers: int | str | None  # None (default): $LFM2_EDGE_GPU_LAYERS, else "auto" (all on a GPU
+    # when llama.cpp has one, else the CPU); "auto", 0 (CPU), -1 (all) or a count
     device: str | None  # a ggml device name (`lfm2-edge info`)
     n_ctx: int  # 4096
     n_batch: int  # 512
@@ -91,7 +92,7 @@ class _LocalModel(AsyncChatMixin):
         system_prompt: str | None,
         sampling: Sampling,
         n_threads: int | None = None,
-        n_gpu_layers: int | str = "auto",
+        n_gpu_layers: int | str | None = None,
         device: str | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,

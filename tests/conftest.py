@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from lfm2_edge.backends import GPU_LAYERS_ENV
 from lfm2_edge.testing import make_synthetic_model
+
+# Where the suite's models run: the CPU, unless LFM2_EDGE_TEST_GPU_LAYERS says otherwise
+# (`auto`: everything on the GPU of a CUDA / Metal / Vulkan build; scripts/gpu-check.sh).
+# Set for the whole process, so the CLI and servers the tests start place models the
+# same way as the API calls they are compared with.
+os.environ[GPU_LAYERS_ENV] = os.environ.get("LFM2_EDGE_TEST_GPU_LAYERS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from llama_cpp import Llama
 from PIL import Image
 
 from lfm2_edge import VisionModel
+from lfm2_edge.backends import choose_gpu_layers
 from lfm2_edge.errors import ModelFileError
 from lfm2_edge.handler import Lfm2VlChatHandler
 from tests.conftest import png_bytes
@@ -17,8 +18,16 @@ from tests.conftest import png_bytes
 
 @pytest.fixture(scope="module")
 def llm(tiny: dict[str, Path]):
-    handler = Lfm2VlChatHandler(tiny["mmproj"])
-    llama = Llama(str(tiny["F16"]), chat_handler=handler, n_ctx=4096, n_threads=2, verbose=False)
+    placement = choose_gpu_layers(None)  # as VisionModel places its model and projector
+    handler = Lfm2VlChatHandler(tiny["mmproj"], use_gpu=placement.n_gpu_layers != 0)
+    llama = Llama(
+        str(tiny["F16"]),
+        chat_handler=handler,
+        n_ctx=4096,
+        n_threads=2,
+        n_gpu_layers=placement.n_gpu_layers,
+        verbose=False,
+    )
     yield llama, handler
     llama.close()
 

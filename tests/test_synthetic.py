@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -89,3 +91,20 @@ def test_unknown_shape_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(Lfm2EdgeError, match="unknown shape 'huge'"):
         make_synthetic_model(tmp_path, "huge")
+
+
+def test_quantize_then_load_in_one_fresh_process(tmp_path: Path) -> None:
+    """The sequence a CUDA build was reported to crash on: write and quantize the
+    synthetic models, then load one and chat, all in one new process."""
+    script = (
+        "import sys\n"
+        "from lfm2_edge.testing import make_synthetic_model\n"
+        "from lfm2_edge import VisionModel\n"
+        f"paths = make_synthetic_model({str(tmp_path)!r}, 'tiny', quants=['Q4_0'])\n"
+        "with VisionModel(paths['Q4_0'], paths['mmproj']) as vm:\n"
+        "    print(vm.chat('hi', max_tokens=2, temperature=0).usage.completion_tokens)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("0", "1", "2")
+    assert done.stderr == ""  # the quantizer's warnings are routed like llama.cpp's log: silent

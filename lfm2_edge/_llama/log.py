@@ -24,8 +24,11 @@ __all__ = ["set_verbose"]
 
 _LOGGER = logging.getLogger("llama-cpp-python")
 
-# ggml_log_level: NONE 0, INFO 1, WARN 2, ERROR 3, DEBUG 4, CONT 5 (continues the last line)
-_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml_log_level in the llama.cpp this wraps (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3,
+# ERROR 4, CONT 5 (continues the last line). llama-cpp-python 0.3.36's own callback still
+# maps an older order (INFO 1, WARN 2, ERROR 3, DEBUG 4), so it shows every warning as an
+# error: a quiet run on a CUDA build printed llama.cpp's warnings. This one replaces it.
+_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = logging.CRITICAL
 
 

@@ -363,12 +363,19 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
 
     import llama_cpp
 
+    from lfm2_edge._llama import log as _log  # noqa: F401  (the quantizer's log goes where llama.cpp's does)
+
     if quant not in QUANT_FTYPES:
         raise Lfm2EdgeError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_FTYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[quant]
     params.nthread = n_threads or (os.cpu_count() or 1)
     tmp = dst.with_name(dst.name + ".partial")
+    # The backends are initialised before the quantizer runs, as llama.cpp's own
+    # llama-quantize does. On a CUDA build, loading a model after quantizing in the same
+    # process was reported to crash; this order is the first suspect, not yet confirmed
+    # on a GPU (scripts/gpu-check.sh runs the suite that does exactly this).
+    llama_cpp.llama_backend_init()
     try:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
