@@ -25,10 +25,10 @@ __all__ = ["alive", "run_server"]
 def run_server(
     app_: Any, host: str, port: int, name: str, capacity: str, *, verbose: bool, parent_pid: int | None
 ) -> None:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     """Bind (``port`` 0: any free port), serve, and write one JSON line on stdout once
     connections are accepted: ``{"event": "ready", "url": ..., "port": ..., "pid": ...}``.
     With ``parent_pid``, shut down (finishing the answers in flight) when that process ends."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     import socket
     import threading
 
