@@ -72,7 +72,7 @@ def _compile(source: str) -> tuple[Any, bool]:
     class _Generation(jinja2.ext.Extension):
         """Hugging Face's ``{% generation %}`` tag: its body renders as is."""
 
-        tags = {"generation"}
+        tags = {"generation"}  # noqa: RUF012 (jinja2's own attribute)
 
         def parse(self, parser: Any) -> Any:
             parser.stream.skip(1)
@@ -213,7 +213,13 @@ def _flag(value: Any, default: bool) -> bool:
 
 def template_of(summary: GgufSummary | Mapping[str, Any] | None, *, verbose: bool = False) -> ChatTemplate:
     """The chat template of a GGUF header (a summary, or llama-cpp-python's metadata dict)."""
-    meta: Mapping[str, Any] = {} if summary is None else getattr(summary, "metadata", summary)
+    meta: Mapping[str, Any]
+    if summary is None:
+        meta = {}
+    elif isinstance(summary, Mapping):
+        meta = summary
+    else:
+        meta = summary.metadata
     source = meta.get("tokenizer.chat_template")
     if not isinstance(source, str) or not source or len(source.encode("utf-8")) > MAX_TEMPLATE:
         source = None

@@ -100,7 +100,8 @@ LFM2_TOOLS_TEMPLATE = """{{- bos_token -}}
     {%- set messages = messages[1:] -%}
 {%- endif -%}
 {%- if tools -%}
-    {%- set ns.system_prompt = ns.system_prompt + ("\n" if ns.system_prompt else "") + "List of tools: <|tool_list_start|>[" -%}
+    {%- set ns.system_prompt = ns.system_prompt + ("\n" if ns.system_prompt else "") -%}
+    {%- set ns.system_prompt = ns.system_prompt + "List of tools: <|tool_list_start|>[" -%}
     {%- for tool in tools -%}
         {%- if tool is not string -%}
             {%- set tool = tool | tojson -%}
@@ -265,7 +266,9 @@ LAYOUTS: dict[str, SyntheticShape] = {
     "lfm2.5-vl-1.6b-tower": SyntheticShape(
         name="lfm2.5-vl-1.6b-tower",
         lm=_OFFICIAL_LM,
-        vision=VisionShape(n_embd=1152, n_ff=4304, n_head=16, n_layer=1, proj_hidden=256, input_norm=False, quant="Q8_0"),
+        vision=VisionShape(
+            n_embd=1152, n_ff=4304, n_head=16, n_layer=1, proj_hidden=256, input_norm=False, quant="Q8_0"
+        ),
         quants=("Q4_0",),
         chat_template=LFM2_TOOLS_TEMPLATE,
     ),
