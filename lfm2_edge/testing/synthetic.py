@@ -22,21 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from lfm2_edge.catalog import DEFAULT_VL_SYSTEM_PROMPT, find_entry
+from lfm2_edge.catalog import find_entry
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.tokens import (
-    BOS,
-    EOS,
-    IM_END,
-    IM_START,
-    IMAGE_END,
-    IMAGE_MARKER,
-    IMAGE_START,
-    IMAGE_THUMBNAIL,
-    PAD,
-    SPECIAL_TOKENS,
-    tile_token,
-)
+from lfm2_edge.testing.templates import CHAT_TEMPLATE, LFM2_TOOLS_TEMPLATE, LFM2_VL_TEMPLATE
+from lfm2_edge.testing.vocab import build_vocab
+from lfm2_edge.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -54,94 +44,6 @@ __all__ = [
 ]
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = BOS, EOS, PAD
-
-
-def _jinja_str(text: str) -> str:
-    """``text`` as a single-quoted Jinja string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
-# ChatML as the LFM2-VL card writes it: images before the text of their turn.
-CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- if messages[0]['role'] != 'system' -%}"
-    "{{- " + _jinja_str(f"{IM_START}system\n{DEFAULT_VL_SYSTEM_PROMPT}{IM_END}\n") + " -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{{- " + _jinja_str(IM_START) + " + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] in ('image', 'image_url') -%}"
-    "{{- " + _jinja_str(IMAGE_MARKER) + " -}}{%- endfor -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}"
-    "{{- item['text'] -}}{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- " + _jinja_str(f"{IM_END}\n") + " -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- " + _jinja_str(f"{IM_START}assistant\n") + " -}}{%- endif -%}"
-)
-
-# The chat template of the official LFM2-VL GGUFs, as published (tokenizer.chat_template).
-LFM2_VL_TEMPLATE = (
-    "{{bos_token}}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-# A stand-in for the newer, tool-aware templates (LFM2 text models, LFM2.5-VL): the system
-# turn carries the tool list, tool results are wrapped in tool-response markers, image
-# parts write <image>. Not the published LFM2.5-VL text (3,837 bytes, not reachable here).
-LFM2_TOOLS_TEMPLATE = """{{- bos_token -}}
-{%- set ns = namespace(system_prompt="", content="") -%}
-{%- if messages[0]["role"] == "system" -%}
-    {%- set ns.system_prompt = messages[0]["content"] -%}
-    {%- set messages = messages[1:] -%}
-{%- endif -%}
-{%- if tools -%}
-    {%- set ns.system_prompt = ns.system_prompt + ("\n" if ns.system_prompt else "") -%}
-    {%- set ns.system_prompt = ns.system_prompt + "List of tools: <|tool_list_start|>[" -%}
-    {%- for tool in tools -%}
-        {%- if tool is not string -%}
-            {%- set tool = tool | tojson -%}
-        {%- endif -%}
-        {%- set ns.system_prompt = ns.system_prompt + tool -%}
-        {%- if not loop.last -%}
-            {%- set ns.system_prompt = ns.system_prompt + ", " -%}
-        {%- endif -%}
-    {%- endfor -%}
-    {%- set ns.system_prompt = ns.system_prompt + "]<|tool_list_end|>" -%}
-{%- endif -%}
-{%- if ns.system_prompt -%}
-    {{- "<|im_start|>system\n" + ns.system_prompt + "<|im_end|>\n" -}}
-{%- endif -%}
-{%- for message in messages -%}
-    {{- "<|im_start|>" + message["role"] + "\n" -}}
-    {%- if message["content"] is string -%}
-        {%- set ns.content = message["content"] -%}
-    {%- else -%}
-        {%- set ns.content = "" -%}
-        {%- for item in message["content"] -%}
-            {%- if item["type"] == "image" -%}
-                {%- set ns.content = ns.content + "<image>" -%}
-            {%- elif item["type"] == "text" -%}
-                {%- set ns.content = ns.content + item["text"] -%}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-    {%- if message["role"] == "tool" -%}
-        {%- set ns.content = "<|tool_response_start|>" + ns.content + "<|tool_response_end|>" -%}
-    {%- endif -%}
-    {{- ns.content + "<|im_end|>\n" -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- "<|im_start|>assistant\n" -}}
-{%- endif -%}
-"""
-
-# gguf token types (gguf.TokenType), spelled out so the writer's enum names don't matter.
-_NORMAL, _CONTROL = 1, 3
 
 
 @dataclass(frozen=True)
@@ -274,65 +176,6 @@ LAYOUTS: dict[str, SyntheticShape] = {
     ),
 }
 SHAPES.update(LAYOUTS)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
-
-
-# Where the official LFM2 vocabulary puts its special tokens: the chat and tool markers at
-# 0..13, reserved control tokens up to the LFM2-VL image tokens, <image> at 396.
-OFFICIAL_IMAGE_ID = 396
-
-
-def _official_specials() -> list[str]:
-    chat = list(SPECIAL_TOKENS[: SPECIAL_TOKENS.index(IMAGE_MARKER)])  # <|pad|> .. <|tool_response_end|>
-    image = [IMAGE_MARKER, *(tile_token(r, c) for r in range(1, 11) for c in range(1, 11))]
-    image += [IMAGE_THUMBNAIL, IMAGE_START, IMAGE_END]
-    reserved = [f"<|reserved_{i}|>" for i in range(OFFICIAL_IMAGE_ID - len(chat))]
-    return chat + reserved + image
-
-
-def build_vocab(n_vocab: int, *, official_ids: bool = False) -> tuple[list[str], list[int], list[str]]:
-    """Return (tokens, token types, merges) of a byte-level BPE vocabulary.
-
-    Every byte has a token, so any text tokenizes; letter pairs (with and without a
-    leading space) are merged so that English takes fewer tokens than bytes, as with
-    a real tokenizer. The rest of ``n_vocab`` is filled with unreachable tokens.
-    ``official_ids`` puts the special tokens at the official files' ids.
-    """
-    tokens: list[str] = _official_specials() if official_ids else list(SPECIAL_TOKENS)
-    types: list[int] = [_CONTROL] * len(tokens)
-    byte_chars = list(_bytes_to_unicode().values())
-    tokens += byte_chars
-    types += [_NORMAL] * len(byte_chars)
-    merges: list[str] = []
-    space = _bytes_to_unicode()[ord(" ")]
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
-    budget = n_vocab - len(tokens)
-    firsts = [space, *letters]
-    for a in firsts:
-        for b in letters:
-            if len(merges) >= budget // 2:
-                break
-            merges.append(f"{a} {b}")
-            tokens.append(a + b)
-            types.append(_NORMAL)
-    if len(tokens) > n_vocab:
-        raise ValueError(f"n_vocab={n_vocab} is too small for the special and byte tokens")
-    tokens += [f"[unused{i}]" for i in range(n_vocab - len(tokens))]
-    types += [_NORMAL] * (n_vocab - len(types))
-    return tokens, types, merges
 
 
 class _Init:
