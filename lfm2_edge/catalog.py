@@ -154,7 +154,8 @@ def text_model(name: str, **facts: Any) -> CatalogEntry:
 CATALOG: tuple[CatalogEntry, ...] = (
     vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M),
     vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B),
-    vl_model("LFM2.5-VL-450M", arch=_LFM2_VL_450M, recommend=("Q8_0", "Q4_0")),
+    # the LFM2.5-VL-450M card lowers the image-token floor to 32 (llama.cpp hard-codes 64..256)
+    vl_model("LFM2.5-VL-450M", arch=_LFM2_VL_450M, recommend=("Q8_0", "Q4_0"), image_min_tokens=32),
     vl_model("LFM2.5-VL-1.6B", arch=_LFM2_VL_1_6B, recommend=("Q8_0", "Q4_0")),
     text_model("LFM2-350M"),
     text_model("LFM2-700M"),

@@ -301,8 +301,35 @@ def _schema(path: Path) -> Any:
 
 
 @app.command()
-def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the version, llama.cpp's build, its backends and devices, and the thread count."""
+def info(
+    ref: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[MODEL]",
+            help="Describe this model's files from their headers (no weights loaded): NAME[:QUANT], "
+            "ORG/REPO[:QUANT] or a .gguf path.",
+            show_default=False,
+        ),
+    ] = None,
+    mmproj: MmprojOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the version, llama.cpp's build, its backends and devices, and the thread count;
+    with MODEL, what its files are: architecture, layer pattern, quant types, vocabulary,
+    chat template (and its hash), projector layout, the catalog's presets."""
+    if ref is not None:
+        from lfm2_edge.fileinfo import describe, report_lines
+
+        with user_errors():
+            resolved = _hub().resolve(ref, mmproj=mmproj)
+            described = describe(
+                resolved.model_path, resolved.mmproj_path, entry=resolved.entry, ref=resolved.ref.display
+            )
+        if as_json:
+            _emit_json(described)
+        else:
+            Console(highlight=False, soft_wrap=True).print("\n".join(report_lines(described)), markup=False)
+        return
     from lfm2_edge._llama.ggml import build_info, list_backends, list_devices
 
     b = build_info()

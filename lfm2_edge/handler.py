@@ -2,8 +2,9 @@
 
 llama-cpp-python's generic ``MTMDChatHandler`` renders the GGUF's chat template, which
 keeps the image where the client put it (often after the text) and uses mtmd's
-default media marker. This handler writes the LFM2 ChatML itself with every image
-marker first in its turn, decodes images with Pillow, and stops at ``<|im_end|>``::
+default media marker. This handler renders the same template (:mod:`lfm2_edge.template`,
+or the built-in LFM2 ChatML when the file has none) with every image first in its turn
+and message text kept as content, decodes images with Pillow, and stops at ``<|im_end|>``::
 
     from llama_cpp import Llama
     from lfm2_edge.handler import Lfm2VlChatHandler
@@ -40,6 +41,7 @@ from lfm2_edge.catalog import VL
 from lfm2_edge.errors import ModelFileError
 from lfm2_edge.images import load_image
 from lfm2_edge.prompt import conversation_images, normalize_messages, render_prompt
+from lfm2_edge.template import ChatTemplate, template_of
 from lfm2_edge.tokens import IM_END
 
 __all__ = ["Lfm2VlChatHandler"]
@@ -80,6 +82,7 @@ class Lfm2VlChatHandler:
         self._projector: Projector | None = None
         self._markers: MarkerTable | None = None
         self.last_prompt: str | None = None  # the exact text sent, for inspection
+        self.chat_template: ChatTemplate | None = None  # the Llama's file's, read on the first call
 
     def _projector_for(self, llama: llama_cpp.Llama) -> Projector:
         if self._projector is None:
@@ -105,7 +108,8 @@ class Lfm2VlChatHandler:
     def render(self, messages: list[Any]) -> tuple[str, list[Any]]:
         """The prompt text and the images it refers to, in marker order."""
         msgs = normalize_messages(messages)
-        return render_prompt(msgs, system_prompt=self.system_prompt), conversation_images(msgs)
+        prompt = render_prompt(msgs, system_prompt=self.system_prompt, chat_template=self.chat_template)
+        return prompt, conversation_images(msgs)
 
     def __call__(
         self,
@@ -131,6 +135,8 @@ class Lfm2VlChatHandler:
         **_unused: Any,
     ) -> llama_types.CreateChatCompletionResponse | Iterator[llama_types.CreateChatCompletionStreamResponse]:
         projector = self._projector_for(llama)
+        if self.chat_template is None:
+            self.chat_template = template_of(llama.metadata, verbose=llama.verbose)
         prompt, image_refs = self.render(messages)
         self.last_prompt = prompt
         images = [load_image(ref, allow_remote=self.allow_remote_images) for ref in image_refs]

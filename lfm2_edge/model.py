@@ -109,6 +109,7 @@ class _LocalModel(AsyncChatMixin):
         n_seq_max: int = 1,
     ) -> None:
         from lfm2_edge.backends import choose_gpu_layers
+        from lfm2_edge.template import template_of
         from lfm2_edge.validate import check_model_files
 
         self.system_prompt = system_prompt
@@ -123,7 +124,8 @@ class _LocalModel(AsyncChatMixin):
         # States saved after a prompt's last image and at its end: see lfm2_edge.prefill.
         self._states = StateCache(int(state_cache_mb * 2**20))
         self.model_path = Path(model_path)
-        check_model_files(model_path, mmproj_path)
+        header, _ = check_model_files(model_path, mmproj_path)
+        self.chat_template = template_of(header, verbose=verbose)  # the file's own, else built-in ChatML
         gpu = choose_gpu_layers(n_gpu_layers, device)
         self.gpu_notice = gpu.notice  # one line for the user when a GPU was asked for but is absent
         self.device = gpu.device.name if gpu.device else "CPU"
@@ -377,7 +379,9 @@ class _LocalModel(AsyncChatMixin):
             load_image(img, allow_remote=self.allow_remote_images, allow_private=self.allow_private_urls)
             for img in conversation_images(messages)
         ]
-        prompt = render_prompt(messages, system_prompt=self.system_prompt, tools=plan.functions)
+        prompt = render_prompt(
+            messages, system_prompt=self.system_prompt, tools=plan.functions, chat_template=self.chat_template
+        )
         return PreparedChat(prompt, loaded, params, plan, logprobs)
 
     def _check_lower_bound(self, messages: Sequence[Message]) -> None:

@@ -1,9 +1,10 @@
-"""The LFM2 ChatML prompt, written by hand so that images always precede their text.
+"""The LFM2 ChatML prompt, with images always before the text of their turn.
 
 LFM2-VL was trained with each image marker *before* the text of its user turn;
 quality drops when the marker follows the text (llama.cpp fixed this for its own CLI
-in PR 17616). Generic chat templates keep the order the client sent, so lfm2-edge
-renders the prompt itself::
+in PR 17616). Generic chat handlers keep the order the client sent, so lfm2-edge puts
+the image parts first itself. The prompt is the model file's own chat template
+(:mod:`lfm2_edge.template`) when it has one that renders; else this built-in ChatML::
 
     <|startoftext|><|im_start|>system
     You are a helpful multimodal assistant by Liquid AI.<|im_end|>
@@ -23,6 +24,7 @@ from typing import Any, Union
 
 from lfm2_edge.catalog import DEFAULT_TEXT_SYSTEM_PROMPT, DEFAULT_VL_SYSTEM_PROMPT
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.template import ChatTemplate, TemplateError
 from lfm2_edge.tokens import BOS, IM_END, IM_START, IMAGE_MARKER, Prompt, template
 
 __all__ = [
@@ -137,8 +139,14 @@ def render_prompt(
     system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
     add_generation_prompt: bool = True,
     tools: Sequence[Mapping[str, Any]] = (),
+    chat_template: ChatTemplate | None = None,
 ) -> Prompt:
-    """Render LFM2 ChatML with every image marker at the start of its turn.
+    """Render the prompt with every image marker at the start of its turn.
+
+    With ``chat_template`` (the model file's own, :func:`lfm2_edge.template.template_of`)
+    the prompt is that template's rendering, image parts first in their turn and every
+    content string kept as content; when the file has none or it cannot render this
+    conversation, the built-in LFM2 ChatML below is used (one notice when verbose).
 
     A conversation without a system message gets ``system_prompt`` (pass ``None`` for
     none). With ``tools`` (function definitions) the system turn carries the tool list
@@ -153,6 +161,17 @@ def render_prompt(
     """
     from lfm2_edge.tools import TOOL_RESPONSE_END, TOOL_RESPONSE_START, format_calls, tools_system_text
 
+    if chat_template is not None:
+        try:
+            return chat_template.render(
+                messages,
+                system_prompt=system_prompt,
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                format_calls=format_calls,
+            )
+        except TemplateError as exc:
+            chat_template.notice(str(exc))
     parts: list[str | tuple[str, bool]] = [template(BOS)]
     has_system = bool(messages) and messages[0].role == "system"
     if tools:

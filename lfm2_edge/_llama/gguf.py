@@ -30,6 +30,7 @@ GGUF_VERSIONS = (2, 3)
 MAX_COUNT = 1 << 24  # tensors, metadata keys, array items: far beyond any real model
 MAX_STRING = 1 << 24
 MAX_DIMS = 4
+MAX_KEPT_ARRAY = 4096  # numeric arrays up to this length keep their values (head_count_kv, image_mean)
 
 # GGUF value types: struct format of the fixed-size ones.
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -49,6 +50,7 @@ class GgufSummary:
     metadata: dict[str, Any]  # scalars and strings; arrays as their length
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     data_start: int = 0  # the offset of the tensor data in the file
+    arrays: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # short numeric arrays' values
 
     @property
     def n_tensors(self) -> int:
@@ -67,6 +69,7 @@ class _Reader:
         self.buf = buf
         self.pos = 0
         self.size = len(buf)
+        self.arrays: dict[str, tuple[Any, ...]] = {}
 
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > self.size:
@@ -101,7 +104,9 @@ class _Reader:
             itype = self.scalar("<I", f"the array type of {key}")
             n = self.count(f"the length of {key}")
             if itype in _SCALARS:
-                self.take(n * struct.calcsize(_SCALARS[itype]), f"the array {key}")
+                at = self.take(n * struct.calcsize(_SCALARS[itype]), f"the array {key}")
+                if n <= MAX_KEPT_ARRAY:
+                    self.arrays[key] = struct.unpack_from(f"<{n}{_SCALARS[itype][1]}", self.buf, at)
             elif itype == _STRING and key == "tokenizer.ggml.tokens":
                 # llama.cpp asserts (aborts) when two tokens have the same text, read as
                 # C strings (up to a NUL byte)
@@ -125,6 +130,7 @@ class _Header(NamedTuple):
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
     data_start: int  # where tensor data begins
+    arrays: dict[str, tuple[Any, ...]]
 
 
 def _parse(buf: mmap.mmap | bytes) -> _Header:
@@ -178,7 +184,7 @@ def _parse(buf: mmap.mmap | bytes) -> _Header:
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise _Damaged(f"tensors {first} and {second} overlap")
-    return _Header(metadata, tensors, data_start)
+    return _Header(metadata, tensors, data_start, r.arrays)
 
 
 def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSummary:
@@ -203,4 +209,4 @@ def read_summary(path: str | os.PathLike[str], what: str = "model") -> GgufSumma
     arch = header.metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFileError(f"{p} has no general.architecture; it is not a usable GGUF {what}")
-    return GgufSummary(p, arch, header.metadata, header.tensors, header.data_start)
+    return GgufSummary(p, arch, header.metadata, header.tensors, header.data_start, header.arrays)

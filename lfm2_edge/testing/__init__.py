@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from lfm2_edge.testing.synthetic import (
     CHAT_TEMPLATE,
+    LAYOUTS,
+    LFM2_TOOLS_TEMPLATE,
+    LFM2_VL_TEMPLATE,
     SHAPES,
     SPECIAL_TOKENS,
     LmShape,
@@ -21,6 +24,9 @@ from lfm2_edge.testing.synthetic import (
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "LAYOUTS",
+    "LFM2_TOOLS_TEMPLATE",
+    "LFM2_VL_TEMPLATE",
     "SHAPES",
     "SPECIAL_TOKENS",
     "LmShape",

@@ -18,15 +18,21 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lfm2_edge.catalog import DEFAULT_VL_SYSTEM_PROMPT, find_entry
+from lfm2_edge.catalog import find_entry
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.tokens import BOS, EOS, IM_END, IM_START, IMAGE_MARKER, PAD, SPECIAL_TOKENS
+from lfm2_edge.testing.templates import CHAT_TEMPLATE, LFM2_TOOLS_TEMPLATE, LFM2_VL_TEMPLATE
+from lfm2_edge.testing.vocab import build_vocab
+from lfm2_edge.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "LAYOUTS",
+    "LFM2_TOOLS_TEMPLATE",
+    "LFM2_VL_TEMPLATE",
     "SHAPES",
     "SPECIAL_TOKENS",
     "LmShape",
@@ -38,35 +44,6 @@ __all__ = [
 ]
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = BOS, EOS, PAD
-
-
-def _jinja_str(text: str) -> str:
-    """``text`` as a single-quoted Jinja string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
-# ChatML as the LFM2-VL card writes it: images before the text of their turn.
-CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- if messages[0]['role'] != 'system' -%}"
-    "{{- " + _jinja_str(f"{IM_START}system\n{DEFAULT_VL_SYSTEM_PROMPT}{IM_END}\n") + " -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{{- " + _jinja_str(IM_START) + " + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] in ('image', 'image_url') -%}"
-    "{{- " + _jinja_str(IMAGE_MARKER) + " -}}{%- endfor -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}"
-    "{{- item['text'] -}}{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- " + _jinja_str(f"{IM_END}\n") + " -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- " + _jinja_str(f"{IM_START}assistant\n") + " -}}{%- endif -%}"
-)
-
-# gguf token types (gguf.TokenType), spelled out so the writer's enum names don't matter.
-_NORMAL, _CONTROL = 1, 3
 
 
 @dataclass(frozen=True)
@@ -81,6 +58,7 @@ class LmShape:
     n_vocab: int
     n_ctx_train: int
     conv_l_cache: int = 3
+    real_ids: bool = False  # special tokens at the official ids (bos 1, eos 7, pad 0, <image> 396)
 
 
 @dataclass(frozen=True)
@@ -95,6 +73,8 @@ class VisionShape:
     n_pos_per_side: int = 16  # learned position grid, resized to the image by llama.cpp
     scale_factor: int = 2  # pixel unshuffle
     proj_hidden: int = 2560
+    input_norm: bool = True  # mm.input_norm.*: LFM2-VL files have it, LFM2.5-VL files do not
+    quant: str = "F16"  # the mmproj's file type: F16, or Q8_0 as the converter writes it
 
 
 @dataclass(frozen=True)
@@ -103,6 +83,8 @@ class SyntheticShape:
     lm: LmShape
     vision: VisionShape
     quants: tuple[str, ...] = field(default=())
+    chat_template: str | None = None  # None: the project's own CHAT_TEMPLATE
+    add_bos: bool = True  # tokenizer.ggml.add_bos_token
 
 
 # LFM2-350M: attention at blocks 2, 5, 8, 10, 12, 14; the other ten are short convolutions.
@@ -148,50 +130,52 @@ SHAPES: dict[str, SyntheticShape] = {
     ),
 }
 
+# The official files' layout at small width: the real 16-block pattern and head_count_kv
+# array [0,0,8,0,0,8,0,0,8,0,8,0,8,0,8,0], the official special-token ids, tied output
+# (no output.weight, final norm token_embd_norm.weight), context 128000, and n_embd 256
+# so that llama.cpp's Q4_0 keeps token_embd in Q6_K as in the official Q4_0 files.
+_OFFICIAL_LM = LmShape(
+    n_embd=256,
+    n_ff=256,
+    n_head=16,
+    n_head_kv=8,
+    layer_types=_LFM2_350M_LAYERS,
+    n_vocab=1024,
+    n_ctx_train=128000,
+    real_ids=True,
+)
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
-
-
-def build_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
-    """Return (tokens, token types, merges) of a byte-level BPE vocabulary.
-
-    Every byte has a token, so any text tokenizes; letter pairs (with and without a
-    leading space) are merged so that English takes fewer tokens than bytes, as with
-    a real tokenizer. The rest of ``n_vocab`` is filled with unreachable tokens.
-    """
-    tokens: list[str] = list(SPECIAL_TOKENS)
-    types: list[int] = [_CONTROL] * len(tokens)
-    byte_chars = list(_bytes_to_unicode().values())
-    tokens += byte_chars
-    types += [_NORMAL] * len(byte_chars)
-    merges: list[str] = []
-    space = _bytes_to_unicode()[ord(" ")]
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
-    budget = n_vocab - len(tokens)
-    firsts = [space, *letters]
-    for a in firsts:
-        for b in letters:
-            if len(merges) >= budget // 2:
-                break
-            merges.append(f"{a} {b}")
-            tokens.append(a + b)
-            types.append(_NORMAL)
-    if len(tokens) > n_vocab:
-        raise ValueError(f"n_vocab={n_vocab} is too small for the special and byte tokens")
-    tokens += [f"[unused{i}]" for i in range(n_vocab - len(tokens))]
-    types += [_NORMAL] * (n_vocab - len(types))
-    return tokens, types, merges
+# One shape per official layout (``LAYOUTS``); each writes a few MB (the 1.6B tower ~27).
+LAYOUTS: dict[str, SyntheticShape] = {
+    # LFM2-VL: F16 projector with mm.input_norm, the published 434-byte template
+    "lfm2-vl": SyntheticShape(
+        name="lfm2-vl",
+        lm=_OFFICIAL_LM,
+        vision=VisionShape(n_embd=64, n_ff=128, n_head=4, n_layer=2, proj_hidden=160),
+        quants=("Q4_0",),
+        chat_template=LFM2_VL_TEMPLATE,
+    ),
+    # LFM2.5-VL: Q8_0 projector without mm.input_norm, a newer (tool-aware) template
+    "lfm2.5-vl": SyntheticShape(
+        name="lfm2.5-vl",
+        lm=_OFFICIAL_LM,
+        vision=VisionShape(n_embd=64, n_ff=128, n_head=4, n_layer=2, proj_hidden=128, input_norm=False, quant="Q8_0"),
+        quants=("Q4_0",),
+        chat_template=LFM2_TOOLS_TEMPLATE,
+    ),
+    # The 1.6B vision tower's widths (1152 dims, 16 heads, ff 4304: not a multiple of 32)
+    # on one block, in Q8_0 as the converter types it: F32 patch embedding, F16 ffn_down.
+    "lfm2.5-vl-1.6b-tower": SyntheticShape(
+        name="lfm2.5-vl-1.6b-tower",
+        lm=_OFFICIAL_LM,
+        vision=VisionShape(
+            n_embd=1152, n_ff=4304, n_head=16, n_layer=1, proj_hidden=256, input_norm=False, quant="Q8_0"
+        ),
+        quants=("Q4_0",),
+        chat_template=LFM2_TOOLS_TEMPLATE,
+    ),
+}
+SHAPES.update(LAYOUTS)
 
 
 class _Init:
@@ -263,8 +247,9 @@ def _vision_tensors(v: VisionShape, n_embd_text: int, init: _Init) -> Iterable[t
     yield "v.post_ln.weight", init.ones(v.n_embd)
     yield "v.post_ln.bias", init.vector(v.n_embd)
     merged = v.n_embd * v.scale_factor**2
-    yield "mm.input_norm.weight", init.ones(merged)
-    yield "mm.input_norm.bias", init.vector(merged)
+    if v.input_norm:
+        yield "mm.input_norm.weight", init.ones(merged)
+        yield "mm.input_norm.bias", init.vector(merged)
     yield "mm.1.weight", init.matrix(v.proj_hidden, merged)
     yield "mm.1.bias", init.vector(v.proj_hidden)
     yield "mm.2.weight", init.matrix(n_embd_text, v.proj_hidden)
@@ -309,7 +294,7 @@ def _fill_lm(shape: SyntheticShape, seed: int):
         w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
         w.add_uint32(f"{arch}.vocab_size", lm.n_vocab)
         w.add_uint32(f"{arch}.shortconv.l_cache", lm.conv_l_cache)
-        tokens, types, merges = build_vocab(lm.n_vocab)
+        tokens, types, merges = build_vocab(lm.n_vocab, official_ids=lm.real_ids)
         w.add_string("tokenizer.ggml.model", "gpt2")
         w.add_string("tokenizer.ggml.pre", "lfm2")
         w.add_array("tokenizer.ggml.tokens", tokens)
@@ -318,9 +303,9 @@ def _fill_lm(shape: SyntheticShape, seed: int):
         w.add_uint32("tokenizer.ggml.bos_token_id", tokens.index(BOS_TOKEN))
         w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index(EOS_TOKEN))
         w.add_uint32("tokenizer.ggml.padding_token_id", tokens.index(PAD_TOKEN))
-        w.add_bool("tokenizer.ggml.add_bos_token", True)
+        w.add_bool("tokenizer.ggml.add_bos_token", shape.add_bos)
         w.add_bool("tokenizer.ggml.add_eos_token", False)
-        w.add_string("tokenizer.chat_template", CHAT_TEMPLATE)
+        w.add_string("tokenizer.chat_template", shape.chat_template or CHAT_TEMPLATE)
         for name, data in _lm_tensors(lm, _Init(seed)):
             w.add_tensor(name, data)
 
@@ -333,7 +318,7 @@ def _fill_mmproj(shape: SyntheticShape, seed: int):
     def fill(w) -> None:
         w.add_string("general.type", "mmproj")
         w.add_string("general.name", f"lfm2-edge synthetic {shape.name} mmproj")
-        w.add_uint32("general.file_type", 1)
+        w.add_uint32("general.file_type", QUANT_FTYPES[v.quant])
         w.add_string("clip.projector_type", "lfm2")
         w.add_bool("clip.has_vision_encoder", True)
         w.add_bool("clip.use_gelu", True)
@@ -349,12 +334,35 @@ def _fill_mmproj(shape: SyntheticShape, seed: int):
         w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
         w.add_uint32("clip.vision.projector.scale_factor", v.scale_factor)
         for name, data in _vision_tensors(v, lm.n_embd, _Init(seed + 1)):
-            w.add_tensor(name, data)
+            if v.quant == "F16":
+                w.add_tensor(name, data)
+            else:
+                w.add_tensor(name, *_converter_quant(name, data, v.quant))
 
     return fill
 
 
 QUANT_FTYPES: dict[str, int] = {"F16": 1, "Q8_0": 7, "Q4_0": 2}  # llama_ftype values
+
+
+def _converter_quant(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray, Any, Any]:
+    """A projector tensor typed as llama.cpp's converter types it for ``--outtype q8_0``
+    (conversion/base.py ``prepare_tensors`` and ``MmprojModel.tensor_force_quant``):
+    vectors, norms, biases and ``v.position_embd`` in F32, ``v.patch_embd.weight`` in F32,
+    other matrices in Q8_0, falling back to F16 where a row is not a whole number of
+    32-value blocks (the 1.6B tower's ffn_down, 4304 wide). Returns add_tensor's arguments."""
+    import gguf
+
+    f32 = np.asarray(data, dtype=np.float32)
+    if data.ndim <= 1 or not name.endswith(".weight") or name.endswith("_norm.weight"):
+        return f32, None, None
+    if name in ("v.patch_embd.weight", "v.position_embd.weight"):
+        return f32, None, None
+    qtype = gguf.GGMLQuantizationType[quant]
+    try:
+        return gguf.quants.quantize(f32, qtype), None, qtype
+    except gguf.QuantError:
+        return f32.astype(np.float16), None, None
 
 
 def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> Path:
@@ -393,7 +401,8 @@ def make_synthetic_model(
     seed: int = 0,
     quants: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``model-F16.gguf`` and ``mmproj-F16.gguf`` (and quantized models) to ``out_dir``.
+    """Write ``model-F16.gguf`` and ``mmproj-F16.gguf`` (``mmproj-Q8_0.gguf`` for a Q8_0
+    projector) and quantized models to ``out_dir``.
 
     Returns the written paths keyed by ``"F16"``, each quant name, and ``"mmproj"``.
     The output is deterministic for a given shape and seed.
@@ -406,7 +415,7 @@ def make_synthetic_model(
         raise Lfm2EdgeError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"F16": out / "model-F16.gguf", "mmproj": out / "mmproj-F16.gguf"}
+    paths = {"F16": out / "model-F16.gguf", "mmproj": out / f"mmproj-{spec.vision.quant}.gguf"}
     _write_atomic(paths["F16"], "lfm2", _fill_lm(spec, seed))
     _write_atomic(paths["mmproj"], "clip", _fill_mmproj(spec, seed))
     for quant in spec.quants if quants is None else quants:
