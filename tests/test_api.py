@@ -360,10 +360,20 @@ def test_every_error_an_app_catches_is_exported() -> None:
         assert issubclass(getattr(lfm2_edge, name), Lfm2EdgeError)
 
 
-def test_the_api_places_models_like_the_cli() -> None:
+def test_the_api_places_models_like_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the API nor the CLI without --gpu-layers picks a placement of its own: both
+    leave it to LFM2_EDGE_GPU_LAYERS, else auto (the CPU here, which has no GPU)."""
+    from lfm2_edge import cli
+    from lfm2_edge.backends import choose_gpu_layers
     from lfm2_edge.model import _LocalModel
 
-    assert inspect.signature(_LocalModel.__init__).parameters["n_gpu_layers"].default == "auto"
+    assert inspect.signature(_LocalModel.__init__).parameters["n_gpu_layers"].default is None
+    assert cli._placement(None, None, None, False, 4096, False)["n_gpu_layers"] is None
+    monkeypatch.delenv("LFM2_EDGE_GPU_LAYERS", raising=False)
+    auto = choose_gpu_layers(None)
+    assert (auto.n_gpu_layers, auto.notice) == (choose_gpu_layers("auto").n_gpu_layers, None)  # said only if asked
+    monkeypatch.setenv("LFM2_EDGE_GPU_LAYERS", "0")
+    assert choose_gpu_layers(None).n_gpu_layers == 0
 
 
 def test_from_pretrained_takes_a_progress_factory(monkeypatch: pytest.MonkeyPatch) -> None:
