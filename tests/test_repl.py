@@ -266,6 +266,7 @@ def test_terminal_history_paste_and_ctrl_c_at_the_prompt(tiny: dict[str, Path], 
     term.expect(r"\.\.\. ")
     term.expect(r"eval rate[\s\S]*>>> ")
     term.mark()
+    time.sleep(0.5)  # a person's pause: the prompt is drawn before readline waits for keys
     term.proc.send_signal(signal.SIGINT)  # Ctrl-C at the prompt: a hint, not the end
     term.expect("Use Ctrl\\+D or /bye to exit")
     term.send("/bye\r")
