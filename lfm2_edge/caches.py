@@ -101,7 +101,7 @@ class EmbeddingCache(ByteLRU[EmbeddingKey, object]):
 
 
 class StateCache(ByteLRU[tuple[Item, ...], Any]):
-    """Saved sequence states (:class:`lfm2_edge._llama.context.SavedState`), keyed by the
+    """Saved sequence states (:class:`lfm2_edge._llama.state.SavedState`), keyed by the
     items evaluated to reach them."""
 
     def longest_prefix_of(self, items: Sequence[Item]) -> tuple[tuple[Item, ...], Any] | None:

@@ -14,125 +14,39 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.filesize import decimal as _size
 from rich.markup import escape
 
 from lfm2_edge import __version__
 from lfm2_edge.answer import answer_once
+from lfm2_edge.cli_cache import list_models, pull, remove
+from lfm2_edge.cli_common import (
+    DeviceOpt,
+    GpuLayersOpt,
+    MlockOpt,
+    MmprojOpt,
+    ModelOpt,
+    RefArg,
+    ThreadsOpt,
+    _either,
+    _emit_json,
+    _hub,
+    _model_ref,
+    _placement,
+    app,
+    err,
+    fail,
+    user_errors,
+)
+from lfm2_edge.cli_serve import exposure_warning as exposure_warning  # imported from here by callers
+from lfm2_edge.cli_serve import serve
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
 from lfm2_edge.progress import Activity
 from lfm2_edge.repl import interactive as _interactive
-
-app = typer.Typer(
-    name="lfm2-edge",
-    help="Run Liquid AI's LFM2-VL vision-language models on your own machine.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts are plain: "[default: 0.15]" is text, not a markup tag
-)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_USER_ERROR = 2
-
-
-def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn lfm2-edge's typed errors into one line and exit code 2."""
-    try:
-        yield
-    except Lfm2EdgeError as exc:
-        fail(str(exc))
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
-RefArg = Annotated[
-    Optional[str],
-    typer.Argument(
-        metavar="[MODEL]",
-        help="NAME[:QUANT] (LFM2-VL-450M:Q8_0), ORG/REPO[:QUANT] or a .gguf path [default: LFM2-VL-450M:Q4_0].",
-        show_default=False,
-    ),
-]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Same as MODEL.", show_default=False)]
-
-
-def _version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"lfm2-edge {__version__}\n")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    version: Annotated[
-        Optional[bool],
-        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
-    ] = None,
-) -> None:
-    """Run Liquid AI's LFM2-VL vision-language models on your own machine."""
-
-
-MmprojOpt = Annotated[
-    Optional[Path], typer.Option("--mmproj", help="Vision projector GGUF [default: the model's own].")
-]
-
-
-# Where a model runs: the same options on chat and serve.
-ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")]
-GpuLayersOpt = Annotated[
-    Optional[str],
-    typer.Option(help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"),
-]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")]
-MlockOpt = Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")]
-
-
-def _placement(
-    threads: int | None, gpu_layers: str | None, device: str | None, mlock: bool, ctx: int, verbose: bool
-) -> dict[str, Any]:
-    """VisionModel arguments for where and how a model runs (chat and serve alike)."""
-    return {
-        "n_threads": threads,
-        "n_gpu_layers": gpu_layers,  # None: $LFM2_EDGE_GPU_LAYERS, else auto
-        "device": device,
-        "use_mlock": mlock,
-        "n_ctx": ctx,
-        "verbose": verbose,
-    }
-
-
-def _hub() -> Any:
-    from lfm2_edge.hub import Hub, RichProgress
-
-    return Hub(progress=RichProgress(err))
-
-
-def _model_ref(ref: str | None, model: str | None) -> str | None:
-    if ref is not None and model is not None and ref != model:
-        fail(f"give the model once: as MODEL ({ref}) or as --model ({model})")
-    return ref or model
-
-
-def _either(value: Any, old_spelling: Any) -> Any:
-    """An option's value, from its current name or its old (hidden) one."""
-    return value if value is not None else old_spelling
 
 
 @app.command()
@@ -400,238 +314,11 @@ def doctor(
         out.print(f"[bold]{key}[/]: {value}")
 
 
-@app.command()
-def serve(
-    ref: RefArg = None,
-    model: ModelOpt = None,
-    mmproj: MmprojOpt = None,
-    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port (see the ready line).")] = 8000,
-    parent_pid: Annotated[
-        Optional[int], typer.Option(help="Exit when this process ends (for an app that runs serve as a sidecar).")
-    ] = None,
-    api_key: Annotated[
-        Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="Require Authorization: Bearer KEY on /v1.")
-    ] = None,
-    served_model_name: Annotated[
-        Optional[list[str]], typer.Option(help="Model id(s) clients may ask for [default: the model's names].")
-    ] = None,
-    limit_mm_per_prompt: Annotated[str, typer.Option(help="Most images per request, as vLLM: '{\"image\": N}'.")] = (
-        '{"image": 1}'
-    ),
-    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (off: data: URIs only).")] = False,
-    allow_private_image_urls: Annotated[
-        bool, typer.Option(help="With --allow-remote-images, also fetch from loopback and private addresses.")
-    ] = False,
-    slots: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            help="Requests decoded together in one context, one sequence each [default: 2 per core, 2-8, "
-            "memory permitting].",
-        ),
-    ] = None,
-    n_parallel: Annotated[
-        int, typer.Option(min=1, help="Replicas of the batched model (weights shared); each has --slots.")
-    ] = 1,
-    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
-    embedding_cache_mb: Annotated[
-        float, typer.Option(min=0, help="Image embeddings kept per instance (LRU, MB; 0: none).")
-    ] = 32,
-    state_cache_mb: Annotated[
-        float, typer.Option(min=0, help="Conversation states kept per instance (LRU, MB; 0: none).")
-    ] = 64,
-    threads: ThreadsOpt = None,
-    gpu_layers: GpuLayersOpt = None,
-    device: DeviceOpt = None,
-    mlock: MlockOpt = False,
-    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
-    max_tokens: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="Answer length for requests without max_tokens [default: until the context is full]."),
-    ] = None,
-    allowed_origins: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
-) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
-
-    Once it accepts connections it writes one JSON line on stdout:
-    {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
-    """
-    from lfm2_edge._llama.log import set_verbose
-    from lfm2_edge.batching import default_slots
-    from lfm2_edge.model import VisionModel
-    from lfm2_edge.server import ServerConfig, create_app
-
-    try:
-        limits = json.loads(limit_mm_per_prompt)
-        max_images = int(limits.get("image", 1))
-        if max_images < 0:
-            raise ValueError
-    except (ValueError, TypeError, AttributeError):
-        fail(f"--limit-mm-per-prompt must look like '{{\"image\": 2}}' (got {limit_mm_per_prompt!r})")
-    set_verbose(verbose)
-    with user_errors():
-        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
-        n_slots = slots or default_slots(threads)
-        models = [
-            VisionModel.from_resolved(
-                resolved,
-                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose),
-                n_seq_max=n_slots,
-                allow_remote_images=allow_remote_images,
-                allow_private_urls=allow_private_image_urls,
-                embedding_cache_mb=embedding_cache_mb,
-                state_cache_mb=state_cache_mb,
-            )
-            for _ in range(n_parallel)
-        ]
-    if models[0].gpu_notice and gpu_layers is not None:
-        err.print(f"note: {models[0].gpu_notice}")
-    names = served_model_name or _model_names(resolved)
-    config = ServerConfig(
-        model_names=names,
-        api_key=api_key,
-        max_images=max_images,
-        allow_remote_images=allow_remote_images,
-        max_queue=max_queue,
-        default_max_tokens=max_tokens,
-        allowed_origins=tuple(allowed_origins or ()),
-    )
-    if warning := exposure_warning(host, api_key):
-        err.print(f"[yellow]warning:[/] {warning}")
-    if "*" in (allowed_origins or ()) and not api_key:
-        err.print(
-            "[yellow]warning:[/] --allowed-origins '*' without --api-key: any web page you open can use the model"
-        )
-
-    def close_models() -> None:
-        for m in models:
-            m.close()
-
-    app_ = create_app(models, config, on_shutdown=close_models)
-    from lfm2_edge.sidecar import run_server
-
-    with user_errors():
-        capacity = f"{n_parallel} x {n_slots} slot(s)"
-        run_server(app_, host, port, names[0], capacity, verbose=verbose, parent_pid=parent_pid)
-
-
-def exposure_warning(host: str, api_key: str | None) -> str | None:
-    """The warning for a server reachable beyond this machine without a key."""
-    if api_key or host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
-        return None
-    return f"serving on {host} without --api-key: anyone who can reach this port can use the model"
-
-
-def _model_names(resolved: Any) -> list[str]:
-    """The ids a served model answers to: its reference, its catalog name, its repos."""
-    ref = resolved.ref
-    if ref.is_local:
-        return [Path(ref.text).name, Path(ref.text).stem]
-    names = [ref.display]
-    if resolved.entry is not None:
-        names += [resolved.entry.name, f"LiquidAI/{resolved.entry.name}"]
-    if ref.repo:
-        names += [ref.repo, ref.repo.removesuffix("-GGUF")]
-    return list(dict.fromkeys(names))
-
-
-@app.command()
-def pull(
-    ref: RefArg = None,
-    model: ModelOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Download a model and its vision projector into the hub cache (or check the cached copy)."""
-    with user_errors():
-        resolved = _hub().pull(_model_ref(ref, model))
-    files = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None]
-    if as_json:
-        _emit_json(
-            {
-                "model": resolved.ref.display,
-                "repo": resolved.ref.repo,
-                "quant": resolved.quant,
-                "model_path": str(resolved.model_path),
-                "mmproj_path": str(resolved.mmproj_path) if resolved.mmproj_path else None,
-                "downloaded": resolved.downloaded,
-                "bytes": sum(p.stat().st_size for p in files),
-            }
-        )
-        return
-    state = "downloaded" if resolved.downloaded else "already in the cache, checked"
-    err.print(f"{resolved.ref.display}: {state}")
-    for path in files:
-        err.print(f"  {path} ({_size(path.stat().st_size)})")
-
-
-@app.command("models")
-def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the models in the cache: NAME:QUANT, size (with its projector) and path."""
-    from lfm2_edge.hub import Hub
-
-    hub = Hub()
-    files = hub.cached()
-    if as_json:
-        _emit_json(
-            [
-                {
-                    "name": f.name,
-                    "repo": f.repo,
-                    "file": f.filename,
-                    "quant": f.quant,
-                    "kind": "mmproj" if f.is_mmproj else "model",
-                    "bytes": f.size,
-                    "path": str(f.path),
-                }
-                for f in files
-            ]
-        )
-        return
-    if not files:
-        err.print(f"no models in {hub.cache_dir}; `lfm2-edge pull LFM2-VL-450M` fetches the default one")
-        return
-    rows = []
-    for f in (f for f in files if not f.is_mmproj):
-        proj = [p for p in files if p.is_mmproj and p.repo == f.repo]
-        size = f.size + (proj[0].size if proj else 0)
-        vision = f"+ {Path(proj[0].filename).name}" if proj else "text only"
-        rows.append((f"{f.name}:{f.quant}" if f.quant else f.name, _size(size), vision, str(f.path)))
-    if not sys.stdout.isatty():  # for scripts and pipes: whole values, tab-separated
-        for row in rows:
-            sys.stdout.write("\t".join(row) + "\n")
-        return
-    from rich.table import Table
-
-    table = Table("model", "size", "projector", "path", title=f"models in {hub.cache_dir}")
-    for row in rows:
-        table.add_row(*row)
-    for column in table.columns:
-        column.overflow = "fold"  # never "…": a path is copied from here
-    Console(highlight=False).print(table)
-
-
-@app.command("rm")
-def remove(
-    ref: Annotated[
-        Optional[str], typer.Argument(metavar="MODEL", help="NAME[:QUANT] or ORG/REPO[:QUANT]; no quant: all.")
-    ] = None,
-    model: ModelOpt = None,
-) -> None:
-    """Remove a cached model (one quant, or every file of the model when no quant is named)."""
-    from lfm2_edge.hub import Hub
-
-    ref = _model_ref(ref, model)
-    if ref is None:
-        fail("rm needs a MODEL (lfm2-edge models lists them)")
-    with user_errors():
-        removed = Hub().remove(ref)
-    for f in removed:
-        err.print(f"removed {f.filename} ({_size(f.size)})")
+# Defined beside this module, registered here so that --help lists every command in this order.
+app.command()(serve)
+app.command()(pull)
+app.command("models")(list_models)
+app.command("rm")(remove)
 
 
 @app.command()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lfm2_edge._llama.context import Runtime, SavedState
+from lfm2_edge._llama.context import Runtime
+from lfm2_edge._llama.state import SavedState
 from lfm2_edge.caches import Item, StateCache
 from lfm2_edge.images import LoadedImage
 

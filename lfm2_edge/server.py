@@ -16,10 +16,7 @@ cannot start a generation with a "simple" cross-origin request that skips the pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hmac
-import re
 import threading
 import time
 import uuid
@@ -29,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lfm2_edge.engine import Engine
 from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 from lfm2_edge.holdback import HoldBack
+from lfm2_edge.middleware import BrowserGuard, KeyCheck, error_response, origin_matcher
 from lfm2_edge.results import ChatResult
 from lfm2_edge.tools import TOOL_CALL_START, parse_answer
 from lfm2_edge.wire import (
@@ -72,122 +71,6 @@ class ServerConfig(RequestLimits):
     max_request_pixels: int = 32_000_000  # all of a request's images together
     image_fetch_timeout_s: float = 20.0  # a remote image URL, fetched whole, redirects included
     allowed_origins: Sequence[str] = ()
-
-
-# -- the engine: a FIFO queue in front of batched models ------------------------------
-
-
-class Ticket:
-    """A request's place in the queue, taken before its body is read; its ``cancel``
-    event stops the request wherever it is (queued, evaluating or generating)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.cancel = threading.Event()
-        self.outcome = "failed"  # served, cancelled or failed
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.engine._release(self.outcome)
-
-
-class Engine:
-    """Runs chats on batched models (:class:`lfm2_edge.batching.Scheduler`): each model
-    answers as many requests at once as its context has sequences (``serve --slots``),
-    decoding them together; several models are replicas, and a request goes to the one
-    with the least work. Requests beyond the free slots wait in arrival order."""
-
-    def __init__(self, models: Sequence[Any], max_queue: int) -> None:
-        from lfm2_edge.batching import Scheduler
-
-        self._schedulers = [Scheduler(m) for m in models]
-        self._models = list(models)
-        self.max_queue = max_queue
-        self._pending = 0
-        self._lock = threading.Lock()
-        self.served = 0  # answers completed
-        self.cancelled = 0  # requests stopped because their client went away
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting or running."""
-        return self._pending
-
-    @property
-    def slots(self) -> dict[str, int]:
-        """Sequences in all: busy (a request holds it), free, and requests waiting for one."""
-        total = sum(s.n_slots for s in self._schedulers)
-        busy = sum(s.busy for s in self._schedulers)
-        return {"total": total, "busy": busy, "free": total - busy, "waiting": sum(s.waiting for s in self._schedulers)}
-
-    def admit(self) -> Ticket:
-        """A place in the queue, or a 429 when it is full."""
-        with self._lock:
-            if self._pending >= self.max_queue:
-                raise ApiError(
-                    429,
-                    f"the server is busy ({self._pending} requests queued); retry shortly",
-                    type="rate_limit_error",
-                    code="queue_full",
-                )
-            self._pending += 1
-        return Ticket(self)
-
-    def _release(self, outcome: str) -> None:
-        with self._lock:
-            self._pending -= 1
-            self.served += outcome == "served"
-            self.cancelled += outcome == "cancelled"
-
-    async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ("piece", text) events, then ("done", ChatResult). Setting
-        ``ticket.cancel`` (or closing the iterator) stops the request: a queued one never
-        reaches a sequence, a running one frees its sequence at the next step. The ticket
-        is released once its sequence is free again."""
-        from lfm2_edge.batching import Job
-
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = ticket.cancel
-        scheduler = min(self._schedulers, key=lambda s: (s.load - s.n_slots, s.load))
-        outcomes = {"done": "served", "cancelled": "cancelled", "error": "failed"}
-
-        def ended(kind: str, value: Any) -> None:  # on the event loop
-            ticket.outcome = outcomes[kind]
-            ticket.release()
-            events.put_nowait((kind, value))
-
-        def emit(kind: str, value: Any) -> None:  # from the scheduler's thread
-            if kind in outcomes:
-                loop.call_soon_threadsafe(ended, kind, value)
-            else:
-                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-
-        try:
-            chat = await asyncio.to_thread(scheduler.model.prepare, request.messages, **request.options)
-        except BaseException:
-            ticket.release()
-            raise
-        scheduler.submit(Job(chat, emit, cancel, limit=request.max_tokens))
-        try:
-            while True:
-                kind, value = await events.get()
-                if kind == "error":
-                    raise value
-                if kind == "cancelled":
-                    raise ApiError(499, "the request was cancelled: its client went away", code="cancelled")
-                yield kind, value
-                if kind == "done":
-                    return
-        finally:
-            cancel.set()
-
-    def shutdown(self) -> None:
-        """Finish the answers being generated, cancel those waiting for a slot."""
-        for scheduler in self._schedulers:
-            scheduler.shutdown()
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -286,9 +169,9 @@ def create_app(
 
     if config.api_key is not None:
         # A plain ASGI wrapper, not @app.middleware: that one hides client disconnects from handlers.
-        app.add_middleware(_KeyCheck, config=config)
+        app.add_middleware(KeyCheck, config=config)
     # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
-    app.add_middleware(_BrowserGuard, origins=origin_matcher(config.allowed_origins))
+    app.add_middleware(BrowserGuard, origins=origin_matcher(config.allowed_origins))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -392,141 +275,6 @@ def as_api_error(exc: Exception, req: ChatRequest | None, config: ServerConfig) 
         return api_error(exc)
     raise exc
 
-
-def error_response(err: ApiError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if err.status == 429 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
-
-
-# Pages served from this machine, on any port, over http or https (as Ollama allows).
-LOCAL_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?", re.IGNORECASE)
-
-
-def origin_matcher(allowed: Sequence[str]) -> Callable[[str], bool]:
-    """Whether a browser ``Origin`` may call the API: a localhost one, one of ``allowed``
-    (exact, without a trailing slash), or any when ``allowed`` holds "*"."""
-    exact = {o.strip().rstrip("/").lower() for o in allowed}
-    if "*" in exact:
-        return lambda origin: True
-    return lambda origin: bool(LOCAL_ORIGIN.fullmatch(origin)) or origin.lower() in exact
-
-
-def is_json_type(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-class _BrowserGuard:
-    """ASGI middleware: CORS for allowed origins (preflights answered here), 403 for a
-    request from any other origin, and 415 for a POST that is not JSON, so that no page
-    can start a generation with a request the browser sends without a preflight."""
-
-    def __init__(self, app: Any, origins: Callable[[str], bool]) -> None:
-        self.app, self.allowed = app, origins
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
-        method = scope["method"]
-        cors: dict[str, str] = {}
-        if origin is not None:
-            if not self.allowed(origin):
-                await self._refuse(
-                    scope, receive, send,
-                    ApiError(
-                        403,
-                        f"requests from the web origin {origin!r} are not allowed; start the server with "
-                        "--allowed-origins to allow it",
-                        type="permission_error",
-                        code="origin_not_allowed",
-                    ),
-                    {"Vary": "Origin"},
-                )
-                return
-            cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-            if method == "OPTIONS" and "access-control-request-method" in headers:
-                preflight = {
-                    **cors,
-                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": headers.get("access-control-request-headers")
-                    or "Authorization, Content-Type",
-                    "Access-Control-Max-Age": "600",
-                }
-                await Response(status_code=204, headers=preflight)(scope, receive, send)
-                return
-        if method == "POST" and not is_json_type(headers.get("content-type", "")):
-            given = headers.get("content-type")
-            await self._refuse(
-                scope, receive, send,
-                ApiError(
-                    415,
-                    "the request body must be JSON (Content-Type: application/json), "
-                    + (f"not {given!r}" if given else "and this one declares no Content-Type"),
-                    code="unsupported_media_type",
-                ),
-                cors,
-            )
-            return
-        if not cors:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_cors(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *_raw_headers(cors)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
-
-    @staticmethod
-    async def _refuse(scope: Any, receive: Any, send: Any, err: ApiError, headers: dict[str, str]) -> None:
-        response = error_response(err)
-        response.headers.update(headers)
-        await response(scope, receive, send)
-
-
-def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
-class _KeyCheck:
-    """ASGI middleware: ``/v1/*`` needs the API key."""
-
-    def __init__(self, app: Any, config: ServerConfig) -> None:
-        self.app, self.config = app, config
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self._authorized(scope):
-            response = error_response(
-                ApiError(
-                    401,
-                    "a valid API key is required (Authorization: Bearer KEY)",
-                    type="authentication_error",
-                    code="invalid_api_key",
-                )
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Any) -> bool:
-        raw = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        return _key_matches(raw, self.config.api_key or "")
-
-
-def _key_matches(raw: bytes, api_key: str) -> bool:
-    """``Bearer KEY`` as sent (bytes), the scheme in any case, the key in UTF-8 or Latin-1."""
-    scheme, _, token = raw.strip().partition(b" ")
-    keys = [api_key.encode("utf-8")]
-    with contextlib.suppress(UnicodeEncodeError):
-        keys.append(api_key.encode("latin-1"))
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token.strip(), key)
-    return scheme.lower() == b"bearer" and ok
 
 
 def _tool_deltas(hold: HoldBack, mode: str | None, result: ChatResult) -> tuple[str, list[dict[str, Any]]]:

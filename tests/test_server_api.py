@@ -162,7 +162,7 @@ def test_model_layer_errors_name_their_field(served: Running) -> None:
     assert post(served, bad_format).json()["error"]["param"] == "response_format"
 
 
-# -- request parsing (wire.py) ----------------------------------------------------------
+# -- request parsing (wire/request.py) --------------------------------------------------
 
 LIMITS = RequestLimits(model_names=["m"], context_size=4096)
 

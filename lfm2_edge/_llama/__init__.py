@@ -2,9 +2,10 @@
 
 - :mod:`.context`: :class:`Runtime`, a model + context: tokenize, evaluate, save and
   load state, and the decode loop (:meth:`Runtime.generate`)
+- :mod:`.state`: :class:`SavedState`, a sequence's state copied out of a context
 - :mod:`.projector`: mtmd's :class:`Projector` and tokenized :class:`PromptChunks`
 - :mod:`.sampler`: llama.cpp sampler chains, log-probabilities
-- :mod:`.vocab`: scans of a whole vocabulary
+- :mod:`.vocab`: tokenizing, a token's bytes, scans of a whole vocabulary
 - :mod:`.log`: llama.cpp's and mtmd's log routing (:func:`set_verbose`)
 - :mod:`.ggml`: the ggml backend/device registry, CPU features, build info, threads
 - :mod:`.gguf`: a bounds-checked GGUF header reader (no llama.cpp needed)
@@ -19,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lfm2_edge._llama.context import Runtime, SavedState
+    from lfm2_edge._llama.context import Runtime
     from lfm2_edge._llama.ggml import (
         BuildInfo,
         Device,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from lfm2_edge._llama.gguf import GgufSummary, TensorInfo, read_summary
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge._llama.projector import ChunkInfo, Projector, PromptChunks
+    from lfm2_edge._llama.state import SavedState
 
 __all__ = [
     "BuildInfo",
@@ -54,7 +56,7 @@ __all__ = [
 
 _HOME = {
     "Runtime": "context",
-    "SavedState": "context",
+    "SavedState": "state",
     "BuildInfo": "ggml",
     "Device": "ggml",
     "build_info": "ggml",

@@ -16,7 +16,6 @@ saved here continues exactly as one saved by the single-sequence path.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from typing import Any
 
 import llama_cpp
 
-from lfm2_edge._llama.context import Runtime, SavedState
+from lfm2_edge._llama.context import Runtime
 from lfm2_edge._llama.projector import PromptChunks
+from lfm2_edge._llama.state import SavedState, save_sequence
 from lfm2_edge.caches import EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError
 
@@ -103,17 +103,7 @@ class Sequences:
     def save(self, seq: int, *, with_logits: bool = False) -> SavedState:
         """Copy sequence ``seq``'s state out (and the last decoded position's logits,
         which must be ``seq``'s: call it right after that sequence's unit)."""
-        ctx = self.rt.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, seq)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq)
-        if written == 0:
-            raise GenerationError("llama.cpp could not save the sequence state")
-        logits = None
-        if with_logits:
-            logits = (ctypes.c_float * self.rt.n_vocab)()
-            ctypes.memmove(logits, llama_cpp.llama_get_logits_ith(ctx, -1), self.rt.n_vocab * 4)
-        return SavedState(buf, written, logits)
+        return save_sequence(self.rt.ctx, seq, self.rt.n_vocab, with_logits=with_logits)
 
     def load(self, state: SavedState, seq: int) -> bool:
         """Make sequence ``seq`` hold a saved state (from any sequence); False when

@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
@@ -20,7 +19,8 @@ from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import sample_logits, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
-from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens
+from lfm2_edge._llama.state import SavedState, save_sequence
+from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, token_piece, tokenize
 from lfm2_edge.caches import EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelClosedError, ModelFileError
 from lfm2_edge.images import LoadedImage
@@ -28,19 +28,6 @@ from lfm2_edge.sampling import Sampling
 from lfm2_edge.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
 
 __all__ = ["Runtime", "SavedState"]
-
-
-@dataclass(frozen=True)
-class SavedState:
-    """A sequence's state copied out of a context, and optionally its last logits."""
-
-    data: ctypes.Array[ctypes.c_uint8]
-    size: int
-    logits: ctypes.Array[ctypes.c_float] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return self.size + (ctypes.sizeof(self.logits) if self.logits is not None else 0)
 
 
 class Runtime:
@@ -214,13 +201,7 @@ class Runtime:
     # -- vocabulary --------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (llama_cpp.llama_token * n_max)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, special)
-        if n < 0:
-            raise GenerationError(f"could not tokenize {len(data)} bytes of text")
-        return list(buf[:n])
+        return tokenize(self.vocab, text, special=special)
 
     def token_id(self, text: str) -> int | None:
         """The id of a single special token, or None if the vocabulary lacks it."""
@@ -229,13 +210,7 @@ class Runtime:
 
     def token_bytes(self, token: int) -> bytes:
         """The text of a token; control tokens are empty, except the tool-call markers."""
-        special = token in self._shown_specials
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
-            return buf.raw[:n]
-        return self._piece_buf.raw[:n]
+        return token_piece(self.vocab, token, self._piece_buf, special=token in self._shown_specials)
 
     @property
     def min_image_tokens(self) -> int:
@@ -362,16 +337,7 @@ class Runtime:
         """Copy sequence 0's state (KV cache and recurrent state) out of the context,
         and the last position's logits when asked (to answer the same prompt again
         without evaluating anything)."""
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, 0)
-        if written == 0:
-            raise GenerationError("llama.cpp could not save the sequence state")
-        logits = None
-        if with_logits:
-            logits = (ctypes.c_float * self.n_vocab)()
-            ctypes.memmove(logits, llama_cpp.llama_get_logits_ith(self.ctx, -1), self.n_vocab * 4)
-        return SavedState(buf, written, logits)
+        return save_sequence(self.ctx, 0, self.n_vocab, with_logits=with_logits)
 
     def load_state(self, state: SavedState, n_past: int) -> bool:
         """Replace the context's state with a saved one; False when llama.cpp refuses it."""

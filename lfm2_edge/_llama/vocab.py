@@ -1,4 +1,5 @@
-"""Scans of a model's whole vocabulary, done once per model."""
+"""A model's vocabulary: text to tokens and a token back to its bytes, and the scans of
+the whole vocabulary done once per model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,29 @@ from collections.abc import Callable
 
 import llama_cpp
 
-__all__ = ["longest_token_bytes", "partial_utf8_tokens"]
+from lfm2_edge.errors import GenerationError
+
+__all__ = ["longest_token_bytes", "partial_utf8_tokens", "token_piece", "tokenize"]
+
+
+def tokenize(vocab: int, text: str, *, special: bool = True) -> list[int]:
+    data = text.encode("utf-8")
+    n_max = len(data) + 8
+    buf = (llama_cpp.llama_token * n_max)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, n_max, False, special)
+    if n < 0:
+        raise GenerationError(f"could not tokenize {len(data)} bytes of text")
+    return list(buf[:n])
+
+
+def token_piece(vocab: int, token: int, buf: ctypes.Array[ctypes.c_char], *, special: bool) -> bytes:
+    """The text of ``token``, written into ``buf`` (256 bytes) when it fits."""
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 256, 0, special)
+    if n < 0:
+        big = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, big, -n, 0, special)
+        return big.raw[:n]
+    return buf.raw[:n]
 
 
 def longest_token_bytes(vocab: int, n_vocab: int) -> int:

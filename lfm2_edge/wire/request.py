@@ -1,16 +1,6 @@
-"""The OpenAI chat-completions wire format, in both directions.
-
-``lfm2-edge serve`` reads requests and writes responses with it; :class:`RemoteModel`
-writes requests and reads responses with it. One module, so the two sides cannot drift:
-
-* errors: :class:`ApiError` and the one table that maps lfm2-edge's typed errors to
-  OpenAI ``code`` values and back (:func:`api_error`, :func:`error_from_response`);
-* requests: :func:`parse_chat_request` (server) and :func:`request_body` (client),
-  with :func:`image_url_of` reading an ``image_url`` part for both;
-* responses: :func:`completion_body`, :func:`chunk_body`, :func:`usage_body`, SSE
-  framing (:func:`sse`, :data:`SSE_DONE`), and :class:`StreamReader`, which turns the
-  chunks back into a :class:`ChatResult`.
-"""
+"""Chat-completions requests: checked on the server (:func:`parse_json_body`,
+:func:`parse_chat_request`), built on the client (:func:`request_body`, :func:`data_uri`),
+with :func:`image_url_of` reading an ``image_url`` part for both."""
 
 from __future__ import annotations
 
@@ -21,28 +11,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError, RemoteError
 from lfm2_edge.images import LoadedImage
-from lfm2_edge.results import ChatResult, FinishReason, Timings, Usage
 from lfm2_edge.sampling import Sampling
+from lfm2_edge.wire.errors import ApiError
 
 __all__ = [
-    "SSE_DONE",
-    "ApiError",
     "ChatRequest",
-    "StreamReader",
-    "api_error",
-    "chunk_body",
-    "completion_body",
+    "RequestLimits",
     "data_uri",
-    "error_from_response",
     "image_url_of",
-    "logprobs_body",
-    "overflow_error",
     "parse_chat_request",
+    "parse_json_body",
     "request_body",
-    "sse",
-    "usage_body",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -66,72 +46,6 @@ TOP_LOGPROBS_RANGE = (0, 20)
 _PENALTIES = {"presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 LOGIT_BIAS_RANGE = (-100.0, 100.0)
 MAX_JSON_DEPTH = 64
-
-
-# -- errors ------------------------------------------------------------------------------
-
-# The one table between lfm2-edge's typed errors and OpenAI error codes (both directions).
-ERROR_CODES: tuple[tuple[type[Lfm2EdgeError], str], ...] = (
-    (ContextOverflowError, "context_length_exceeded"),
-    (ImageError, "invalid_image"),
-)
-
-
-class ApiError(Exception):
-    """An OpenAI-style error: status, message, type, code, param."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# The request field a model-layer error message is about, by how the message starts
-# (tools.py words them after the field); anything else is about the messages.
-_PARAMS_BY_MESSAGE = (
-    ("tools[", "tools"),
-    ("tool_choice", "tool_choice"),
-    ("a named tool_choice", "tool_choice"),
-    ("response_format", "response_format"),
-    ("give response_format", "response_format"),
-    ("the JSON schema", "response_format"),
-)
-
-
-def api_error(exc: Lfm2EdgeError, param: str | None = None) -> ApiError:
-    """The 400 answer for a typed error raised while answering a request; ``param``
-    (default: the field the message names, else "messages")."""
-    code = next((c for cls, c in ERROR_CODES if isinstance(exc, cls)), None)
-    message = str(exc)
-    if param is None:
-        param = next((p for prefix, p in _PARAMS_BY_MESSAGE if message.startswith(prefix)), "messages")
-    return ApiError(400, message, code=code, param=param)
-
-
-def error_from_response(base_url: str, status: int, content: bytes) -> Lfm2EdgeError:
-    """The typed error for a server's error answer (the reverse of :func:`api_error`)."""
-    try:
-        error = json.loads(content).get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-    except (ValueError, AttributeError):
-        message, code = content[:200].decode("utf-8", "replace"), None
-    text = f"{base_url} answered {status}: {message}"
-    cls = next((cls for cls, c in ERROR_CODES if c == code), RemoteError)
-    return cls(text)
-
-
-# -- requests --------------------------------------------------------------------------
 
 
 def image_url_of(part: Mapping[str, Any]) -> Any:
@@ -340,17 +254,6 @@ def _generation_options(body: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def overflow_error(n_ctx: int, prompt: int, completion: int) -> ApiError:
-    """OpenAI's 400 (and wording, which clients such as LiteLLM match) for a prompt plus
-    max_tokens over the context."""
-    message = (
-        f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-        f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
-        "Please reduce the length of the messages or completion."
-    )
-    return ApiError(400, message, code="context_length_exceeded", param="messages")
-
-
 def _number(value: Any, name: str, kind: type, bounds: tuple[float, float]) -> Any:
     if (
         isinstance(value, bool)
@@ -461,167 +364,3 @@ def request_body(
         body["stop"] = list(params.stop)
     body.update({k: v for k, v in (extra or {}).items() if v is not None})
     return body
-
-
-# -- responses -------------------------------------------------------------------------
-
-
-def message_body(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text}
-    if result.tool_calls:
-        message["content"] = result.text or None
-        message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
-    return message
-
-
-def usage_body(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-def _token_bytes(token: str, raw: Any) -> list[int]:
-    return [int(b) for b in raw] if raw is not None else list(token.encode("utf-8"))
-
-
-def logprobs_body(entries: Sequence[Any] | None) -> dict[str, Any] | None:
-    """OpenAI's ``logprobs`` object (``{"content": [...]}``) for a result's or a stream
-    piece's ``TokenLogprob`` entries (token, logprob, bytes, top_logprobs as (token,
-    logprob) pairs); None when logprobs were not asked for."""
-    if entries is None:
-        return None
-    content = []
-    for entry in entries:
-        token = str(getattr(entry, "token", ""))
-        content.append(
-            {
-                "token": token,
-                "logprob": float(getattr(entry, "logprob", 0.0)),
-                "bytes": _token_bytes(token, getattr(entry, "bytes", None)),
-                "top_logprobs": [
-                    {"token": str(alt), "logprob": float(lp), "bytes": list(str(alt).encode("utf-8"))}
-                    for alt, lp in getattr(entry, "top_logprobs", ()) or ()
-                ],
-            }
-        )
-    return {"content": content, "refusal": None}
-
-
-def completion_body(result: ChatResult, completion_id: str, model: str, created: int) -> dict[str, Any]:
-    choice = {
-        "index": 0,
-        "message": message_body(result),
-        "logprobs": logprobs_body(getattr(result, "logprobs", None)),
-        "finish_reason": result.finish_reason,
-    }
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": usage_body(result.usage),
-    }
-
-
-def chunk_body(
-    completion_id: str,
-    model: str,
-    created: int,
-    delta: dict[str, Any] | None,
-    finish: str | None = None,
-    usage: Usage | None = None,
-    logprobs: Sequence[Any] | None = None,
-) -> dict[str, Any]:
-    """A ``chat.completion.chunk``: one delta (with the ``TokenLogprob`` entries of its
-    tokens, when logprobs were asked for), or (``delta=None``) the usage chunk."""
-    data: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-    if logprobs is not None:
-        choice["logprobs"] = logprobs_body(logprobs)
-    data["choices"] = [] if delta is None else [choice]
-    if usage is not None:
-        data["usage"] = usage_body(usage)
-    return data
-
-
-def sse(data: Mapping[str, Any]) -> bytes:
-    """One server-sent event."""
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-class StreamReader:
-    """Reads a chat-completions SSE stream back into text pieces and a :class:`ChatResult`."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.text: list[str] = []
-        self.finish: FinishReason = "stop"
-        self.usage: dict[str, Any] = {}
-        self.calls: dict[int, dict[str, str]] = {}
-        self.done = False
-
-    def feed_line(self, line: str) -> str | None:
-        """One line of the stream; returns the content it carries, if any."""
-        if not line.startswith("data:"):
-            return None
-        data = line[5:].strip()
-        if data == "[DONE]":
-            self.done = True
-            return None
-        chunk = json.loads(data)
-        if "error" in chunk:
-            error = chunk["error"]
-            raise RemoteError(f"{self.base_url}: {error.get('message', error) if isinstance(error, dict) else error}")
-        self.usage = chunk.get("usage") or self.usage
-        out = []
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            for call in delta.get("tool_calls") or []:
-                slot = self.calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
-                fn = call.get("function") or {}
-                slot["id"] = call.get("id") or slot["id"]
-                slot["name"] += fn.get("name") or ""
-                slot["arguments"] += fn.get("arguments") or ""
-            if delta.get("content"):
-                out.append(delta["content"])
-            if choice.get("finish_reason") in ("stop", "length", "tool_calls"):
-                self.finish = choice["finish_reason"]
-        piece = "".join(out)
-        if piece:
-            self.text.append(piece)
-        return piece or None
-
-    def result(self, timings: Timings) -> ChatResult:
-        from lfm2_edge.tools import ToolCall
-
-        details = self.usage.get("prompt_tokens_details") or {}
-        calls = tuple(
-            ToolCall(c["name"], _json_object(c["arguments"]), id=c["id"]) for _, c in sorted(self.calls.items())
-        )
-        return ChatResult(
-            text="".join(self.text),
-            finish_reason=self.finish,
-            tool_calls=calls,
-            usage=Usage(
-                int(self.usage.get("prompt_tokens", 0)),
-                0,  # the OpenAI usage has no image-token count
-                int(self.usage.get("completion_tokens", len(self.text))),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-            ),
-            timings=timings,
-        )
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
-        return {"_raw": text}
-    return value if isinstance(value, dict) else {"_value": value}
