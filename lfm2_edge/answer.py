@@ -89,6 +89,7 @@ def answer_once(
     if as_json:
         model_path = getattr(vm, "model_path", None)
         where = {"model_path": str(model_path)} if model_path is not None else {}
+        where["device"] = getattr(vm, "device", None) or "remote"  # which device ran it (CPU, CUDA0, ...)
         sys.stdout.write(json.dumps({"model": label, **where, **_result_json(result, load_s)}, ensure_ascii=False))
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -61,6 +61,8 @@ class BenchConfig:
     decode_tokens: int = 64
     n_ctx: int = 4096
     peer: bool = True
+    n_gpu_layers: int | str | None = None  # as --gpu-layers; None: $LFM2_EDGE_GPU_LAYERS, else auto
+    device: str | None = None  # as --device
 
 
 def _image(width: int, height: int, seed: int) -> Any:
@@ -103,8 +105,14 @@ def bench_ours(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
         n_ctx=config.n_ctx,
         n_batch=config.n_batch,
         flash_attn=config.flash_attn,
+        n_gpu_layers=config.n_gpu_layers,
+        device=config.device,
     )
-    out: dict[str, Any] = {"load_ms": round((time.perf_counter() - t0) * 1000, 1), "threads": vm.n_threads}
+    out: dict[str, Any] = {
+        "load_ms": round((time.perf_counter() - t0) * 1000, 1),
+        "threads": vm.n_threads,
+        "device": vm.device,
+    }
     reps = range(config.repeat)
     with vm:
         vm.chat("warm up", max_tokens=2, **GREEDY)
@@ -168,9 +176,14 @@ def bench_peer(target: BenchTarget, config: BenchConfig) -> dict[str, Any]:
     from lfm2_edge.wire import data_uri
 
     t0 = time.perf_counter()
+    from lfm2_edge.backends import choose_gpu_layers
+
+    placement = choose_gpu_layers(config.n_gpu_layers, config.device)  # the same as ours
+    use_gpu = placement.n_gpu_layers != 0
     llm = Llama(
         str(target.model),
-        chat_handler=MTMDChatHandler(str(target.mmproj), verbose=False) if target.mmproj else None,
+        chat_handler=MTMDChatHandler(str(target.mmproj), verbose=False, use_gpu=use_gpu) if target.mmproj else None,
+        n_gpu_layers=placement.n_gpu_layers,
         n_ctx=config.n_ctx,
         n_batch=config.n_batch,
         n_threads=config.n_threads or default_threads(),

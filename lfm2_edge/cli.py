@@ -340,6 +340,8 @@ def bench(
     batch: Annotated[int, typer.Option(min=32, help="Prompt batch size (n_batch = n_ubatch).")] = 512,
     flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
     peer: Annotated[bool, typer.Option(help="Also run llama-cpp-python's MTMDChatHandler and report ratios.")] = True,
+    gpu_layers: GpuLayersOpt = None,
+    device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure load, image encode, prefill, decode, time to first token and peak RSS,
@@ -360,6 +362,8 @@ def bench(
         n_batch=batch,
         flash_attn={"auto": None, "on": True, "off": False}[flash_attn],
         peer=peer,
+        n_gpu_layers=gpu_layers,
+        device=device,
     )
     with user_errors():
         targets = []

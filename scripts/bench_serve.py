@@ -105,9 +105,11 @@ def one_request(url: str, i: int, args: argparse.Namespace, out: dict[int, dict[
     }
 
 
-def run_round(url: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_round(url: str, k: int, args: argparse.Namespace, first: int = 0) -> dict[str, Any]:
+    """K concurrent clients, prompts ``first`` .. ``first + k - 1``."""
     out: dict[int, dict[str, Any]] = {}
-    threads = [threading.Thread(target=one_request, args=(url, i, args, out)) for i in range(k)]
+    ids = range(first, first + k)
+    threads = [threading.Thread(target=one_request, args=(url, i, args, out)) for i in ids]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -116,7 +118,7 @@ def run_round(url: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     if len(out) != k:
         raise SystemExit(f"{k - len(out)} of {k} requests failed")
-    rs = [out[i] for i in range(k)]
+    rs = [out[i] for i in ids]
     ttfts = sorted(r["ttft"] for r in rs)
     # aggregate decode: tokens after each first token, over the span from the first first
     # token to the last token of any client
@@ -164,18 +166,21 @@ def bench(name: str, cmd: list[str], url: str, args: argparse.Namespace) -> list
     proc = start(cmd, url)
     rows = []
     try:
-        run_round(url, 1, args)  # warm-up
-        alone: list[str] = []
+        run_round(url, 1, args, first=10_000)  # warm-up, on a prompt no round uses
+        # Every round gets prompts never sent before, so neither server answers from a
+        # prompt cache; with --check-alone each is then sent again on its own.
+        first = 0
         for k in args.clients:
-            if args.check_alone:
-                for i in range(len(alone), k):  # prompt i alone
+            for r in range(args.rounds):
+                row = run_round(url, k, args, first)
+                row["server"], row["round"], row["rss_mib"] = name, r, rss_mib(proc.pid)
+                alone = []
+                for i in range(first, first + k) if args.check_alone else ():
                     out: dict[int, dict[str, Any]] = {}
                     one_request(url, i, args, out)
                     alone.append(out[i]["text"])
-            for r in range(args.rounds):
-                row = run_round(url, k, args)
-                row["server"], row["round"], row["rss_mib"] = name, r, rss_mib(proc.pid)
-                row["same_as_alone"] = row["texts"] == alone[:k] if args.check_alone else None
+                row["same_as_alone"] = row["texts"] == alone if args.check_alone else None
+                first += k
                 rows.append(row)
                 print(
                     f"{name:13s} K={k:2d} round {r}: aggregate {row['aggregate_tok_s']:6.1f} tok/s "

@@ -25,15 +25,22 @@ from lfm2_edge.server import ServerConfig, create_app
 from tests.conftest import noise_image, png_bytes
 
 
-def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
-    """``lfm2-edge ARGS`` in its own process, as a user runs it."""
+def run_cli(
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    drop: tuple[str, ...] = (),
+) -> Any:
+    """``lfm2-edge ARGS`` in its own process, as a user runs it: this environment plus
+    ``env``, less the variables named in ``drop``."""
     return subprocess.run(
         [sys.executable, "-m", "lfm2_edge.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 

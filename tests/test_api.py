@@ -145,6 +145,7 @@ async def wrong(model: VisionModel) -> None:
 '''
 
 
+@pytest.mark.slow
 def test_mypy_sees_the_packages_types(tmp_path: Path) -> None:
     """With py.typed the package's annotations reach an app's mypy: a correct desktop
     script passes --strict, a wrong one is flagged (not silently Any)."""

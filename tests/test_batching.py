@@ -18,6 +18,8 @@ from lfm2_edge._llama.context import Runtime
 from lfm2_edge.batching import Job, Scheduler
 from tests.conftest import noise_image
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
+
 PROMPTS = [f"Question {i}: tell me about {w}?" for i, w in enumerate(["cats", "dogs", "the sea", "rain", "stars", "a"])]
 TEXT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 

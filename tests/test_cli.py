@@ -14,18 +14,11 @@ import pytest
 
 from lfm2_edge.testing import SHAPES, make_synthetic_model
 from tests.conftest import noise_image
+from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "lfm2_edge.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+run = run_cli  # `lfm2-edge ARGS` in a process of its own (tests/helpers.py)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +77,7 @@ def test_json_names_the_model_as_typed_with_rounded_timings(tiny: dict[str, Path
     result = run(*chat_args(tiny, photo, "--prompt", "hi", "--max-tokens", "4", "--json"))
     data = json.loads(result.stdout)
     assert data["model"] == str(tiny["F16"])
+    assert data["device"] == "CPU"  # where it ran (this machine has no GPU backend)
     assert data["timings"]["load_ms"] > 0
     for key, value in data["timings"].items():
         assert round(value, 2) == value, (key, value)
@@ -337,3 +331,13 @@ def test_serve_as_a_sidecar_port_0_ready_line_and_parent_pid(tiny: dict[str, Pat
     finally:
         parent.kill()
         proc.kill()
+
+
+def test_bench_takes_the_placement_and_reports_the_device(tiny: dict[str, Path]) -> None:
+    result = run(
+        "bench", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]),
+        "--repeat", "1", "--no-peer", "--gpu-layers", "0", "--device", "CPU", "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["device"] == "CPU"

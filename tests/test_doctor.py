@@ -22,6 +22,8 @@ from lfm2_edge.doctor import (
 )
 from lfm2_edge.errors import Lfm2EdgeError
 
+pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
+
 CHAT_BYTES = 16 * MIB  # a chat's own buffers above the imports (PIL image, tokens, sampler)
 
 

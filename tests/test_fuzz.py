@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.fuzz import run, write_cases
+
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
 
 
 def test_corrupted_models_and_images_never_crash(tiny: dict[str, Path], tmp_path: Path) -> None:

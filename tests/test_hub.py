@@ -28,6 +28,7 @@ from lfm2_edge.errors import (
 )
 from lfm2_edge.hub import Hub
 from tests.conftest import noise_image
+from tests.helpers import run_cli
 from tests.hubstub import HubStub
 
 REPO = "LiquidAI/LFM2-VL-450M-GGUF"
@@ -142,6 +143,7 @@ def test_first_pull_downloads_and_the_second_makes_no_request(
     assert found == str(got.model_path)
 
 
+@pytest.mark.slow
 def test_a_dropped_connection_is_resumed(hub: Hub, stub: HubStub, repo_files: dict[str, bytes]) -> None:
     name = "LFM2-VL-450M-Q8_0.gguf"
     stub.repos[REPO].files[name].drop_after = 50_000
@@ -271,15 +273,10 @@ def test_text_model_from_the_hub_gets_the_text_presets(hub: Hub) -> None:
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lfm2_edge.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**{k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME")}, **env},
-    )
+    return run_cli(*args, env=env, drop=("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME"))  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_cli_pull_then_chat_with_the_network_gone(stub: HubStub, tmp_path: Path) -> None:
     env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(tmp_path / "hub")}
     pulled = cli("pull", "LFM2-VL-450M:Q4_0", env=env)
@@ -344,6 +341,7 @@ def test_cli_pull_into_a_cache_under_a_file_is_one_line(stub: HubStub, tmp_path:
     _one_error_line(proc, str(cache), "HF_HUB_CACHE", "Not a directory")
 
 
+@pytest.mark.slow
 def test_cli_rm_and_pull_with_the_cache_path_a_file_is_one_line(stub: HubStub, tmp_path: Path) -> None:
     cache = tmp_path / "a-file"
     cache.write_text("not a directory")
@@ -378,6 +376,7 @@ runpy.run_module("lfm2_edge.cli", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_cli_rm_and_pull_in_a_read_only_cache_are_one_line(stub: HubStub, tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     Hub(cache_dir=cache, endpoint=stub.url, token=None, offline=False).pull("LFM2-VL-450M:Q4_0")
@@ -397,6 +396,7 @@ def test_cli_rm_and_pull_in_a_read_only_cache_are_one_line(stub: HubStub, tmp_pa
     assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_concurrent_ref_writers_never_fail_and_readers_never_see_a_partial_ref(tmp_path: Path) -> None:
     import threading
 

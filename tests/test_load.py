@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from lfm2_edge import VisionModel
 from tests.conftest import noise_image, png_bytes
 from tests.helpers import cli_server
+
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
 
 CLIENTS, ROUNDS = 32, 4
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,10 @@ import pytest
 
 from lfm2_edge.catalog import find_entry, presets
 from lfm2_edge.hub import Hub
+from tests.helpers import run_cli
 from tests.hubstub import HubStub
+
+pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
 
 
 def official_repos(tiny: dict[str, Path]) -> dict[str, dict[str, bytes]]:
@@ -106,9 +108,7 @@ def test_cli_info_by_catalog_name_shows_files_and_presets(stub: HubStub, tmp_pat
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "lfm2_edge.cli", *args], capture_output=True, text=True, timeout=120, env=env
-        )
+        return run_cli(*args, env=env, timeout=120)  # type: ignore[no-any-return]
 
     pulled = cli("pull", "LFM2.5-VL-450M")
     assert pulled.returncode == 0, pulled.stderr

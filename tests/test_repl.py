@@ -18,6 +18,8 @@ from lfm2_edge.repl import extract_image_paths
 from lfm2_edge.testing import SHAPES, make_synthetic_model
 from tests.conftest import noise_image
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm"}
 
 

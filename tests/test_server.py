@@ -104,6 +104,7 @@ def test_remote_visionmodel_gives_the_local_greedy_answer(served: Running, vm: V
     assert streamed.result.timings.first_token_ms > 0
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_clients_get_their_own_complete_answers(
     client: OpenAI, vm: VisionModel, served: Running
 ) -> None:
@@ -215,6 +216,7 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(served: Runni
     assert ok.choices[0].message.content is not None
 
 
+@pytest.mark.slow
 def test_cli_serve_finishes_in_flight_answers_on_sigterm(tiny: dict[str, Path]) -> None:
     with cli_server(tiny) as (proc, url):
         body = {"model": "m", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 2000, "stream": True}
@@ -336,6 +338,7 @@ def test_exposing_the_server_without_a_key_warns() -> None:
     assert exposure_warning("127.0.0.1", None) is None and exposure_warning("localhost", None) is None
 
 
+@pytest.mark.slow
 def test_n_parallel_instances_answer_at_once_and_correctly(tiny: dict[str, Path], vm: VisionModel) -> None:
     models = [VisionModel(tiny["F16"], tiny["mmproj"]) for _ in range(2)]
     running = start_server(models, ServerConfig(model_names=["m"]))

@@ -38,6 +38,7 @@ def served(model: VisionModel) -> Iterator[Running]:
     running.stop()
 
 
+@pytest.mark.slow
 def test_no_max_tokens_means_until_the_answer_ends_or_the_context_is_full(served: Running) -> None:
     body = post(served, {"model": "m", "messages": HI, "temperature": 1.0, "seed": 4}).json()
     usage, finish = body["usage"], body["choices"][0]["finish_reason"]
@@ -59,6 +60,7 @@ def test_serve_max_tokens_sets_the_default(model: VisionModel) -> None:
         running.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_prompt_plus_max_tokens_over_the_context_is_openais_400(served: Running, stream: bool) -> None:
     response = post(served, {"model": "m", "messages": HI, "max_tokens": N_CTX - 3, "stream": stream})
@@ -298,6 +300,7 @@ def test_responses_errors_are_openai_shaped(served: Running) -> None:
     assert overflow.status_code == 400 and overflow.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.slow
 def test_recipe_image_request_still_works_without_max_tokens(served: Running) -> None:
     response = post(served, {"model": "m", "messages": recipe_messages(data_uri()), "temperature": 0.1})
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")

@@ -13,6 +13,8 @@ from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.grammars import calls_grammar, literal
 from lfm2_edge.tools import parse_answer, tool_plan
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
+
 # Every kind of value the call grammar writes; strings and arrays bounded so that random
 # weights, which almost never close a string by themselves, still finish the call.
 BOOKING = {

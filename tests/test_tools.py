@@ -217,6 +217,7 @@ def test_text_model_runs_with_the_text_card_defaults(tiny: dict[str, Path]) -> N
         assert result.usage.image_tokens == 0 and result.usage.completion_tokens >= 1
 
 
+@pytest.mark.slow
 def test_cli_schema_gives_json(tiny: dict[str, Path], tmp_path: Path) -> None:
     schema = tmp_path / "receipt.json"
     schema.write_text(json.dumps(SCHEMA))
@@ -256,6 +257,7 @@ def test_tool_call_dataclass_is_what_the_result_carries() -> None:
     assert call.to_openai() == {"id": "call_x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
 
 
+@pytest.mark.slow
 def test_bench_runs_a_text_model(tiny: dict[str, Path], tmp_path: Path) -> None:
     alone = tmp_path / "LFM2-350M-Q4_0.gguf"  # no projector next to it: a text model
     alone.write_bytes(tiny["Q4_0"].read_bytes())

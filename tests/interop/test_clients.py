@@ -22,6 +22,8 @@ from pydantic import BaseModel
 
 from tests.helpers import cli_server, data_uri
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 IMAGE = [{"type": "text", "text": "What is in this image?"}, {"type": "image_url", "image_url": {"url": data_uri()}}]
 
