@@ -28,7 +28,6 @@ from typing import Any
 
 from rich.filesize import decimal
 
-from lfm2_edge.cache import REVISION, CachedFile, HubCache, atomic_write_text, is_sha256, sha256_file
 from lfm2_edge.catalog import (
     CatalogEntry,
     GgufChoice,
@@ -47,6 +46,7 @@ from lfm2_edge.errors import (
     Lfm2EdgeError,
     UnknownModelError,
 )
+from lfm2_edge.hubcache import REVISION, CachedFile, HubCache, atomic_write_text, is_sha256, sha256_file
 from lfm2_edge.progress import RichProgress
 
 __all__ = ["CachedFile", "Hub", "ResolvedModel", "RichProgress", "find_mmproj"]
@@ -334,7 +334,7 @@ class Hub:
                 ) from None
             raise
 
-    # -- the cache (lfm2_edge.cache) -------------------------------------------------
+    # -- the cache (lfm2_edge.hubcache) -------------------------------------------------
 
     def cached(self) -> list[CachedFile]:
         """Every GGUF file in the cache, by repo and file name."""

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.holdback import HoldBack
 from lfm2_edge.results import ChatResult
-from lfm2_edge.tools import TOOL_CALL_START, parse_answer
+from lfm2_edge.tools import call_holdback, parse_answer
 from lfm2_edge.wire import ApiError, ChatRequest, RequestLimits, logprobs_body, parse_chat_request
 
 __all__ = ["ResponsesRequest", "events", "parse_request", "response_body"]
@@ -297,7 +296,7 @@ async def events(
         yield event("response.created", response=_skeleton(req, response_id, created, "in_progress"))
         yield event("response.in_progress", response=_skeleton(req, response_id, created, "in_progress"))
         mode = req.tool_mode
-        hold = HoldBack(withhold=[TOOL_CALL_START] if mode else [], hold_all=mode in ("forced", "required"))
+        hold = call_holdback(mode)
         current: tuple[str, Any] | None = first
         while current is not None:
             kind, value = current

@@ -34,7 +34,7 @@ from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 from lfm2_edge.holdback import HoldBack
 from lfm2_edge.middleware import BrowserGuard, KeyCheck, error_response, origin_matcher
 from lfm2_edge.results import ChatResult
-from lfm2_edge.tools import TOOL_CALL_START, parse_answer
+from lfm2_edge.tools import call_holdback, parse_answer
 from lfm2_edge.wire import (
     SSE_DONE,
     ApiError,
@@ -309,9 +309,7 @@ async def _sse(
     try:
         yield chunk({"role": "assistant", "content": ""})
         mode = req.tool_mode
-        # Text from a tool-call marker on becomes tool_calls, not content; a forced (or
-        # required) call is held whole.
-        hold = HoldBack(withhold=[TOOL_CALL_START] if mode else [], hold_all=mode in ("forced", "required"))
+        hold = call_holdback(mode)
         event: tuple[str, Any] | None = first
         while event is not None:
             kind, value = event

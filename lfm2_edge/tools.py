@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.grammars import call_grammar, calls_grammar, schema_grammar
 from lfm2_edge.grammars import literal as _literal
+from lfm2_edge.holdback import HoldBack
 from lfm2_edge.tokens import (
     SPECIAL_TOOL_TOKENS,
     TOOL_CALL_END,
@@ -239,3 +240,10 @@ def tool_plan(
     raise Lfm2EdgeError(
         f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}"
     )
+
+
+def call_holdback(mode: str | None) -> HoldBack:
+    """How an answer's text streams when it may hold tool calls (``mode`` from the
+    request's tool plan): text from a call marker on becomes ``tool_calls``, not content,
+    and a forced (or required) call is held back whole."""
+    return HoldBack(withhold=[TOOL_CALL_START] if mode else [], hold_all=mode in ("forced", "required"))

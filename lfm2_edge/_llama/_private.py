@@ -16,11 +16,6 @@ import llama_cpp
 # but exposes no handle to it; its device registry (lfm2_edge._llama.ggml) needs one.
 from llama_cpp._ctypes_extensions import load_shared_library
 
-# The ctypes callback that sends llama.cpp's log into the ``llama-cpp-python`` logger.
-# mtmd has log sinks of its own; lfm2_edge._llama.log points them at the same callback,
-# so one logger level quiets or shows both.
-from llama_cpp._logger import llama_log_callback
-
 # Turns a completion (or a completion stream) into a chat completion, exactly as
 # llama-cpp-python's own chat handlers do; Lfm2VlChatHandler returns the same shapes.
 from llama_cpp.llama_chat_format import _convert_completion_to_chat as convert_completion_to_chat
@@ -30,7 +25,6 @@ __all__ = [
     "convert_completion_to_chat",
     "llama_context_ptr",
     "llama_exit_stack",
-    "llama_log_callback",
     "load_shared_library",
 ]
 
