@@ -180,6 +180,14 @@ def bench(name: str, cmd: list[str], url: str, args: argparse.Namespace) -> list
                     one_request(url, i, args, out)
                     alone.append(out[i]["text"])
                 row["same_as_alone"] = row["texts"] == alone if args.check_alone else None
+                if args.check_alone:
+                    # how many answers equal their prompt's answer alone, and where the others part
+                    row["equal_to_alone"] = sum(a == b for a, b in zip(row["texts"], alone, strict=True))
+                    row["first_difference_at_char"] = [
+                        next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+                        for a, b in zip(row["texts"], alone, strict=True)
+                        if a != b
+                    ]
                 first += k
                 rows.append(row)
                 print(
@@ -187,7 +195,12 @@ def bench(name: str, cmd: list[str], url: str, args: argparse.Namespace) -> list
                     f"(decode {row['aggregate_decode_tok_s']:6.1f}), TTFT p50 {row['ttft_p50_ms']:7.0f} ms "
                     f"p95 {row['ttft_p95_ms']:7.0f} ms, per-client {row['client_decode_tok_s']:5.1f} tok/s, "
                     f"{row['tokens']} tokens, RSS {row['rss_mib']:.0f} MiB"
-                    + (f", same as alone: {row['same_as_alone']}" if args.check_alone else ""),
+                    + (
+                        f", equal to alone: {row['equal_to_alone']}/{k}"
+                        f" (others part at characters {row['first_difference_at_char']})"
+                        if args.check_alone
+                        else ""
+                    ),
                     flush=True,
                 )
     finally:
