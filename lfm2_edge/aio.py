@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -227,7 +228,8 @@ class AsyncChatMixin:
 
         defaults = getattr(self, "sampling", None)
         if isinstance(defaults, Sampling):  # an unknown or out-of-range option raises now
-            defaults.updated(**{k: v for k, v in options.items() if k != "grammar"})
+            own = inspect.signature(type(self).chat).parameters  # grammar, logprobs, ...: chat's own
+            defaults.updated(**{k: v for k, v in options.items() if k not in own})
         model = cast("ChatModel", self)
         any_images = cast(Any, images)
 

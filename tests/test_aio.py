@@ -207,3 +207,12 @@ def test_remote_model_achat_sends_requests_concurrently() -> None:
         a, pieces = asyncio.run(main())
     assert a.text.strip() == "answer to one" and "".join(pieces).strip() == "answer to two"
     assert time.monotonic() - t0 < 30
+
+
+def test_achat_takes_chats_own_keywords_and_still_checks_sampling(vm: VisionModel) -> None:
+    """logprobs (and grammar, parallel_tool_calls) are chat's own arguments, not sampling
+    options: achat passes them on; a misspelled sampling option still fails at the call."""
+    result = asyncio.run(vm.achat("hi", max_tokens=3, logprobs=2, temperature=0))
+    assert result.logprobs is not None and len(result.logprobs) == result.usage.completion_tokens
+    with pytest.raises(InvalidParameterError, match="did you mean 'temperature'"):
+        vm.achat("hi", temprature=0)
