@@ -226,11 +226,11 @@ class AsyncChatMixin:
         """
         from lfm2_edge.sampling import Sampling
 
+        model = cast("ChatModel", self)
         defaults = getattr(self, "sampling", None)
         if isinstance(defaults, Sampling):  # an unknown or out-of-range option raises now
-            own = inspect.signature(type(self).chat).parameters  # grammar, logprobs, ...: chat's own
+            own = inspect.signature(model.chat).parameters  # grammar, logprobs, ...: chat's own
             defaults.updated(**{k: v for k, v in options.items() if k not in own})
-        model = cast("ChatModel", self)
         any_images = cast(Any, images)
 
         def start() -> ChatStream:
