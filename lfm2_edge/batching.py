@@ -31,6 +31,7 @@ from lfm2_edge._llama.projector import PromptChunks
 from lfm2_edge.caches import Item
 from lfm2_edge.errors import ContextOverflowError
 from lfm2_edge.generation import PreparedChat, Transcript
+from lfm2_edge.prefill import restore_prefix
 from lfm2_edge.results import ChatResult, Timings, TokenLogprob, Usage
 
 __all__ = ["Job", "Scheduler", "default_slots"]
@@ -228,16 +229,9 @@ class Scheduler:
         job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar))
         job.out = Transcript(rt, chat, job.logprobs)
         states = self.model._states
-        start = 0
-        resumed = None
-        saved = states.longest_prefix_of(items)
-        if saved is not None:
-            key, state = saved
-            if self.seqs.load(state, job.seq):
-                start = len(key)
-                resumed = state if start == len(items) else None
-        if start == 0:
-            self.seqs.clear(job.seq)
+        start, resumed = restore_prefix(
+            states, items, lambda _, state: self.seqs.load(state, job.seq), lambda: self.seqs.clear(job.seq)
+        )
         job.pos = rt.positions(items[:start])
         job.cached_tokens = job.pos
         job.save_points = {p for p in rt.save_points(items) if p > start} if states.max_bytes else set()

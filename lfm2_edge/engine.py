@@ -40,7 +40,6 @@ class Engine:
         from lfm2_edge.batching import Scheduler
 
         self._schedulers = [Scheduler(m) for m in models]
-        self._models = list(models)
         self.max_queue = max_queue
         self._pending = 0
         self._lock = threading.Lock()

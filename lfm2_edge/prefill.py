@@ -9,7 +9,7 @@ next turn, a regenerated answer and a new question about the same image all exte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lfm2_edge._llama.context import Runtime
@@ -17,7 +17,7 @@ from lfm2_edge._llama.state import SavedState
 from lfm2_edge.caches import Item, StateCache
 from lfm2_edge.images import LoadedImage
 
-__all__ = ["Prefill", "prefill"]
+__all__ = ["Prefill", "prefill", "restore_prefix"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ def prefill(rt: Runtime, states: StateCache, prompt: str, images: Sequence[Loade
         try:
             items = rt.prompt_items(chunks, [im.digest for im in images])
             rt.check_fits(chunks.n_pos, len(images), chunks.n_image_tokens)
-            start, resumed = _restore_prefix(rt, states, items)
+            start, resumed = restore_prefix(
+                states, items, lambda key, state: rt.load_state(state, rt.positions(key)), rt.reset
+            )
             cached_tokens = rt.positions(items[:start])
             image_s = 0.0
             done = start
@@ -58,17 +60,24 @@ def prefill(rt: Runtime, states: StateCache, prompt: str, images: Sequence[Loade
     return Prefill(chunks.n_pos, chunks.n_image_tokens, cached_tokens, image_s, resumed)
 
 
-def _restore_prefix(rt: Runtime, states: StateCache, items: list[Item]) -> tuple[int, SavedState | None]:
-    """Load the saved state that covers the longest part of ``items``.
+def restore_prefix(
+    states: StateCache,
+    items: Sequence[Item],
+    load: Callable[[Sequence[Item], SavedState], bool],
+    clear: Callable[[], None],
+) -> tuple[int, SavedState | None]:
+    """Load (with ``load(key, state)``) the saved state that covers the longest part of
+    ``items``; ``clear()`` when none does or it is refused.
 
-    Returns how many leading items the context now holds (0: it was cleared) and,
-    when that is all of them, the state whose saved logits the first token is
-    sampled from.
+    Returns how many leading items the sequence now holds (0: it was cleared) and, when
+    that is all of them, the state whose saved logits the first token is sampled from.
+    The single-sequence path loads into the context's sequence, the batched one
+    (:mod:`lfm2_edge.batching`) into whichever sequence a request holds.
     """
     saved = states.longest_prefix_of(items)
     if saved is not None:
         key, state = saved
-        if rt.load_state(state, rt.positions(key)):
+        if load(key, state):
             return len(key), (state if len(key) == len(items) else None)
-    rt.reset()
+    clear()
     return 0, None
