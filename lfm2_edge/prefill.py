@@ -3,8 +3,9 @@
 LFM2's short-conv state cannot be rolled back, so only a state whose whole history is a
 prefix of the new prompt can be continued. :func:`prefill` loads the saved state that
 covers the longest part of the prompt, evaluates the rest, and saves states at
-:meth:`Runtime.save_points` (after the prompt's last image, and at its end), which the
-next turn, a regenerated answer and a new question about the same image all extend.
+:meth:`Runtime.save_points` (after the system prompt, after the prompt's last image, and
+at its end), which a new conversation with the same system prompt, the next turn, a
+regenerated answer and a new question about the same image all extend.
 """
 
 from __future__ import annotations

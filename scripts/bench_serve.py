@@ -1,16 +1,27 @@
 """Load-test `lfm2-edge serve` (and optionally llama.cpp's llama-server on the same files).
 
 Starts the server in a child process, then for each K in --clients runs K concurrent
-streaming clients (greedy, --max-tokens each, text or one 320x240 image each) and
-reports aggregate decode tok/s, TTFT p50/p95, per-client decode tok/s, the server's RSS
-after each round and whether every answer equals the one that prompt gets alone.
+streaming clients (greedy, --max-tokens each, text or one 320x240 image each), --rounds
+times, and reports per round and as medians over the rounds:
+
+- aggregate tok/s: completion tokens of all clients / the round's wall time (vLLM's
+  "output token throughput");
+- TTFT p50 / p95;
+- per-client decode tok/s: the median over clients of (tokens - 1) / (last token - first
+  token), i.e. 1 / time per output token;
+- decode-span tok/s: tokens after each client's first / the span from the earliest first
+  token to the last token (a server that streams each prompt's first token as soon as
+  that prompt is evaluated, before the next prompt, starts this span earlier);
+- the server's RSS after each round, and (--check-alone) whether every answer equals the
+  answer its prompt gets alone.
 
     python scripts/bench_serve.py MODEL.gguf --mmproj MMPROJ.gguf --clients 1,4,8 \\
-        --threads 2 --slots 4 [--images] [--peer-llama-server PATH]
+        --threads 2 --slots 4 [--images] [--rounds 3] [--peer-llama-server PATH]
 
-With --peer-llama-server (built by scripts/build_llama_server.sh) the same load runs
-against `llama-server -np SLOTS -c CTX*SLOTS -t THREADS` in the same run, and the
-ratios lfm2-edge / llama-server are printed.
+With --peer-llama-server (built by scripts/build_llama_server.sh) both servers run side
+by side, each at its defaults (`llama-server -np SLOTS -c CTX*SLOTS -t THREADS`), rounds
+alternate between them (same prompts, the order flipped every round, so drift on a shared
+machine falls on both), and the ratios lfm2-edge / llama-server of the medians are printed.
 """
 
 from __future__ import annotations
@@ -120,20 +131,26 @@ def run_round(url: str, k: int, args: argparse.Namespace, first: int = 0) -> dic
         raise SystemExit(f"{k - len(out)} of {k} requests failed")
     rs = [out[i] for i in ids]
     ttfts = sorted(r["ttft"] for r in rs)
-    # aggregate decode: tokens after each first token, over the span from the first first
-    # token to the last token of any client
     span = max(r["end"] for r in rs) - min(r["start"] + r["ttft"] for r in rs)
     return {
         "clients": k,
         "answered": len(rs),
         "tokens": sum(r["tokens"] for r in rs),
         "aggregate_tok_s": sum(r["tokens"] for r in rs) / wall,
-        "aggregate_decode_tok_s": sum(r["tokens"] - 1 for r in rs) / span if span > 0 else 0.0,
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
         "client_decode_tok_s": statistics.median(r["decode_tok_s"] for r in rs),
+        "decode_span_tok_s": sum(r["tokens"] - 1 for r in rs) / span if span > 0 else 0.0,
         "texts": [r["text"] for r in rs],
     }
+
+
+METRICS = {  # name in the ratio line: row key
+    "aggregate": "aggregate_tok_s",
+    "TTFT p50": "ttft_p50_ms",
+    "per-client decode": "client_decode_tok_s",
+    "decode-span": "decode_span_tok_s",
+}
 
 
 def rss_mib(pid: int) -> float:
@@ -162,54 +179,75 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     raise SystemExit(f"{cmd[0]} did not answer /health")
 
 
-def bench(name: str, cmd: list[str], url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    proc = start(cmd, url)
+def bench(servers: dict[str, tuple[list[str], str]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start every server, then run each round on each of them in turn."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     rows = []
     try:
-        run_round(url, 1, args, first=10_000)  # warm-up, on a prompt no round uses
+        for name, (cmd, url) in servers.items():
+            procs[name] = start(cmd, url)
+            run_round(url, 1, args, first=10_000)  # warm-up, on a prompt no round uses
         # Every round gets prompts never sent before, so neither server answers from a
-        # prompt cache; with --check-alone each is then sent again on its own.
+        # prompt cache (beyond the shared system prompt); with --check-alone each is then
+        # sent again on its own.
         first = 0
+        names = list(servers)
         for k in args.clients:
             for r in range(args.rounds):
-                row = run_round(url, k, args, first)
-                row["server"], row["round"], row["rss_mib"] = name, r, rss_mib(proc.pid)
-                alone = []
-                for i in range(first, first + k) if args.check_alone else ():
-                    out: dict[int, dict[str, Any]] = {}
-                    one_request(url, i, args, out)
-                    alone.append(out[i]["text"])
-                row["same_as_alone"] = row["texts"] == alone if args.check_alone else None
-                if args.check_alone:
-                    # how many answers equal their prompt's answer alone, and where the others part
-                    row["equal_to_alone"] = sum(a == b for a, b in zip(row["texts"], alone, strict=True))
-                    row["first_difference_at_char"] = [
-                        next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-                        for a, b in zip(row["texts"], alone, strict=True)
-                        if a != b
-                    ]
+                for name in names if r % 2 == 0 else names[::-1]:
+                    rows.append(_round(name, servers[name][1], procs[name].pid, k, r, first, args))
                 first += k
-                rows.append(row)
-                print(
-                    f"{name:13s} K={k:2d} round {r}: aggregate {row['aggregate_tok_s']:6.1f} tok/s "
-                    f"(decode {row['aggregate_decode_tok_s']:6.1f}), TTFT p50 {row['ttft_p50_ms']:7.0f} ms "
-                    f"p95 {row['ttft_p95_ms']:7.0f} ms, per-client {row['client_decode_tok_s']:5.1f} tok/s, "
-                    f"{row['tokens']} tokens, RSS {row['rss_mib']:.0f} MiB"
-                    + (
-                        f", equal to alone: {row['equal_to_alone']}/{k}"
-                        f" (others part at characters {row['first_difference_at_char']})"
-                        if args.check_alone
-                        else ""
-                    ),
-                    flush=True,
-                )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return rows
+
+
+def _round(name: str, url: str, pid: int, k: int, r: int, first: int, args: argparse.Namespace) -> dict[str, Any]:
+    row = run_round(url, k, args, first)
+    row["server"], row["round"], row["rss_mib"] = name, r, rss_mib(pid)
+    if args.check_alone:
+        alone = []
+        for i in range(first, first + k):
+            out: dict[int, dict[str, Any]] = {}
+            one_request(url, i, args, out)
+            alone.append(out[i]["text"])
+        # how many answers equal their prompt's answer alone, and where the others part
+        row["equal_to_alone"] = sum(a == b for a, b in zip(row["texts"], alone, strict=True))
+        row["first_difference_at_char"] = [
+            next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            for a, b in zip(row["texts"], alone, strict=True)
+            if a != b
+        ]
+    print(
+        f"{name:13s} K={k:2d} round {r}: aggregate {row['aggregate_tok_s']:6.1f} tok/s, "
+        f"TTFT p50 {row['ttft_p50_ms']:6.0f} ms p95 {row['ttft_p95_ms']:6.0f} ms, "
+        f"per-client decode {row['client_decode_tok_s']:5.1f} tok/s, "
+        f"decode-span {row['decode_span_tok_s']:6.1f} tok/s, "
+        f"{row['tokens']} tokens, RSS {row['rss_mib']:.0f} MiB"
+        + (
+            f", equal to alone: {row['equal_to_alone']}/{k}"
+            + (
+                f" (others part at characters {row['first_difference_at_char']})"
+                if row["first_difference_at_char"]
+                else ""
+            )
+            if args.check_alone
+            else ""
+        ),
+        flush=True,
+    )
+    return row
+
+
+def medians(rows: list[dict[str, Any]], server: str, k: int) -> dict[str, float]:
+    mine = [r for r in rows if r["server"] == server and r["clients"] == k]
+    return {key: statistics.median(r[key] for r in mine) for key in METRICS.values()}
 
 
 def main() -> None:
@@ -221,7 +259,7 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--ctx", type=int, default=2048, help="tokens per slot")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", action="store_true", help="one 320x240 image per request")
     p.add_argument("--check-alone", action="store_true", help="compare each answer with the prompt's answer alone")
     p.add_argument("--peer-llama-server", help="path to llama.cpp's llama-server, run on the same files")
@@ -231,37 +269,34 @@ def main() -> None:
     port = free_port()
     ours = [sys.executable, "-m", "lfm2_edge.cli", "serve", args.model, "--port", str(port)]
     ours += ["--served-model-name", "m", "--threads", str(args.threads), "--slots", str(args.slots)]
-    ours += ["--ctx", str(args.ctx), "--state-cache-mb", "0"]
+    ours += ["--ctx", str(args.ctx)]
     if args.mmproj:
         ours += ["--mmproj", args.mmproj]
-    rows = bench("lfm2-edge", ours, f"http://127.0.0.1:{port}", args)
+    servers = {"lfm2-edge": (ours, f"http://127.0.0.1:{port}")}
     if args.peer_llama_server:
         port = free_port()
         peer = [args.peer_llama_server, "-m", args.model, "--port", str(port), "-np", str(args.slots)]
         peer += ["-c", str(args.ctx * args.slots), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui"]
-        peer += ["--cache-ram", "0"] if "--cache-ram" in _help(args.peer_llama_server) else []
         if args.mmproj:
             peer += ["--mmproj", args.mmproj]
-        rows += bench("llama-server", peer, f"http://127.0.0.1:{port}", args)
-        print("\nratios lfm2-edge / llama-server (same run):")
-        for k in args.clients:
-            a = next(r for r in rows if r["server"] == "lfm2-edge" and r["clients"] == k)
-            b = next(r for r in rows if r["server"] == "llama-server" and r["clients"] == k)
+        servers["llama-server"] = (peer, f"http://127.0.0.1:{port}")
+    rows = bench(servers, args)
+    print(f"\nmedians over {args.rounds} round(s):")
+    for k in args.clients:
+        for name in servers:
+            m = medians(rows, name, k)
             print(
-                f"  K={k:2d}: aggregate {a['aggregate_tok_s'] / b['aggregate_tok_s']:.2f}x, "
-                f"aggregate decode {a['aggregate_decode_tok_s'] / b['aggregate_decode_tok_s']:.2f}x, "
-                f"TTFT p50 {a['ttft_p50_ms'] / b['ttft_p50_ms']:.2f}x, "
-                f"per-client decode {a['client_decode_tok_s'] / b['client_decode_tok_s']:.2f}x"
+                f"  {name:13s} K={k:2d}: aggregate {m['aggregate_tok_s']:6.1f} tok/s, "
+                f"TTFT p50 {m['ttft_p50_ms']:6.0f} ms, per-client decode {m['client_decode_tok_s']:5.1f} tok/s, "
+                f"decode-span {m['decode_span_tok_s']:6.1f} tok/s"
             )
+    if args.peer_llama_server:
+        print("ratios lfm2-edge / llama-server (medians, same run):")
+        for k in args.clients:
+            a, b = medians(rows, "lfm2-edge", k), medians(rows, "llama-server", k)
+            print(f"  K={k:2d}: " + ", ".join(f"{label} {a[key] / b[key]:.2f}x" for label, key in METRICS.items()))
     if args.json:
         Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "texts"} for r in rows], indent=1))
-
-
-def _help(binary: str) -> str:
-    try:
-        return subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 if __name__ == "__main__":

@@ -146,7 +146,9 @@ class Sequences:
 
     def decode_step(self, entries: Sequence[tuple[int, int, int]]) -> None:
         """Decode one token per sequence, ``(seq, pos, token)`` each, in one batch;
-        entry ``i``'s logits are then row ``i`` (see :meth:`sample`)."""
+        entry ``i``'s logits are then row ``i`` (see :meth:`sample`). Give the entries in
+        ascending sequence order: a hybrid model's batch is computed in one micro-batch
+        per run of consecutive sequence ids (llama_batch_allocr::split_equal)."""
         b = self._batch
         for i, (seq, pos, token) in enumerate(entries):
             b.token[i] = token

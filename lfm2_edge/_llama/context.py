@@ -97,6 +97,7 @@ class Runtime:
         self._markers: MarkerTable | None = None
         self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
         self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
+        self._user_header = self.tokenize(f"{IM_START}user\n")
         self.max_token_bytes = longest_token_bytes(self.vocab, self.n_vocab)
 
     # -- loading -----------------------------------------------------------------
@@ -322,11 +323,23 @@ class Runtime:
         )
 
     def save_points(self, items: Sequence[Item]) -> list[int]:
-        """Where a saved state is worth having: after the prompt's last image (a new
-        question about the same image continues from there) and at its end (the next
-        turn and a regenerated answer continue from there). Both are batch boundaries,
-        so continuing from them is exact."""
+        """Where a saved state is worth having, and so where a prompt is cut into batches:
+
+        - before its first user message, after the system prompt: every conversation that
+          starts with the same system prompt continues from there (llama-server keeps the
+          same per-slot checkpoint);
+        - after its last image: a new question about the same image continues from there;
+        - at its end: the next turn and a regenerated answer continue from there.
+
+        All three depend on the prompt's content only and hold for every prompt that
+        extends it, so continuing from them is exact."""
         points = {len(items)}
+        n = len(self._user_header)
+        first = self._user_header[0] if n else None
+        for j in range(2, len(items) - n + 1):
+            if items[j] == first and list(items[j : j + n]) == self._user_header:
+                points.add(j)
+                break
         for j in range(len(items) - 1, -1, -1):
             if not isinstance(items[j], int):
                 points.add(j + 1)
