@@ -6,7 +6,7 @@ prompt is evaluated in units (text pieces, one image each: see
 :mod:`lfm2_edge._llama.batch`) between decode steps, and every step decodes one token for
 every generating sequence in a single ``llama_decode``, so the weights are read once per
 step for everyone. Sampling, stop strings, tool calls and grammars stay per request
-(each has its own sampler chain and :class:`HoldBack`); a cancelled request frees its
+(each has its own :class:`~lfm2_edge._llama.sampler.Sampler` and :class:`HoldBack`); a cancelled request frees its
 sequence at the next step.
 
 State reuse works as in :mod:`lfm2_edge.prefill`: the model's :class:`StateCache` is
@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from lfm2_edge._llama.batch import Sequences, Unit, plan_units
 from lfm2_edge._llama.projector import PromptChunks
+from lfm2_edge._llama.sampler import Sampler
 from lfm2_edge.caches import Item
 from lfm2_edge.errors import ContextOverflowError
 from lfm2_edge.generation import PreparedChat, Transcript
@@ -54,6 +55,7 @@ def default_slots(n_cores: int | None = None, available_bytes: int | None = None
             available_bytes = 2**31
     return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
 
+
 Emit = Callable[[str, Any], None]  # ("piece", text) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
 
 
@@ -73,7 +75,7 @@ class Job:
     units: deque[Unit] = field(default_factory=deque)
     save_points: set[int] = field(default_factory=set)
     pending: int = -1  # the sampled token to decode at the next step
-    chain: int = 0
+    sampler: Sampler | None = None
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     n_prompt: int = 0
     n_image_tokens: int = 0
@@ -216,8 +218,7 @@ class Scheduler:
             detail = f" ({job.n_image_tokens} of them for {len(chat.images)} image(s))" if chat.images else ""
             fix = "raise --ctx" + (" or lower --max-image-tokens" if chat.images else " or shorten the prompt")
             raise ContextOverflowError(
-                f"the prompt needs {job.n_prompt} tokens{detail} but the context holds {rt.n_ctx_seq} "
-                f"per slot; {fix}",
+                f"the prompt needs {job.n_prompt} tokens{detail} but the context holds {rt.n_ctx_seq} per slot; {fix}",
                 prompt_tokens=job.n_prompt,
                 context_tokens=rt.n_ctx_seq,
             )
@@ -228,7 +229,7 @@ class Scheduler:
                 prompt_tokens=job.n_prompt,
                 context_tokens=rt.n_ctx_seq,
             )
-        job.chain = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar))
+        job.sampler = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar))
         job.out = Transcript(rt, chat, job.logprobs)
         states = self.model._states
         start, resumed = restore_prefix(
@@ -244,7 +245,8 @@ class Scheduler:
         if resumed is not None and resumed.logits is not None:
             job.t_prompt = time.perf_counter()
             job.phase = "decode"
-            self._take(job, self._sample_saved(job, resumed.logits), resumed.logits)
+            assert job.sampler is not None
+            self._take(job, job.sampler.sample_saved(resumed.logits), resumed.logits)
         elif not job.units:  # a state without logits covered everything: evaluate its last item again
             self.seqs.clear(job.seq)
             job.pos = job.cached_tokens = 0
@@ -252,11 +254,6 @@ class Scheduler:
             job.phase = "prefill"
         else:
             job.phase = "prefill"
-
-    def _sample_saved(self, job: Job, logits: Any) -> int:
-        from lfm2_edge._llama.sampler import sample_logits
-
-        return sample_logits(job.chain, logits, self.rt.n_vocab)
 
     def _prefill_unit(self, job: Job) -> None:
         assert job.chunks is not None
@@ -272,10 +269,12 @@ class Scheduler:
         if not job.units:
             job.t_prompt = time.perf_counter()
             job.phase = "decode"
-            self._take(job, self.seqs.sample(job.chain, -1))
+            assert job.sampler is not None
+            self._take(job, job.sampler.sample(self.rt.ctx))
 
     def _take_row(self, job: Job, *, row: int) -> None:
-        self._take(job, self.seqs.sample(job.chain, row), self.seqs.row_logits(row))
+        assert job.sampler is not None
+        self._take(job, job.sampler.sample(self.rt.ctx, row), self.seqs.row_logits(row))
 
     def _take(self, job: Job, token: int, logits: Any = None) -> None:
         """A token sampled for ``job`` (from ``logits``, when they are not the context's

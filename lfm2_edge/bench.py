@@ -154,8 +154,8 @@ def _llama_cpp_decode(vm: Any, n: int) -> float:
     vm.reset()
     rt.eval_tokens(rt.tokenize("<|startoftext|><|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n"))
     greedy = Sampling(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-    with rt.sampler(greedy) as chain:
-        tokens = rt.generate(chain, max_tokens=n + 1)
+    with rt.sampler(greedy) as sampler:
+        tokens = rt.generate(sampler, max_tokens=n + 1)
         if next(tokens, None) is None:
             n_after = 0
         else:

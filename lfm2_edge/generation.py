@@ -205,12 +205,12 @@ def answer(
             pre = prefill(rt, states, chat.prompt, chat.images)
             image_encodes = _encodes(rt) - encodes_before
             run.stack = ExitStack()
-            chain = run.stack.enter_context(rt.sampler(params, grammar=chat.plan.grammar))
+            sampler = run.stack.enter_context(rt.sampler(params, grammar=chat.plan.grammar))
         except BaseException:
             turns.end(run)
             raise
         first_logits = pre.resumed.logits if pre.resumed is not None else None
-        tokens = rt.generate(chain, max_tokens=params.max_tokens, first_logits=first_logits)
+        tokens = rt.generate(sampler, max_tokens=params.max_tokens, first_logits=first_logits)
     t_prompt = time.perf_counter()
     out = Transcript(rt, chat, sink)
     finish: Literal["stop", "length"] = "stop"

@@ -118,3 +118,25 @@ def test_stream_logprobs_grow_with_the_pieces(vm: VisionModel) -> None:
         assert covered.startswith(text) or text.startswith(covered[: len(text)])
     assert stream.result is not None and stream.result.logprobs == tuple(stream.logprobs)
     assert len(stream.logprobs) == stream.result.usage.completion_tokens
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 0, "repetition_penalty": 1.3},
+        {"temperature": 0, "repetition_penalty": 0.6},  # below 1 it rewards repeats
+        {"temperature": 0.9, "top_k": 0, "min_p": 0.02, "repetition_penalty": 1.3, "seed": 7},
+    ],
+)
+def test_the_local_penalty_and_greedy_pick_what_llama_cpp_s_chain_picks(vm: VisionModel, params: dict) -> None:
+    """:class:`Sampler` applies the repetition penalty (and picks greedily) with numpy;
+    a zero logit bias changes no logit but hands both back to llama.cpp's own chain."""
+    with (
+        vm._runtime.sampler(Sampling(**params)) as local,
+        vm._runtime.sampler(Sampling(logit_bias={5: 0}, **params)) as ref,
+    ):
+        assert local.penalty is not None and local.greedy == (params["temperature"] == 0)
+        assert ref.penalty is None and not ref.greedy
+    ours = tokens_of(vm, max_tokens=96, **params)
+    assert ours == tokens_of(vm, max_tokens=96, logit_bias={5: 0}, **params)
+    assert ours != tokens_of(vm, max_tokens=96, **{**params, "repetition_penalty": 1.0})  # the penalty bit

@@ -146,7 +146,7 @@ class Sequences:
 
     def decode_step(self, entries: Sequence[tuple[int, int, int]]) -> None:
         """Decode one token per sequence, ``(seq, pos, token)`` each, in one batch;
-        entry ``i``'s logits are then row ``i`` (see :meth:`sample`). Give the entries in
+        entry ``i``'s logits are then row ``i`` (see :meth:`row_logits`). Give the entries in
         ascending sequence order: a hybrid model's batch is computed in one micro-batch
         per run of consecutive sequence ids (llama_batch_allocr::split_equal)."""
         b = self._batch
@@ -162,10 +162,6 @@ class Sequences:
     def row_logits(self, row: int) -> Any:
         """The logits of row ``row`` of the last decode (-1: its last)."""
         return llama_cpp.llama_get_logits_ith(self.rt.ctx, row)
-
-    def sample(self, chain: int, row: int) -> int:
-        """Sample (and accept) from row ``row`` of the last decode (-1: its last)."""
-        return int(llama_cpp.llama_sampler_sample(chain, self.rt.ctx, row))
 
     def _decode(self) -> None:
         rc = llama_cpp.llama_decode(self.rt.ctx, self._batch)

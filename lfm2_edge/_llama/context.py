@@ -17,7 +17,7 @@ import llama_cpp
 
 from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
-from lfm2_edge._llama.sampler import sample_logits, sampler_chain, token_logprobs
+from lfm2_edge._llama.sampler import Sampler, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
 from lfm2_edge._llama.state import SavedState, save_sequence
 from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, token_piece, tokenize
@@ -389,7 +389,7 @@ class Runtime:
         self.n_past += 1
 
     def generate(
-        self, chain: int, *, max_tokens: int, first_logits: ctypes.Array[ctypes.c_float] | None = None
+        self, sampler: Sampler, *, max_tokens: int, first_logits: ctypes.Array[ctypes.c_float] | None = None
     ) -> Iterator[int]:
         """The decode loop: sample a token, yield it, evaluate it, sample the next...
 
@@ -402,7 +402,7 @@ class Runtime:
         """
         n = 0
         while n < max_tokens and self.n_past < self.n_ctx:
-            token = self.sample(chain, first_logits)
+            token = sampler.sample(self.ctx) if first_logits is None else sampler.sample_saved(first_logits)
             first_logits = None
             if self.is_end(token):
                 return
@@ -427,17 +427,10 @@ class Runtime:
 
     # -- sampling ----------------------------------------------------------------
 
-    def sampler(self, params: Sampling, *, grammar: str | None = None) -> AbstractContextManager[int]:
-        """A sampler chain for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`)."""
+    def sampler(self, params: Sampling, *, grammar: str | None = None) -> AbstractContextManager[Sampler]:
+        """A :class:`Sampler` for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`)."""
         params.check_vocabulary(self.n_vocab)
         return sampler_chain(self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar)
-
-    def sample(self, chain: int, logits: ctypes.Array[ctypes.c_float] | None = None) -> int:
-        """Sample from the last evaluated position's logits, or from saved ones (and
-        accept the token), as ``llama_sampler_sample`` does."""
-        if logits is None:
-            return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
-        return sample_logits(chain, logits, self.n_vocab)
 
     def logprobs(
         self, token: int, n_top: int, logits: ctypes.Array[ctypes.c_float] | None = None
