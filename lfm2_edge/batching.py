@@ -274,7 +274,8 @@ class Scheduler:
 
     def _take_row(self, job: Job, *, row: int) -> None:
         assert job.sampler is not None
-        self._take(job, job.sampler.sample(self.rt.ctx, row), self.seqs.row_logits(row))
+        logits = self.seqs.row_logits(row) if job.chat.logprobs is not None else None
+        self._take(job, job.sampler.sample(self.rt.ctx, row), logits)
 
     def _take(self, job: Job, token: int, logits: Any = None) -> None:
         """A token sampled for ``job`` (from ``logits``, when they are not the context's

@@ -39,9 +39,9 @@ from lfm2_edge.wire import (
     SSE_DONE,
     ApiError,
     ChatRequest,
+    ChunkEvents,
     RequestLimits,
     api_error,
-    chunk_body,
     completion_body,
     overflow_error,
     parse_chat_request,
@@ -296,7 +296,7 @@ async def _sse(
     completion_id: str,
     config: ServerConfig,
 ) -> AsyncIterator[bytes]:
-    created = int(time.time())
+    out = ChunkEvents(completion_id, req.model, int(time.time()))
     wants_logprobs = req.options.get("logprobs") is not None
     pending: list[Any] = []  # logprobs of tokens whose text is not sent yet
 
@@ -304,7 +304,7 @@ async def _sse(
         if wants_logprobs and delta is not None:
             extra["logprobs"] = list(pending)
             pending.clear()
-        return sse(chunk_body(completion_id, req.model, created, delta, finish, **extra))
+        return out.event(delta, finish, **extra)
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -317,7 +317,7 @@ async def _sse(
                 pending.extend(value)
             elif kind == "piece":
                 if text := hold.feed(value)[0]:
-                    yield chunk({"content": text})
+                    yield chunk({"content": text}) if wants_logprobs else out.content(text)
             elif kind == "done":
                 text, deltas = _tool_deltas(hold, mode, value)
                 if text:

@@ -17,7 +17,7 @@ from openai import OpenAI
 from lfm2_edge import VisionModel
 from lfm2_edge.results import ChatResult, Timings, Usage
 from lfm2_edge.server import ServerConfig
-from lfm2_edge.wire import ApiError, RequestLimits, chunk_body, completion_body, parse_chat_request
+from lfm2_edge.wire import ApiError, ChunkEvents, RequestLimits, chunk_body, completion_body, parse_chat_request, sse
 from tests.helpers import Running, data_uri, post, recipe_messages, start_server
 
 N_CTX = 1024
@@ -304,3 +304,10 @@ def test_responses_errors_are_openai_shaped(served: Running) -> None:
 def test_recipe_image_request_still_works_without_max_tokens(served: Running) -> None:
     response = post(served, {"model": "m", "messages": recipe_messages(data_uri()), "temperature": 0.1})
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("model", ["m", 'a "quoted" \uffff lfm2-edge content \uffff model'])
+def test_a_text_delta_event_is_the_chunk_body_s_bytes(model: str) -> None:
+    events = ChunkEvents("chatcmpl-1", model, 1700000000)
+    for text in ["hi", "", 'say "no"\n\t\\', "é 猫 🐱", "\x00\x1f</script>", "\uffff lfm2-edge content \uffff"]:
+        assert events.content(text) == sse(chunk_body("chatcmpl-1", model, 1700000000, {"content": text}))

@@ -8,8 +8,8 @@ writes requests and reads responses with it. One package, so the two sides canno
 * :mod:`.request`: :func:`parse_chat_request` (server) and :func:`request_body` (client),
   with :func:`image_url_of` reading an ``image_url`` part for both;
 * :mod:`.response`: :func:`completion_body`, :func:`chunk_body`, :func:`usage_body`, SSE
-  framing (:func:`sse`, :data:`SSE_DONE`), and :class:`StreamReader`, which turns the
-  chunks back into a :class:`ChatResult`.
+  framing (:func:`sse`, :data:`SSE_DONE`, :class:`ChunkEvents`), and :class:`StreamReader`,
+  which turns the chunks back into a :class:`ChatResult`.
 
 Every name is importable from here (``from lfm2_edge.wire import ...``).
 """
@@ -27,6 +27,7 @@ from lfm2_edge.wire.request import RequestLimits as RequestLimits
 from lfm2_edge.wire.request import parse_json_body as parse_json_body
 from lfm2_edge.wire.response import (
     SSE_DONE,
+    ChunkEvents,
     StreamReader,
     chunk_body,
     completion_body,
@@ -40,6 +41,7 @@ __all__ = [
     "SSE_DONE",
     "ApiError",
     "ChatRequest",
+    "ChunkEvents",
     "StreamReader",
     "api_error",
     "chunk_body",

@@ -1,6 +1,6 @@
 """Chat-completions responses: the completion and chunk bodies (message, usage,
-logprobs), SSE framing (:func:`sse`, :data:`SSE_DONE`), and :class:`StreamReader`, which
-turns the chunks back into a :class:`ChatResult`."""
+logprobs), SSE framing (:func:`sse`, :data:`SSE_DONE`, :class:`ChunkEvents`), and
+:class:`StreamReader`, which turns the chunks back into a :class:`ChatResult`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lfm2_edge.results import ChatResult, FinishReason, Timings, Usage
 
 __all__ = [
     "SSE_DONE",
+    "ChunkEvents",
     "StreamReader",
     "chunk_body",
     "completion_body",
@@ -111,6 +112,27 @@ def sse(data: Mapping[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+class ChunkEvents:
+    """The SSE events of one streamed chat completion. A text delta's event (one per
+    token) is the same bytes as ``sse(chunk_body(..., {"content": text}))``, but built
+    from a head and a tail made once, around the JSON of the text alone."""
+
+    _MARK = "\uffff lfm2-edge content \uffff"
+
+    def __init__(self, completion_id: str, model: str, created: int) -> None:
+        self.completion_id, self.model, self.created = completion_id, model, created
+        whole = self.event({"content": self._MARK})
+        mark = json.dumps(self._MARK, ensure_ascii=False).encode()
+        at = whole.rindex(mark)  # the content comes after the id and the model name
+        self._head, self._tail = whole[:at], whole[at + len(mark) :]
+
+    def content(self, text: str) -> bytes:
+        return self._head + json.dumps(text, ensure_ascii=False).encode() + self._tail
+
+    def event(self, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        return sse(chunk_body(self.completion_id, self.model, self.created, delta, finish, **extra))
 
 
 class StreamReader:
