@@ -92,6 +92,8 @@ class Runtime:
             raise
         self._one_token = (llama_cpp.llama_token * 1)()
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
         self.im_end = self.token_id(IM_END)
         self._partial_utf8: list[int] | None = None
         self._markers: MarkerTable | None = None
@@ -210,8 +212,14 @@ class Runtime:
         return ids[0] if len(ids) == 1 else None
 
     def token_bytes(self, token: int) -> bytes:
-        """The text of a token; control tokens are empty, except the tool-call markers."""
-        return token_piece(self.vocab, token, self._piece_buf, special=token in self._shown_specials)
+        """The text of a token; control tokens are empty, except the tool-call markers.
+        Kept once read: the decode loops ask for every token they sample."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = token_piece(
+                self.vocab, token, self._piece_buf, special=token in self._shown_specials
+            )
+        return piece
 
     @property
     def min_image_tokens(self) -> int:
@@ -226,7 +234,10 @@ class Runtime:
         return self._partial_utf8
 
     def is_end(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)) or token == self.im_end
+        end = self._ends.get(token)
+        if end is None:
+            end = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)) or token == self.im_end
+        return end
 
     # -- evaluation --------------------------------------------------------------
 
