@@ -263,13 +263,14 @@ def main() -> None:
     p.add_argument("--images", action="store_true", help="one 320x240 image per request")
     p.add_argument("--check-alone", action="store_true", help="compare each answer with the prompt's answer alone")
     p.add_argument("--peer-llama-server", help="path to llama.cpp's llama-server, run on the same files")
+    p.add_argument("--serve-arg", action="append", default=[], help="an extra lfm2-edge serve argument (repeatable)")
     p.add_argument("--json", help="write all rows here")
     args = p.parse_args()
 
     port = free_port()
     ours = [sys.executable, "-m", "lfm2_edge.cli", "serve", args.model, "--port", str(port)]
     ours += ["--served-model-name", "m", "--threads", str(args.threads), "--slots", str(args.slots)]
-    ours += ["--ctx", str(args.ctx)]
+    ours += ["--ctx", str(args.ctx), *args.serve_arg]
     if args.mmproj:
         ours += ["--mmproj", args.mmproj]
     servers = {"lfm2-edge": (ours, f"http://127.0.0.1:{port}")}

@@ -214,11 +214,9 @@ class Runtime:
     def token_bytes(self, token: int) -> bytes:
         """The text of a token; control tokens are empty, except the tool-call markers.
         Kept once read: the decode loops ask for every token they sample."""
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = token_piece(
-                self.vocab, token, self._piece_buf, special=token in self._shown_specials
-            )
+        if (piece := self._pieces.get(token)) is None:
+            special = token in self._shown_specials
+            piece = self._pieces[token] = token_piece(self.vocab, token, self._piece_buf, special=special)
         return piece
 
     @property
@@ -234,8 +232,7 @@ class Runtime:
         return self._partial_utf8
 
     def is_end(self, token: int) -> bool:
-        end = self._ends.get(token)
-        if end is None:
+        if (end := self._ends.get(token)) is None:
             end = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)) or token == self.im_end
         return end
 
@@ -334,16 +331,11 @@ class Runtime:
         )
 
     def save_points(self, items: Sequence[Item]) -> list[int]:
-        """Where a saved state is worth having, and so where a prompt is cut into batches:
-
-        - before its first user message, after the system prompt: every conversation that
-          starts with the same system prompt continues from there (llama-server keeps the
-          same per-slot checkpoint);
-        - after its last image: a new question about the same image continues from there;
-        - at its end: the next turn and a regenerated answer continue from there.
-
-        All three depend on the prompt's content only and hold for every prompt that
-        extends it, so continuing from them is exact."""
+        """Where a saved state is worth having (and so where a prompt is cut into batches):
+        after the system prompt (before the first user message: every conversation with
+        that system prompt continues from there), after the last image (a new question
+        about it continues from there) and at the end (the next turn, a regenerated
+        answer). All depend on the content only, so continuing from them is exact."""
         points = {len(items)}
         n = len(self._user_header)
         first = self._user_header[0] if n else None
