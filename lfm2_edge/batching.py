@@ -6,8 +6,8 @@ prompt is evaluated in units (text pieces, one image each: see
 :mod:`lfm2_edge._llama.batch`) between decode steps, and every step decodes one token for
 every generating sequence in a single ``llama_decode``, so the weights are read once per
 step for everyone. Sampling, stop strings, tool calls and grammars stay per request
-(each has its own :class:`~lfm2_edge._llama.sampler.Sampler` and :class:`HoldBack`); a cancelled request frees its
-sequence at the next step.
+(each has its own :class:`~lfm2_edge._llama.sampler.Sampler` and :class:`HoldBack`); a
+cancelled request frees its sequence at the next step.
 
 State reuse works as in :mod:`lfm2_edge.prefill`: the model's :class:`StateCache` is
 shared by all sequences; a request loads the longest saved prefix into its own sequence
