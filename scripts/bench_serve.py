@@ -15,6 +15,9 @@ times, and reports per round and as medians over the rounds:
 - the server's RSS after each round, and (--check-alone) whether every answer equals the
   answer its prompt gets alone.
 
+--no-stream asks for whole answers instead (what a client that does not stream sees):
+then only the aggregate is meaningful, and the TTFT columns hold the latency.
+
     python scripts/bench_serve.py MODEL.gguf --mmproj MMPROJ.gguf --clients 1,4,8 \\
         --threads 2 --slots 4 [--images] [--rounds 3] [--peer-llama-server PATH]
 
@@ -84,6 +87,14 @@ def one_request(url: str, i: int, args: argparse.Namespace, out: dict[int, dict[
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
+    if args.no_stream:  # the whole answer at once: only its latency is seen
+        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=600)
+        r.raise_for_status()
+        now, data = time.perf_counter(), r.json()
+        n = data["usage"]["completion_tokens"]
+        text = data["choices"][0]["message"]["content"] or ""
+        out[i] = {"ttft": now - t0, "tokens": n, "decode_tok_s": float("nan"), "end": now, "start": t0, "text": text}
+        return
     first = last = None
     pieces: list[str] = []
     n_chunks = 0
@@ -140,7 +151,9 @@ def run_round(url: str, k: int, args: argparse.Namespace, first: int = 0) -> dic
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
         "client_decode_tok_s": statistics.median(r["decode_tok_s"] for r in rs),
-        "decode_span_tok_s": sum(r["tokens"] - 1 for r in rs) / span if span > 0 else 0.0,
+        "decode_span_tok_s": sum(r["tokens"] - 1 for r in rs) / span
+        if span > 0 and not args.no_stream
+        else float("nan"),
         "texts": [r["text"] for r in rs],
     }
 
@@ -261,6 +274,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", action="store_true", help="one 320x240 image per request")
+    p.add_argument("--no-stream", action="store_true", help="ask for whole answers (TTFT is then the latency)")
     p.add_argument("--check-alone", action="store_true", help="compare each answer with the prompt's answer alone")
     p.add_argument("--peer-llama-server", help="path to llama.cpp's llama-server, run on the same files")
     p.add_argument("--serve-arg", action="append", default=[], help="an extra lfm2-edge serve argument (repeatable)")
