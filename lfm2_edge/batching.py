@@ -56,7 +56,8 @@ def default_slots(n_cores: int | None = None, available_bytes: int | None = None
     return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
 
 
-Emit = Callable[[str, Any], None]  # ("piece", text) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
+# ("piece", text) / ("logprobs", entries) / ("done", ChatResult) / ("error", exc) / ("cancelled", None)
+Emit = Callable[[str, Any], None]
 
 
 @dataclass(eq=False)
@@ -67,6 +68,7 @@ class Job:
     emit: Emit
     cancel: threading.Event = field(default_factory=threading.Event)
     limit: int | None = None  # max_tokens as the request gave it: prompt + limit must fit
+    stream: bool = True  # False: no "piece" or "logprobs" events, only the end (less work a token)
     seq: int = -1
     pos: int = 0
     phase: Literal["waiting", "prefill", "decode", "done"] = "waiting"
@@ -303,6 +305,8 @@ class Scheduler:
         assert job.out is not None
         sent = len(job.logprobs)
         job.out.shown(piece)
+        if not job.stream:
+            return
         if len(job.logprobs) > sent:
             job.emit("logprobs", job.logprobs[sent:])
         job.emit("piece", piece)

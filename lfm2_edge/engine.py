@@ -78,7 +78,7 @@ class Engine:
             self.cancelled += outcome == "cancelled"
 
     async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ("piece", text) events, then ("done", ChatResult). Setting
+        """Yield ("piece", text) events (with ``request.stream``), then ("done", ChatResult). Setting
         ``ticket.cancel`` (or closing the iterator) stops the request: a queued one never
         reaches a sequence, a running one frees its sequence at the next step. The ticket
         is released once its sequence is free again."""
@@ -106,7 +106,7 @@ class Engine:
         except BaseException:
             ticket.release()
             raise
-        scheduler.submit(Job(chat, emit, cancel, limit=request.max_tokens))
+        scheduler.submit(Job(chat, emit, cancel, limit=request.max_tokens, stream=request.stream))
         try:
             while True:
                 kind, value = await events.get()

@@ -160,3 +160,24 @@ def test_a_cancelled_request_frees_its_sequence(batched: Any) -> None:
     job.cancel.set()
     assert done.wait(30) and results[-1] in ("cancelled", "done")
     assert sch.busy == 0
+
+
+def test_a_job_that_does_not_stream_hears_only_its_end(batched: Any) -> None:
+    model, sch = batched
+    events: dict[bool, list[tuple[str, Any]]] = {True: [], False: []}
+    ended = threading.Semaphore(0)
+    for stream in (True, False):
+
+        def emit(kind: str, value: Any, log: list[tuple[str, Any]] = events[stream]) -> None:
+            log.append((kind, value))
+            if kind in ("done", "error", "cancelled"):
+                ended.release()
+
+        chat = model.prepare(PROMPTS[0], temperature=0, max_tokens=24, logprobs=1)
+        sch.submit(Job(chat, emit, stream=stream))
+    assert ended.acquire(timeout=120) and ended.acquire(timeout=120)
+    streamed, whole = events[True], events[False]
+    assert [k for k, _ in whole] == ["done"]
+    assert {k for k, _ in streamed[:-1]} == {"piece", "logprobs"} and streamed[-1][0] == "done"
+    assert whole[0][1].text == streamed[-1][1].text == "".join(v for k, v in streamed if k == "piece")
+    assert whole[0][1].logprobs == streamed[-1][1].logprobs and len(whole[0][1].logprobs) == 24
