@@ -30,7 +30,8 @@ class Sampler:
       log-probabilities and saved states);
     - greedy decoding (no grammar, no presence or frequency penalty): the first largest
       logit, as ``llama_sampler_init_greedy`` picks it, without copying the vocabulary
-      into a candidate array.
+      into a candidate array (and without the penalty's work when the pick is not a
+      token it would lower).
     """
 
     def __init__(self, chain: int, n_vocab: int, params: Sampling, *, grammar: bool, penalty_last_n: int) -> None:
@@ -63,6 +64,14 @@ class Sampler:
         return self._pick(logits, lambda: sample_logits(self.chain, logits, self.n_vocab))
 
     def _pick(self, logits: Any, chain: Callable[[], int]) -> int:
+        if self.greedy and (self.penalty is None or self.penalty >= 1):
+            # a penalty >= 1 only lowers logits: when the first largest logit's token is not
+            # one it lowers, it is still the first largest after it
+            token = int(np.argmax(logits))
+            if self.penalty is None or token not in self._recent:
+                if self.penalty is not None:
+                    self._recent.append(token)
+                return token
         ids = kept = None
         if self.penalty is not None and self._recent:
             ids = np.fromiter(set(self._recent), dtype=np.intp)
