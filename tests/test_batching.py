@@ -175,7 +175,8 @@ def test_a_job_that_does_not_stream_hears_only_its_end(batched: Any) -> None:
 
         chat = model.prepare(PROMPTS[0], temperature=0, max_tokens=24, logprobs=1)
         sch.submit(Job(chat, emit, stream=stream))
-    assert ended.acquire(timeout=120) and ended.acquire(timeout=120)
+        # one after the other: decoded alongside each other, F16 rows round differently
+        assert ended.acquire(timeout=120)
     streamed, whole = events[True], events[False]
     assert [k for k, _ in whole] == ["done"]
     assert {k for k, _ in streamed[:-1]} == {"piece", "logprobs"} and streamed[-1][0] == "done"
