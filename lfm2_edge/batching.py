@@ -239,7 +239,7 @@ class Scheduler:
         )
         job.pos = rt.positions(items[:start])
         job.cached_tokens = job.pos
-        cuts = {p for p in rt.save_points(items) if p > start}  # the single-sequence path cuts there too
+        cuts = {p for p in rt.cuts.save_points(items) if p > start}  # the single-sequence path cuts there too
         job.save_points = cuts if states.max_bytes else set()
         points = sorted({start, len(items), *cuts})
         for a, b in itertools.pairwise(points):

@@ -2,10 +2,11 @@
 
 LFM2's short-conv state cannot be rolled back, so only a state whose whole history is a
 prefix of the new prompt can be continued. :func:`prefill` loads the saved state that
-covers the longest part of the prompt, evaluates the rest, and saves states at
-:meth:`Runtime.save_points` (after the system prompt, after the prompt's last image, and
-at its end), which a new conversation with the same system prompt, the next turn, a
-regenerated answer and a new question about the same image all extend.
+covers the longest part of the prompt, evaluates the rest, and saves states at the
+save points of :class:`~lfm2_edge._llama.cuts.PromptCuts` (after a system prompt, after
+the prompt's last image, and at its end), which a new conversation with the same system
+prompt, the next turn, a regenerated answer and a new question about the same image all
+extend.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def prefill(rt: Runtime, states: StateCache, prompt: str, images: Sequence[Loade
             cached_tokens = rt.positions(items[:start])
             image_s = 0.0
             done = start
-            for point in rt.save_points(items):
+            for point in rt.cuts.save_points(items):
                 if point <= done:
                     continue
                 image_s += rt.eval_items(chunks, items, done, point)

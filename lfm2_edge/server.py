@@ -296,7 +296,6 @@ async def _sse(
     completion_id: str,
     config: ServerConfig,
 ) -> AsyncIterator[bytes]:
-    out = ChunkEvents(completion_id, req.model, int(time.time()))
     wants_logprobs = req.options.get("logprobs") is not None
     pending: list[Any] = []  # logprobs of tokens whose text is not sent yet
 
@@ -307,6 +306,7 @@ async def _sse(
         return out.event(delta, finish, **extra)
 
     try:
+        out = ChunkEvents(completion_id, req.model, int(time.time()))
         yield chunk({"role": "assistant", "content": ""})
         mode = req.tool_mode
         hold = call_holdback(mode)

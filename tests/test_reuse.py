@@ -74,6 +74,25 @@ def test_an_edited_earlier_turn_starts_clean(pair: tuple[VisionModel, VisionMode
     assert result.text == fresh_answer(fresh, edited)
 
 
+def test_a_new_conversation_continues_from_its_system_prompt_exactly(pair: tuple[VisionModel, VisionModel]) -> None:
+    """The state after the system prompt is saved by one conversation and loaded by another
+    whose first message after it differs (an assistant greeting, not a user question):
+    both cut their batches there, so the logits are a fresh context's, bit for bit."""
+    vm, fresh = pair
+    vm.reset()
+    system = {"role": "system", "content": "You are a helpful assistant. " * 20}  # long: its batch shape shows
+    vm.chat([system, {"role": "user", "content": "Tell me about cats."}], **GREEDY)
+    greeting = {"role": "assistant", "content": "Hello! How can I help you today? " * 5}
+    other = [system, greeting, {"role": "user", "content": "And dogs?"}]
+    result = vm.chat(other, logprobs=0, **GREEDY)
+    prompt = str(vm.prepare(other).prompt)
+    assert result.usage.cached_tokens == len(vm._runtime.tokenize(prompt[: prompt.index("<|im_start|>assistant")]))
+    fresh.reset()
+    alone = fresh.chat(other, logprobs=0, **GREEDY)
+    assert result.logprobs is not None and alone.logprobs is not None
+    assert [e.logprob for e in result.logprobs] == [e.logprob for e in alone.logprobs]
+
+
 def test_two_interleaved_sessions_both_reuse_and_stay_correct(pair: tuple[VisionModel, VisionModel]) -> None:
     vm, fresh = pair
     vm.reset()

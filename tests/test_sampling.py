@@ -140,3 +140,21 @@ def test_the_local_penalty_and_greedy_pick_what_llama_cpp_s_chain_picks(vm: Visi
     ours = tokens_of(vm, max_tokens=96, **params)
     assert ours == tokens_of(vm, max_tokens=96, logit_bias={5: 0}, **params)
     assert ours != tokens_of(vm, max_tokens=96, **{**params, "repetition_penalty": 1.0})  # the penalty bit
+
+
+def test_a_nan_logit_is_skipped_as_llama_cpp_s_greedy_skips_it(vm: VisionModel) -> None:
+    """numpy's argmax would pick a NaN; llama.cpp's greedy compares with ``>`` and never
+    does (after index 0). The same for a penalty too large for a float32 (1e39)."""
+    import ctypes
+
+    rt = vm._runtime
+    for penalty in (1.0, 1e39):
+        logits = np.random.default_rng(0).normal(size=rt.n_vocab).astype(np.float32)
+        logits[3] = np.nan
+        saved = (ctypes.c_float * rt.n_vocab)(*logits)
+        picks = []
+        for bias in ({}, {5: 0}):
+            with rt.sampler(Sampling(temperature=0, repetition_penalty=penalty, logit_bias=bias)) as sampler:
+                picks.append(sampler.sample_saved(saved))
+        assert picks[0] == picks[1] == int(np.nanargmax(logits))
+        assert np.isnan(saved[3])  # saved logits stay as they are

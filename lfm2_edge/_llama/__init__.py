@@ -4,7 +4,8 @@
   load state, and the decode loop (:meth:`Runtime.generate`)
 - :mod:`.state`: :class:`SavedState`, a sequence's state copied out of a context
 - :mod:`.projector`: mtmd's :class:`Projector` and tokenized :class:`PromptChunks`
-- :mod:`.sampler`: llama.cpp sampler chains, log-probabilities
+- :mod:`.sampler`: :class:`Sampler` (llama.cpp sampler chains), log-probabilities
+- :mod:`.cuts`: where a prompt is cut into batches and its states saved
 - :mod:`.vocab`: tokenizing, a token's bytes, scans of a whole vocabulary
 - :mod:`.log`: llama.cpp's and mtmd's log routing (:func:`set_verbose`)
 - :mod:`.ggml`: the ggml backend/device registry, CPU features, build info, threads

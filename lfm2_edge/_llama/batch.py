@@ -51,7 +51,7 @@ def plan_units(rt: Runtime, chunks: PromptChunks, items: Sequence[Item], start: 
         cut = lo
         pieces: list[tuple[int, int]] = []
         for j in range(lo + 1, min(hi, len(tokens))):
-            if rt._ends_assistant_header(tokens, j):
+            if rt.cuts.ends_assistant_header(tokens, j):
                 pieces.append((cut, j))
                 cut = j
         pieces.append((cut, min(hi, len(tokens))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from lfm2_edge._llama.cuts import PromptCuts
 from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import Sampler, sampler_chain, token_logprobs
@@ -92,14 +94,15 @@ class Runtime:
             raise
         self._one_token = (llama_cpp.llama_token * 1)()
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._ends: dict[int, bool] = {}
         self.im_end = self.token_id(IM_END)
         self._partial_utf8: list[int] | None = None
         self._markers: MarkerTable | None = None
         self._shown_specials = {t for mark in SPECIAL_TOOL_TOKENS if (t := self.token_id(mark)) is not None}
-        self._assistant_header = self.tokenize(f"{IM_START}assistant\n")
-        self._user_header = self.tokenize(f"{IM_START}user\n")
+        headers = self.tokenize(f"{IM_START}assistant\n"), self.tokenize(f"{IM_START}system\n")
+        self.cuts = PromptCuts(*headers, self.im_end, self.token_id("\n"))
         self.max_token_bytes = longest_token_bytes(self.vocab, self.n_vocab)
 
     # -- loading -----------------------------------------------------------------
@@ -215,8 +218,9 @@ class Runtime:
         """The text of a token; control tokens are empty, except the tool-call markers.
         Kept once read: the decode loops ask for every token they sample."""
         if (piece := self._pieces.get(token)) is None:
-            special = token in self._shown_specials
-            piece = self._pieces[token] = token_piece(self.vocab, token, self._piece_buf, special=special)
+            with self._piece_lock:  # the buffer is shared
+                special = token in self._shown_specials
+                piece = self._pieces[token] = token_piece(self.vocab, token, self._piece_buf, special=special)
         return piece
 
     @property
@@ -280,10 +284,9 @@ class Runtime:
         """Evaluate ``items[start:end]`` of a tokenized prompt after ``n_past``.
 
         Text is cut into batches after every ``<|im_start|>assistant\\n`` header (and every
-        ``n_batch`` tokens after that). llama.cpp's quantized CPU kernels round
-        differently for different batch shapes, so batches must depend on the prompt's
-        content only: then a state saved at the end of a prompt (which ends with that
-        header) and continued gives bit-for-bit the logits a fresh context gives.
+        ``n_batch`` tokens after that); callers cut at the save points by evaluating up to
+        them. Both depend on the prompt's content only (see :mod:`lfm2_edge._llama.cuts`),
+        so a saved state continues bit for bit as a fresh context would.
         Returns the seconds spent on image tiles.
         """
         image_s = 0.0
@@ -318,36 +321,10 @@ class Runtime:
         """Evaluate ``tokens[start:end]``, cut after each assistant header (see :meth:`eval_items`)."""
         cut = start
         for j in range(start + 1, min(end, len(tokens))):
-            if self._ends_assistant_header(tokens, j):
+            if self.cuts.ends_assistant_header(tokens, j):
                 self.eval_tokens(tokens[cut:j])
                 cut = j
         self.eval_tokens(tokens[cut:end])
-
-    def _ends_assistant_header(self, items: Sequence[Item], j: int) -> bool:
-        """Whether ``items[:j]`` ends with ``<|im_start|>assistant\\n``."""
-        n = len(self._assistant_header)
-        return (
-            j >= n and items[j - 1] == self._assistant_header[-1] and list(items[j - n : j]) == self._assistant_header
-        )
-
-    def save_points(self, items: Sequence[Item]) -> list[int]:
-        """Where a saved state is worth having (and so where a prompt is cut into batches):
-        after the system prompt (before the first user message: every conversation with
-        that system prompt continues from there), after the last image (a new question
-        about it continues from there) and at the end (the next turn, a regenerated
-        answer). All depend on the content only, so continuing from them is exact."""
-        points = {len(items)}
-        n = len(self._user_header)
-        first = self._user_header[0] if n else None
-        for j in range(2, len(items) - n + 1):
-            if items[j] == first and list(items[j : j + n]) == self._user_header:
-                points.add(j)
-                break
-        for j in range(len(items) - 1, -1, -1):
-            if not isinstance(items[j], int):
-                points.add(j + 1)
-                break
-        return sorted(p for p in points if 0 < p <= len(items))
 
     def save_state(self, *, with_logits: bool = False) -> SavedState:
         """Copy sequence 0's state (KV cache and recurrent state) out of the context,

@@ -38,8 +38,10 @@ class Sampler:
         self.chain = chain
         self.n_vocab = n_vocab
         local = not params.logit_bias
-        rp = params.repetition_penalty
-        self.penalty = np.float32(rp) if local and rp != 1.0 and penalty_last_n > 0 else None
+        with np.errstate(over="ignore", under="ignore"):
+            rp = np.float32(params.repetition_penalty)  # llama.cpp's is a float too
+        # one that is 0 or infinite as a float32 makes NaN logits: that is left to llama.cpp
+        self.penalty = rp if local and rp != 1 and 0 < rp < np.inf and penalty_last_n > 0 else None
         self.greedy = (
             local
             and params.temperature <= 0
@@ -67,8 +69,8 @@ class Sampler:
         if self.greedy and (self.penalty is None or self.penalty >= 1):
             # a penalty >= 1 only lowers logits: when the first largest logit's token is not
             # one it lowers, it is still the first largest after it
-            token = int(np.argmax(logits))
-            if self.penalty is None or token not in self._recent:
+            token = _first_largest(logits)
+            if token >= 0 and (self.penalty is None or token not in self._recent):
                 if self.penalty is not None:
                     self._recent.append(token)
                 return token
@@ -77,15 +79,26 @@ class Sampler:
             ids = np.fromiter(set(self._recent), dtype=np.intp)
             kept = logits[ids]
             # llama_sampler_penalties_apply, in float32: logit <= 0 ? logit * p : logit / p
-            logits[ids] = np.where(kept <= 0, kept * self.penalty, kept / self.penalty)
+            with np.errstate(over="ignore", invalid="ignore"):  # as in C: inf, NaN
+                logits[ids] = np.where(kept <= 0, kept * self.penalty, kept / self.penalty)
         try:
-            token = int(np.argmax(logits)) if self.greedy else chain()
+            token = _first_largest(logits) if self.greedy else -1
+            if token < 0:
+                token = chain()
         finally:
             if ids is not None:
                 logits[ids] = kept
         if self.penalty is not None:
             self._recent.append(token)
         return token
+
+
+def _first_largest(logits: Any) -> int:
+    """The first largest logit's token, as ``llama_sampler_init_greedy`` picks it; -1 when
+    the logits hold a NaN (numpy's argmax would pick it, llama.cpp's ``>`` skips it: its
+    greedy sampler decides then)."""
+    token = int(np.argmax(logits))
+    return -1 if np.isnan(logits[token]) else token
 
 
 _views: dict[tuple[int, int], Any] = {}
@@ -129,8 +142,8 @@ def sampler_chain(
     """
     chain = llama_cpp.llama_sampler_chain_init(_chain_params())
     add = llama_cpp.llama_sampler_chain_add
-    sampler = Sampler(chain, n_vocab, params, grammar=grammar is not None, penalty_last_n=penalty_last_n)
     try:
+        sampler = Sampler(chain, n_vocab, params, grammar=grammar is not None, penalty_last_n=penalty_last_n)
         biases = {t: (float("-inf") if b <= -100 else b) for t, b in params.logit_bias}
         if grammar is not None:
             # llama.cpp's grammar does not check UTF-8 continuation bytes, so byte-level
