@@ -48,15 +48,8 @@ def plan_units(rt: Runtime, chunks: PromptChunks, items: Sequence[Item], start: 
     units: list[Unit] = []
 
     def text(tokens: list[int], offset: int, lo: int, hi: int) -> None:
-        cut = lo
-        pieces: list[tuple[int, int]] = []
-        for j in range(lo + 1, min(hi, len(tokens))):
-            if rt.cuts.ends_assistant_header(tokens, j):
-                pieces.append((cut, j))
-                cut = j
-        pieces.append((cut, min(hi, len(tokens))))
-        for a, b in pieces:
-            for s in range(a, b, rt.n_batch):
+        for a, b in rt.cuts.pieces(tokens, lo, hi):
+            for s in range(a, b, rt.n_batch):  # as Runtime.eval_tokens splits a piece
                 part = tuple(tokens[s : min(b, s + rt.n_batch)])
                 units.append(Unit(offset + s, offset + s + len(part), -1, part, len(part)))
 

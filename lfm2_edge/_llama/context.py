@@ -319,12 +319,8 @@ class Runtime:
 
     def _eval_text(self, tokens: list[int], start: int, end: int) -> None:
         """Evaluate ``tokens[start:end]``, cut after each assistant header (see :meth:`eval_items`)."""
-        cut = start
-        for j in range(start + 1, min(end, len(tokens))):
-            if self.cuts.ends_assistant_header(tokens, j):
-                self.eval_tokens(tokens[cut:j])
-                cut = j
-        self.eval_tokens(tokens[cut:end])
+        for a, b in self.cuts.pieces(tokens, start, end):
+            self.eval_tokens(tokens[a:b])
 
     def save_state(self, *, with_logits: bool = False) -> SavedState:
         """Copy sequence 0's state (KV cache and recurrent state) out of the context,

@@ -23,11 +23,23 @@ class PromptCuts:
         self.assistant_header, self.system_header = assistant_header, system_header
         self.im_end, self.newline = im_end, newline
 
-    def ends_assistant_header(self, items: Sequence[Item], j: int) -> bool:
+    def _ends_assistant_header(self, items: Sequence[Item], j: int) -> bool:
         """Whether ``items[:j]`` ends with ``<|im_start|>assistant\\n``."""
         head = self.assistant_header
         n = len(head)
         return j >= n and items[j - 1] == head[-1] and list(items[j - n : j]) == head
+
+    def pieces(self, tokens: Sequence[int], lo: int, hi: int) -> list[tuple[int, int]]:
+        """``tokens[lo:hi]`` cut after each assistant header: each piece's (start, end).
+        Both evaluation paths split a piece further every ``n_batch`` tokens."""
+        hi = min(hi, len(tokens))
+        out, cut = [], lo
+        for j in range(lo + 1, hi):
+            if self._ends_assistant_header(tokens, j):
+                out.append((cut, j))
+                cut = j
+        out.append((cut, hi))
+        return out
 
     def save_points(self, items: Sequence[Item]) -> list[int]:
         """Where a saved state is worth having (and so where the prompt is cut): after a

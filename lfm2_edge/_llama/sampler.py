@@ -49,18 +49,19 @@ class Sampler:
             and not (params.frequency_penalty or params.presence_penalty)
         )
         self._recent: deque[int] = deque(maxlen=max(1, penalty_last_n))
+        self._local = self.penalty is not None or self.greedy  # else the chain does it all
 
     def sample(self, ctx: int, row: int = -1) -> int:
         """Pick (and accept) a token from row ``row`` of the last decode's logits (-1: its
         last), as ``llama_sampler_sample`` does."""
-        if self.penalty is None and not self.greedy:
+        if not self._local:
             return int(llama_cpp.llama_sampler_sample(self.chain, ctx, row))
         logits = _row_view(llama_cpp.llama_get_logits_ith(ctx, row), self.n_vocab)
         return self._pick(logits, lambda: int(llama_cpp.llama_sampler_sample(self.chain, ctx, row)))
 
     def sample_saved(self, saved: ctypes.Array[ctypes.c_float]) -> int:
         """Pick (and accept) a token from saved logits, which stay as they are."""
-        if self.penalty is None and not self.greedy:
+        if not self._local:
             return sample_logits(self.chain, saved, self.n_vocab)
         logits = np.frombuffer(memoryview(saved), dtype=np.float32, count=self.n_vocab).copy()
         return self._pick(logits, lambda: sample_logits(self.chain, logits, self.n_vocab))
