@@ -306,7 +306,7 @@ def test_recipe_image_request_still_works_without_max_tokens(served: Running) ->
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-@pytest.mark.parametrize("model", ["m", 'a "quoted" \uffff lfm2-edge content \uffff model'])
+@pytest.mark.parametrize("model", ["m", 'a "quoted" \uffff lfm2-edge content \uffff model', ChunkEvents._MARK])
 def test_a_text_delta_event_is_the_chunk_body_s_bytes(model: str) -> None:
     events = ChunkEvents("chatcmpl-1", model, 1700000000)
     for text in ["hi", "", 'say "no"\n\t\\', "é 猫 🐱", "\x00\x1f</script>", "\uffff lfm2-edge content \uffff"]:
