@@ -7,7 +7,7 @@ The public API:
   server): ``chat()`` returns a :class:`ChatResult` (text, tool calls, :class:`Usage`,
   :class:`Timings`, per-token :class:`TokenLogprob` when asked for), ``chat(...,
   stream=True)`` a :class:`ChatStream`; for asyncio, ``await model.achat(...)`` and
-  ``model.achat(..., stream=True)``, an :class:`AsyncChatStream` (:mod:`lfm2_edge.aio`);
+  ``model.achat(..., stream=True)``, an :class:`AsyncChatStream` (:mod:`lfm2_edge.chat.aio`);
   ``VisionModel.from_pretrained(ref, progress=...)`` downloads a model by name, with a
   progress callback;
 * :class:`Sampling`: temperature, top-p/top-k/min-p, repetition / presence / frequency
@@ -19,22 +19,61 @@ The public API:
   :class:`UnknownQuantError`, :class:`HubError`, :class:`HubUnavailableError`,
   :class:`AccessDeniedError`, :class:`DownloadError`, :class:`RemoteError`.
 
-Also: :mod:`lfm2_edge.catalog` (the models known by name, with their cards' defaults),
-:mod:`lfm2_edge.hub` (the hub cache), :mod:`lfm2_edge.handler` (a chat handler for
-``llama_cpp.Llama``), :mod:`lfm2_edge.tokens` (LFM2's special tokens) and, for tests,
+Also :class:`ChatSession` (a conversation kept to the context), :class:`Lfm2VlChatHandler`
+(a chat handler for ``llama_cpp.Llama``), :class:`ChatModel` (the contract every model
+class fills), :class:`ToolCall`; :mod:`lfm2_edge.hub.catalog` (the models known by name, with their cards' defaults),
+:mod:`lfm2_edge.hub.download` (the hub cache), :mod:`lfm2_edge.prompt.tokens` (LFM2's special tokens) and, for tests,
 :mod:`lfm2_edge.testing` (synthetic models).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# The one lazy import table (as huggingface_hub's): a name is imported from its module on
+# first use, so `import lfm2_edge` and `lfm2-edge --help` load neither llama.cpp nor
+# FastAPI. Every public name lives in exactly one module.
+_LAZY: dict[str, str] = {
+    "AccessDeniedError": "lfm2_edge.errors",
+    "AsyncChatStream": "lfm2_edge.chat.aio",
+    "ChatModel": "lfm2_edge.chat.contract",
+    "ChatResult": "lfm2_edge.chat.results",
+    "ChatSession": "lfm2_edge.chat.session",
+    "ChatStream": "lfm2_edge.chat.results",
+    "ContextOverflowError": "lfm2_edge.errors",
+    "DownloadError": "lfm2_edge.errors",
+    "GenerationError": "lfm2_edge.errors",
+    "HubError": "lfm2_edge.errors",
+    "HubUnavailableError": "lfm2_edge.errors",
+    "ImageError": "lfm2_edge.errors",
+    "InvalidParameterError": "lfm2_edge.errors",
+    "Lfm2EdgeError": "lfm2_edge.errors",
+    "Lfm2VlChatHandler": "lfm2_edge.local.handler",
+    "ModelClosedError": "lfm2_edge.errors",
+    "ModelFileError": "lfm2_edge.errors",
+    "ModelMismatchError": "lfm2_edge.errors",
+    "RemoteError": "lfm2_edge.errors",
+    "RemoteModel": "lfm2_edge.openai.client",
+    "Sampling": "lfm2_edge.chat.sampling",
+    "TextModel": "lfm2_edge.local.model",
+    "Timings": "lfm2_edge.chat.results",
+    "TokenLogprob": "lfm2_edge.chat.results",
+    "ToolCall": "lfm2_edge.chat.results",
+    "UnknownModelError": "lfm2_edge.errors",
+    "UnknownQuantError": "lfm2_edge.errors",
+    "Usage": "lfm2_edge.chat.results",
+    "VisionModel": "lfm2_edge.local.model",
+}
+
 __all__ = [
     "AccessDeniedError",
     "AsyncChatStream",
+    "ChatModel",
     "ChatResult",
+    "ChatSession",
     "ChatStream",
     "ContextOverflowError",
     "DownloadError",
@@ -44,6 +83,7 @@ __all__ = [
     "ImageError",
     "InvalidParameterError",
     "Lfm2EdgeError",
+    "Lfm2VlChatHandler",
     "ModelClosedError",
     "ModelFileError",
     "ModelMismatchError",
@@ -53,6 +93,7 @@ __all__ = [
     "TextModel",
     "Timings",
     "TokenLogprob",
+    "ToolCall",
     "UnknownModelError",
     "UnknownQuantError",
     "Usage",
@@ -60,44 +101,41 @@ __all__ = [
     "__version__",
 ]
 
-from lfm2_edge.aio import AsyncChatStream
-from lfm2_edge.errors import (
-    AccessDeniedError,
-    ContextOverflowError,
-    DownloadError,
-    GenerationError,
-    HubError,
-    HubUnavailableError,
-    ImageError,
-    InvalidParameterError,
-    Lfm2EdgeError,
-    ModelClosedError,
-    ModelFileError,
-    ModelMismatchError,
-    RemoteError,
-    UnknownModelError,
-    UnknownQuantError,
-)
-from lfm2_edge.results import ChatResult, ChatStream, Timings, TokenLogprob, Usage
-from lfm2_edge.sampling import Sampling
-
 if TYPE_CHECKING:
-    from lfm2_edge.model import TextModel, VisionModel
-    from lfm2_edge.remote import RemoteModel
+    from lfm2_edge.chat.aio import AsyncChatStream
+    from lfm2_edge.chat.contract import ChatModel
+    from lfm2_edge.chat.results import ChatResult, ChatStream, Timings, TokenLogprob, ToolCall, Usage
+    from lfm2_edge.chat.sampling import Sampling
+    from lfm2_edge.chat.session import ChatSession
+    from lfm2_edge.errors import (
+        AccessDeniedError,
+        ContextOverflowError,
+        DownloadError,
+        GenerationError,
+        HubError,
+        HubUnavailableError,
+        ImageError,
+        InvalidParameterError,
+        Lfm2EdgeError,
+        ModelClosedError,
+        ModelFileError,
+        ModelMismatchError,
+        RemoteError,
+        UnknownModelError,
+        UnknownQuantError,
+    )
+    from lfm2_edge.local.handler import Lfm2VlChatHandler
+    from lfm2_edge.local.model import TextModel, VisionModel
+    from lfm2_edge.openai.client import RemoteModel
 
 
 def __getattr__(name: str) -> Any:
-    # The model classes load llama.cpp's shared libraries; import them on first use
-    # so that `lfm2-edge --help` and the error types stay cheap.
-    if name in ("TextModel", "VisionModel"):
-        from lfm2_edge import model
-
-        return getattr(model, name)
-    if name == "RemoteModel":
-        from lfm2_edge.remote import RemoteModel
-
-        return RemoteModel
-    raise AttributeError(f"module 'lfm2_edge' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lfm2_edge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once
+    return value
 
 
 def __dir__() -> list[str]:

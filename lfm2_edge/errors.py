@@ -29,7 +29,19 @@ __all__ = [
 
 
 class Lfm2EdgeError(Exception):
-    """Base class: the message is a single line, fit to show a user."""
+    """Base class: the message is a single line, fit to show a user.
+
+    ``param`` names the request field the error is about (``"tools"``,
+    ``"messages"``, ``"temperature"``...), where it is about one: the server reports it
+    as the OpenAI error's ``param``. A subclass may give a default.
+    """
+
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        if param is not None:
+            self.param = param
 
 
 class ModelClosedError(Lfm2EdgeError):
@@ -52,11 +64,15 @@ class InvalidParameterError(Lfm2EdgeError, ValueError):
 class ImageError(Lfm2EdgeError):
     """An image could not be read, decoded or accepted."""
 
+    param = "messages"
+
 
 class ContextOverflowError(Lfm2EdgeError):
     """The prompt (text plus image tokens), or the prompt and the answer asked for, does
     not fit in the context window. ``prompt_tokens`` and ``context_tokens`` say by how
     much, where they are known (a cheap lower bound does not count the prompt)."""
+
+    param = "messages"
 
     def __init__(self, message: str, *, prompt_tokens: int | None = None, context_tokens: int | None = None) -> None:
         super().__init__(message)

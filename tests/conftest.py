@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from lfm2_edge.backends import GPU_LAYERS_ENV
+from lfm2_edge.local.placement import GPU_LAYERS_ENV
 from lfm2_edge.testing import make_synthetic_model
+from tests.helpers import noise_image
 
 # Where the suite's models run: the CPU, unless LFM2_EDGE_TEST_GPU_LAYERS says otherwise
 # (`auto`: everything on the GPU of a CUDA / Metal / Vulkan build; scripts/gpu-check.sh).
@@ -35,11 +34,6 @@ def vm(tiny: dict[str, Path]):
     model.close()
 
 
-def noise_image(width: int, height: int, seed: int = 1) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-
-
 @pytest.fixture
 def red() -> Image.Image:
     return Image.new("RGB", (320, 240), (200, 30, 30))
@@ -48,9 +42,3 @@ def red() -> Image.Image:
 @pytest.fixture
 def noise() -> Image.Image:
     return noise_image(320, 240)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()

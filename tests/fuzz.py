@@ -60,7 +60,7 @@ class Report:
 
 def _header_end(data: bytes) -> int:
     """Where tensor data starts: mutations of the header aim before it."""
-    from lfm2_edge._llama.gguf import _parse
+    from lfm2_edge.hub.gguf import _parse
 
     return _parse(data).data_start
 
@@ -159,7 +159,7 @@ def write_cases(
 def worker(model: str, mmproj: str, case_file: str, start: int) -> None:
     """Run cases from ``start`` on; one line per case on stdout."""
     from lfm2_edge import Lfm2EdgeError, VisionModel
-    from lfm2_edge.images import load_image
+    from lfm2_edge.chat.images import load_image
 
     cases = [Case(**c) for c in json.loads(Path(case_file).read_text())]
     small = Image.new("RGB", (32, 32), (200, 10, 10))

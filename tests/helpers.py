@@ -1,8 +1,9 @@
-"""What several test modules share: servers on 127.0.0.1, request builders, the CLI runner."""
+"""What several test modules share: images, servers on 127.0.0.1, request builders, the CLI runner."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import struct
@@ -18,11 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 from PIL import Image
 
-from lfm2_edge.server import ServerConfig, create_app
-from tests.conftest import noise_image, png_bytes
+from lfm2_edge.server.app import create_app
+from lfm2_edge.server.config import ServerConfig
+
+
+def noise_image(width: int, height: int, seed: int = 1) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def run_cli(
@@ -150,3 +163,14 @@ TOOLS = [
         },
     }
 ]
+
+
+def evaluate(rt: Any, tokens: list[int]) -> None:
+    """Evaluate ``tokens`` from nothing into sequence 0 of ``rt``'s context, in one
+    ``llama_decode`` (hold the model's ``engine.lock``); the last one's logits are then
+    the context's."""
+    import llama_cpp
+
+    rt.reset()
+    arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+    assert llama_cpp.llama_decode(rt.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens))) == 0

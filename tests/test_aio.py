@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from lfm2_edge import AsyncChatStream, ChatResult, ImageError, InvalidParameterError, RemoteModel, VisionModel
-from tests.conftest import noise_image
+from tests.helpers import noise_image
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12}
 # With this seed the tiny model talks until max_tokens: a stop is visible in the count.

@@ -26,9 +26,9 @@ from lfm2_edge import (
     Sampling,
     VisionModel,
 )
-from lfm2_edge.images import load_image
-from lfm2_edge.prompt import normalize_messages
-from tests.conftest import noise_image, png_bytes
+from lfm2_edge.chat.images import load_image
+from lfm2_edge.chat.messages import normalize_messages
+from tests.helpers import noise_image, png_bytes
 
 PACKAGE = Path(lfm2_edge.__file__).parent
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
@@ -130,7 +130,7 @@ def main() -> None:
         print(exc)
 '''
 
-WRONG_APP = '''
+WRONG_APP = """
 from __future__ import annotations
 
 from lfm2_edge import VisionModel
@@ -142,7 +142,7 @@ async def wrong(model: VisionModel) -> None:
     stream = model.achat("hi", stream=True)
     print(stream.text)
     n: str = result.usage.completion_tokens
-'''
+"""
 
 
 @pytest.mark.slow
@@ -327,7 +327,7 @@ def test_chat_refuses_bad_options_before_any_work(vm: VisionModel) -> None:
 
 
 def test_the_validation_is_one_table_new_fields_slot_in() -> None:
-    from lfm2_edge.sampling import RULES
+    from lfm2_edge.chat.sampling import RULES
 
     assert set(RULES) == {f for f in Sampling.__dataclass_fields__}
 
@@ -364,9 +364,9 @@ def test_every_error_an_app_catches_is_exported() -> None:
 def test_the_api_places_models_like_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither the API nor the CLI without --gpu-layers picks a placement of its own: both
     leave it to LFM2_EDGE_GPU_LAYERS, else auto (the CPU here, which has no GPU)."""
-    from lfm2_edge import cli
-    from lfm2_edge.backends import choose_gpu_layers
-    from lfm2_edge.model import _LocalModel
+    from lfm2_edge.cli import _common as cli
+    from lfm2_edge.local.model import _LocalModel
+    from lfm2_edge.local.placement import choose_gpu_layers
 
     assert inspect.signature(_LocalModel.__init__).parameters["n_gpu_layers"].default is None
     assert cli._placement(None, None, None, False, 4096, False)["n_gpu_layers"] is None
@@ -378,7 +378,7 @@ def test_the_api_places_models_like_the_cli(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_from_pretrained_takes_a_progress_factory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lfm2_edge import hub as hub_module
+    from lfm2_edge.hub import download as hub_module
 
     seen: list[object] = []
 

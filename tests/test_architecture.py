@@ -1,4 +1,6 @@
-"""The package's shape: its modules import each other without a cycle, and stay small."""
+"""The package's shape: folders by layer, lower layers never importing upper ones, no
+import cycle (``TYPE_CHECKING`` imports included), imports of the package's own modules
+inside functions only at the two doors, and modules that stay small."""
 
 from __future__ import annotations
 
@@ -24,17 +26,21 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(path: Path, name: str) -> set[str]:
-    """The lfm2_edge modules ``path`` imports, at any depth, outside ``if TYPE_CHECKING:``."""
+def _imports(path: Path, name: str, *, local: list[str] | None = None) -> set[str]:
+    """The lfm2_edge modules ``path`` imports, at any depth, ``if TYPE_CHECKING:`` included
+    (an import there is a cycle the day someone needs it at run time). ``local`` collects
+    those made inside a function body."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     is_package = path.name == "__init__.py"
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    def visit(node: ast.AST, in_function: bool = False) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            in_function = True
+        if in_function and local is not None and isinstance(node, (ast.Import, ast.ImportFrom)):
+            mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            if getattr(node, "level", 0) or (mod or "").startswith("lfm2_edge"):
+                local.append(f"{name}:{node.lineno}")
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("lfm2_edge"))
         elif isinstance(node, ast.ImportFrom):
@@ -47,7 +53,7 @@ def _imports(path: Path, name: str) -> set[str]:
                 found.add(base)
                 found.update(f"{base}.{a.name}" for a in node.names)
         for child in ast.iter_child_nodes(node):
-            visit(child)
+            visit(child, in_function)
 
     visit(tree)
     return found
@@ -85,8 +91,58 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_imports_form_no_cycle() -> None:
     graph = _graph()
-    assert "lfm2_edge.model" in graph
+    assert "lfm2_edge.local.model" in graph
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+# Each layer imports only the layers before it (and its own folder); jobs/ sits beside
+# local/ (it drives the models), testing/ beside _llama/ (it writes GGUF files).
+LAYERS: list[set[str]] = [
+    {"errors"},
+    {"chat"},
+    {"prompt"},
+    {"hub"},
+    {"_llama", "testing"},
+    {"local"},
+    {"openai", "jobs"},
+    {"server"},
+    {"cli"},
+]
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else ""
+    for rank, names in enumerate(LAYERS):
+        if top in names:
+            return rank
+    raise AssertionError(f"{module} is in no layer: give its folder a place in LAYERS")
+
+
+def test_lower_layers_never_import_upper_ones() -> None:
+    bad = []
+    for module, deps in _graph().items():
+        if module in ("lfm2_edge", "lfm2_edge.__main__"):
+            continue  # the doors
+        for dep in deps:
+            if dep != "lfm2_edge" and _layer(dep) > _layer(module):
+                bad.append(f"{module} -> {dep}")
+    assert bad == []
+
+
+def test_package_imports_inside_functions_are_only_at_the_doors() -> None:
+    local: list[str] = []
+    for path in PACKAGE.rglob("*.py"):
+        _imports(path, _module_name(path), local=local)
+    doors = ("lfm2_edge.cli", "lfm2_edge:")
+    outside = [where for where in local if not where.startswith(doors)]
+    assert outside == []
+    assert len(local) <= 12, local
+
+
+def test_few_modules_sit_directly_in_the_package() -> None:
+    top = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert len(top) <= 6, top
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge import catalog, doctor
-from lfm2_edge.catalog import TEXT, TEXT_SAMPLING, VL, VL_SAMPLING, Arch, find_entry, parse_ref, presets, vl_model
-from lfm2_edge.doctor import MIB, estimate_spec, recommend
-from lfm2_edge.hub import Hub
+from lfm2_edge.hub import catalog
+from lfm2_edge.hub.catalog import TEXT, TEXT_SAMPLING, VL, VL_SAMPLING, Arch, find_entry, parse_ref, presets, vl_model
+from lfm2_edge.hub.download import Hub
+from lfm2_edge.local import doctor
+from lfm2_edge.local.doctor import MIB, estimate_spec, recommend
 from tests.hubstub import HubStub
 
 NEW = vl_model(
@@ -89,7 +90,7 @@ def test_family_defaults_are_stated_once() -> None:
 def test_the_handler_and_the_synthetic_template_use_the_catalog() -> None:
     import inspect
 
-    from lfm2_edge.handler import Lfm2VlChatHandler
+    from lfm2_edge.local.handler import Lfm2VlChatHandler
     from lfm2_edge.testing import CHAT_TEMPLATE
 
     init = inspect.signature(Lfm2VlChatHandler.__init__).parameters

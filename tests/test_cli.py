@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from lfm2_edge.testing import SHAPES, make_synthetic_model
-from tests.conftest import noise_image
-from tests.helpers import run_cli
+from tests.helpers import noise_image, run_cli
 
 pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
 
@@ -335,8 +334,18 @@ def test_serve_as_a_sidecar_port_0_ready_line_and_parent_pid(tiny: dict[str, Pat
 
 def test_bench_takes_the_placement_and_reports_the_device(tiny: dict[str, Path]) -> None:
     result = run(
-        "bench", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]),
-        "--repeat", "1", "--no-peer", "--gpu-layers", "0", "--device", "CPU", "--json",
+        "bench",
+        str(tiny["Q4_0"]),
+        "--mmproj",
+        str(tiny["mmproj"]),
+        "--repeat",
+        "1",
+        "--no-peer",
+        "--gpu-layers",
+        "0",
+        "--device",
+        "CPU",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["results"]

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lfm2_edge import cli
+from lfm2_edge.cli import chat as chat_cli
 
 runner = CliRunner()
 
@@ -28,7 +29,7 @@ class _Model:
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What `chat` would build the model with and sample with, without loading it."""
-    from lfm2_edge.model import VisionModel
+    from lfm2_edge.local.model import VisionModel
 
     seen: dict[str, Any] = {}
 
@@ -51,7 +52,9 @@ def test_new_and_old_spellings_give_the_same_settings(
     tiny: dict[str, Path], captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
     sampling: dict[str, Any] = {}
-    monkeypatch.setattr(cli, "answer_once", lambda vm, label, prompt, images, s, as_json, **kw: sampling.update(s) or 0)
+    monkeypatch.setattr(
+        chat_cli, "answer_once", lambda vm, label, prompt, images, s, as_json, **kw: sampling.update(s) or 0
+    )
     result = runner.invoke(cli.app, ["chat", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]), "-p", "hi", *args])
     assert result.exit_code == 0, result.output
     assert (captured["model"]["image_min_tokens"], captured["model"]["image_max_tokens"]) == (32, 128)
@@ -71,7 +74,7 @@ def test_old_spellings_are_hidden_and_checked_alike() -> None:
 
 
 def test_bench_outside_the_checkout_says_how_to_get_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lfm2_edge import bench
+    from lfm2_edge.local import bench
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "DEFAULT_MODEL_DIR", tmp_path / "checkout" / "models" / "lfm2-vl-450m")
@@ -83,7 +86,7 @@ def test_bench_outside_the_checkout_says_how_to_get_models(tmp_path: Path, monke
 
 
 def test_the_default_bench_models_live_in_the_checkout() -> None:
-    from lfm2_edge.bench import DEFAULT_MODEL_DIR
+    from lfm2_edge.local.bench import DEFAULT_MODEL_DIR
 
     checkout = Path(cli.__file__).resolve().parent.parent
     assert checkout / "models" / "lfm2-vl-450m" == DEFAULT_MODEL_DIR

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lfm2_edge._llama.ggml import list_backends, list_devices, simd_features
-from lfm2_edge.backends import choose_gpu_layers
-from lfm2_edge.catalog import find_entry
-from lfm2_edge.doctor import (
+from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.hub.catalog import find_entry
+from lfm2_edge.local.doctor import (
     MIB,
     RUNTIME_BYTES,
     estimate_memory,
@@ -20,7 +20,7 @@ from lfm2_edge.doctor import (
     measure_peak_rss,
     recommend,
 )
-from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.local.placement import choose_gpu_layers
 
 pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
 

@@ -10,10 +10,10 @@ from llama_cpp import Llama
 from PIL import Image
 
 from lfm2_edge import VisionModel
-from lfm2_edge.backends import choose_gpu_layers
 from lfm2_edge.errors import ModelFileError
-from lfm2_edge.handler import Lfm2VlChatHandler
-from tests.conftest import png_bytes
+from lfm2_edge.local.handler import Lfm2VlChatHandler
+from lfm2_edge.local.placement import choose_gpu_layers
+from tests.helpers import png_bytes
 
 
 @pytest.fixture(scope="module")

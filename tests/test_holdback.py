@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from lfm2_edge.holdback import HoldBack
-from lfm2_edge.results import ChatResult, Timings, Usage
-from lfm2_edge.server import _tool_deltas
-from lfm2_edge.tools import parse_answer
+from lfm2_edge.chat.results import ChatResult, Timings, Usage
+from lfm2_edge.prompt.holdback import HoldBack
+from lfm2_edge.prompt.tools import parse_answer
 
 ANSWER = 'Let me check. <|tool_call_start|>[get_candidate_status(candidate_id="1")]<|tool_call_end|> Done.'
 
@@ -16,27 +15,7 @@ def pieces(text: str, size: int) -> list[str]:
 
 def result(text: str) -> ChatResult:
     parsed = parse_answer(text)
-    return ChatResult(
-        parsed.content, "tool_calls", Usage(1, 0, 1), Timings(0, 0, 0, 0), tool_calls=parsed.tool_calls
-    )
-
-
-def test_tool_calls_are_withheld_and_sent_as_deltas() -> None:
-    for size in (1, 3, 5, 100):
-        hold = HoldBack(withhold=["<|tool_call_start|>"])
-        sent = "".join(hold.feed(p)[0] for p in pieces(ANSWER, size))
-        rest, deltas = _tool_deltas(hold, "auto", result(ANSWER))
-        assert sent == "Let me check. " and "tool_call" not in sent + rest
-        assert rest == "Done." and [d["function"]["name"] for d in deltas] == ["get_candidate_status"]
-
-
-def test_a_forced_call_sends_no_text() -> None:
-    call = '[get_candidate_status(candidate_id="1")]'
-    hold = HoldBack(withhold=["<|tool_call_start|>"], hold_all=True)
-    assert "".join(hold.feed(p)[0] for p in pieces(call, 4)) == ""
-    parsed = parse_answer(call, bare=True)
-    res = ChatResult("", "tool_calls", Usage(1, 0, 1), Timings(0, 0, 0, 0), tool_calls=parsed.tool_calls)
-    assert _tool_deltas(hold, "forced", res)[0] == ""
+    return ChatResult(parsed.content, "tool_calls", Usage(1, 0, 1), Timings(0, 0, 0, 0), tool_calls=parsed.tool_calls)
 
 
 def test_text_without_markers_passes_at_once() -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.catalog import CATALOG, TEXT_SAMPLING, VL_SAMPLING, choose_files, parse_ref, quant_of
 from lfm2_edge.errors import (
     AccessDeniedError,
     DownloadError,
@@ -26,9 +25,9 @@ from lfm2_edge.errors import (
     UnknownModelError,
     UnknownQuantError,
 )
-from lfm2_edge.hub import Hub
-from tests.conftest import noise_image
-from tests.helpers import run_cli
+from lfm2_edge.hub.catalog import CATALOG, TEXT_SAMPLING, VL_SAMPLING, choose_files, parse_ref, quant_of
+from lfm2_edge.hub.download import Hub
+from tests.helpers import noise_image, run_cli
 from tests.hubstub import HubStub
 
 REPO = "LiquidAI/LFM2-VL-450M-GGUF"
@@ -261,7 +260,7 @@ def test_models_lists_and_rm_removes(hub: Hub) -> None:
 
 def test_text_model_from_the_hub_gets_the_text_presets(hub: Hub) -> None:
     from lfm2_edge import VisionModel
-    from lfm2_edge.prompt import DEFAULT_TEXT_SYSTEM_PROMPT
+    from lfm2_edge.hub.catalog import DEFAULT_TEXT_SYSTEM_PROMPT
 
     with VisionModel.from_pretrained("LFM2-350M", hub=hub) as vm:
         assert vm.mmproj_path is None

@@ -12,10 +12,9 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
+from lfm2_edge.chat.images import load_image
 from lfm2_edge.errors import ImageError
-from lfm2_edge.images import load_image
-from tests.conftest import png_bytes
-from tests.helpers import png_claiming
+from tests.helpers import png_bytes, png_claiming
 
 
 def _encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -147,7 +146,7 @@ def test_private_and_loopback_urls_are_refused_without_a_request(local_server: s
     ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.10", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0"],
 )
 def test_non_public_addresses_are_refused(ip: str) -> None:
-    from lfm2_edge.images import _check_address
+    from lfm2_edge.chat.images import _check_address
 
     with pytest.raises(ImageError, match="refusing"):
         _check_address("host", ip, "http://host/x.png")

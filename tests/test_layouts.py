@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from lfm2_edge import TextModel, VisionModel
-from lfm2_edge._llama.gguf import read_summary
-from lfm2_edge.fileinfo import describe
+from lfm2_edge.hub.gguf import read_summary
+from lfm2_edge.hub.info import describe
+from lfm2_edge.hub.validate import check_model_files
 from lfm2_edge.testing import LAYOUTS, make_synthetic_model
-from lfm2_edge.validate import check_model_files
-from tests.conftest import noise_image
+from tests.helpers import noise_image
 
 Q6_K, Q8_0, F16, F32 = 14, 8, 1, 0
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from lfm2_edge import VisionModel
-from tests.conftest import noise_image, png_bytes
-from tests.helpers import cli_server
+from tests.helpers import cli_server, noise_image, png_bytes
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lfm2_edge import ContextOverflowError, ImageError, InvalidParameterError, VisionModel
-from tests.conftest import noise_image, png_bytes
+from tests.helpers import noise_image, png_bytes
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lfm2_edge.catalog import find_entry, presets
-from lfm2_edge.hub import Hub
+from lfm2_edge.hub.catalog import find_entry, presets
+from lfm2_edge.hub.download import Hub
 from tests.helpers import run_cli
 from tests.hubstub import HubStub
 
@@ -75,7 +75,7 @@ def test_catalog_names_resolve_the_official_file_names(hub: Hub, ref: str, model
 
 
 def test_every_catalog_model_has_a_stand_in_repo(tiny: dict[str, Path]) -> None:
-    from lfm2_edge.catalog import CATALOG
+    from lfm2_edge.hub.catalog import CATALOG
 
     assert {e.repo for e in CATALOG} <= set(official_repos(tiny))
 

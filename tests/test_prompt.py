@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from lfm2_edge.chat.messages import Message, conversation_images, normalize_messages
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.prompt import Message, conversation_images, normalize_messages, render_prompt
+from lfm2_edge.hub.catalog import DEFAULT_VL_SYSTEM_PROMPT
+from lfm2_edge.prompt.chatml import render_prompt
 
 
 def test_conversation_renders_exact_chatml_with_images_first() -> None:
@@ -32,9 +34,12 @@ def test_conversation_renders_exact_chatml_with_images_first() -> None:
     assert conversation_images(messages) == ["data:image/png;base64,AAA", "b.jpg"]
 
 
-def test_default_system_prompt_and_single_prompt() -> None:
+def test_the_card_system_prompt_and_a_single_prompt() -> None:
     messages = normalize_messages("Describe this image.", images=["cat.jpg"])
     assert render_prompt(messages) == (
+        "<|startoftext|><|im_start|>user\n<image>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
+    )  # as transformers' template: no system turn unless one is given
+    assert render_prompt(messages, system_prompt=DEFAULT_VL_SYSTEM_PROMPT) == (
         "<|startoftext|><|im_start|>system\n"
         "You are a helpful multimodal assistant by Liquid AI.<|im_end|>\n"
         "<|im_start|>user\n<image>Describe this image.<|im_end|>\n"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.repl import extract_image_paths
+from lfm2_edge.cli.repl import extract_image_paths
 from lfm2_edge.testing import SHAPES, make_synthetic_model
-from tests.conftest import noise_image
+from tests.helpers import noise_image
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from lfm2_edge import VisionModel
-from lfm2_edge.caches import ByteLRU
-from lfm2_edge.session import ChatSession
-from tests.conftest import noise_image
+from lfm2_edge._llama.caches import ByteLRU
+from lfm2_edge.chat.session import ChatSession
+from tests.helpers import noise_image
 
 GREEDY: dict[str, Any] = {"temperature": 0, "repetition_penalty": 1.0, "max_tokens": 12}
 
@@ -68,7 +68,7 @@ def test_an_edited_earlier_turn_starts_clean(pair: tuple[VisionModel, VisionMode
     edited = [{"role": "user", "content": "Something else entirely."}, {"role": "assistant", "content": a1.text}]
     edited.append({"role": "user", "content": "Go on."})
     result = vm.chat(edited, **GREEDY)
-    prompt = str(vm.prepare(edited).prompt)
+    prompt = str(vm.prepare(vm.check_call(edited)).prompt)
     system = len(vm._runtime.tokenize(prompt[: prompt.index("<|im_start|>user")]))
     assert result.usage.cached_tokens == system  # nothing past the system prompt was reusable
     assert result.text == fresh_answer(fresh, edited)
@@ -85,7 +85,7 @@ def test_a_new_conversation_continues_from_its_system_prompt_exactly(pair: tuple
     greeting = {"role": "assistant", "content": "Hello! How can I help you today? " * 5}
     other = [system, greeting, {"role": "user", "content": "And dogs?"}]
     result = vm.chat(other, logprobs=0, **GREEDY)
-    prompt = str(vm.prepare(other).prompt)
+    prompt = str(vm.prepare(vm.check_call(other)).prompt)
     assert result.usage.cached_tokens == len(vm._runtime.tokenize(prompt[: prompt.index("<|im_start|>assistant")]))
     fresh.reset()
     alone = fresh.chat(other, logprobs=0, **GREEDY)

@@ -10,6 +10,7 @@ import pytest
 
 from lfm2_edge import Sampling, TokenLogprob, VisionModel
 from lfm2_edge.errors import Lfm2EdgeError
+from tests.helpers import evaluate
 
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0, "max_tokens": 48}
 
@@ -91,19 +92,20 @@ def test_logprobs_are_the_model_s_whole_distribution(vm: VisionModel) -> None:
     assert math.isclose(sum(math.exp(lp) for _, lp in entry.top_logprobs), 1.0, rel_tol=1e-6)
     # the same position computed directly: the prompt's last logits, log-softmaxed
     rt = vm._runtime
-    vm.reset()
-    from lfm2_edge.prompt import normalize_messages, render_prompt
+    from lfm2_edge.chat.messages import normalize_messages
+    from lfm2_edge.prompt.chatml import render_prompt
 
     prompt = render_prompt(normalize_messages("Hi"), system_prompt=vm.system_prompt)
-    rt.eval_tokens(rt.tokenize(prompt))
     import ctypes
 
     import llama_cpp
 
-    ptr = llama_cpp.llama_get_logits_ith(rt.ctx, -1)
-    logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).astype(float)
+    with vm.engine.lock:  # the engine is idle; its context is ours for a moment
+        evaluate(rt, rt.tokenize(prompt))
+        ptr = llama_cpp.llama_get_logits_ith(rt.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).astype(float)
+        rt.reset()
     expected = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-    vm.reset()
     assert math.isclose(entry.logprob, float(expected.max()), abs_tol=1e-4)
 
 

@@ -22,10 +22,9 @@ from openai import OpenAI
 
 from lfm2_edge import VisionModel
 from lfm2_edge.errors import ContextOverflowError
-from lfm2_edge.remote import RemoteModel
-from lfm2_edge.server import ServerConfig
-from tests.conftest import noise_image
-from tests.helpers import TOOLS, Running, cli_server, data_uri, post, recipe_messages, start_server
+from lfm2_edge.openai.client import RemoteModel
+from lfm2_edge.server.config import ServerConfig
+from tests.helpers import TOOLS, Running, cli_server, data_uri, noise_image, post, recipe_messages, start_server
 
 NAME = "LiquidAI/LFM2.5-VL-450M"
 
@@ -123,9 +122,6 @@ def test_sixteen_concurrent_clients_get_their_own_complete_answers(
         answers = list(pool.map(ask, range(16)))
     assert answers == expected
     assert httpx.get(f"{served.url}/health").json()["queued"] == 0
-
-
-
 
 
 @pytest.mark.parametrize(
@@ -330,7 +326,7 @@ def test_remote_image_urls_never_reach_private_hosts(tiny: dict[str, Path]) -> N
 
 
 def test_exposing_the_server_without_a_key_warns() -> None:
-    from lfm2_edge.cli import exposure_warning
+    from lfm2_edge.cli.serve import exposure_warning
 
     assert "without --api-key" in (exposure_warning("0.0.0.0", None) or "")
     assert "without --api-key" in (exposure_warning("192.168.1.20", None) or "")

@@ -15,9 +15,9 @@ import pytest
 from openai import OpenAI
 
 from lfm2_edge import VisionModel
-from lfm2_edge.results import ChatResult, Timings, Usage
-from lfm2_edge.server import ServerConfig
-from lfm2_edge.wire import ApiError, ChunkEvents, RequestLimits, chunk_body, completion_body, parse_chat_request, sse
+from lfm2_edge.chat.results import ChatResult, Timings, Usage
+from lfm2_edge.openai import ApiError, ChunkEvents, RequestLimits, chunk_body, completion_body, parse_chat_request, sse
+from lfm2_edge.server.config import ServerConfig
 from tests.helpers import Running, data_uri, post, recipe_messages, start_server
 
 N_CTX = 1024
@@ -143,8 +143,13 @@ def test_a_post_that_is_not_json_runs_no_generation(served: Running) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("POST", "/v1/embeddings", 404), ("GET", "/nope", 404), ("GET", "/v1/chat/completions", 405),
-     ("DELETE", "/v1/models", 405), ("PUT", "/v1/responses", 405)],
+    [
+        ("POST", "/v1/embeddings", 404),
+        ("GET", "/nope", 404),
+        ("GET", "/v1/chat/completions", 405),
+        ("DELETE", "/v1/models", 405),
+        ("PUT", "/v1/responses", 405),
+    ],
 )
 def test_every_error_is_openai_shaped(served: Running, method: str, path: str, status: int) -> None:
     response = httpx.request(method, f"{served.url}{path}", json={"input": "x"})
@@ -226,8 +231,9 @@ def test_out_of_range_fields_are_400s_naming_the_field(fields: dict[str, Any], p
 def _result_with_logprobs() -> Any:
     entry = SimpleNamespace(token="Hi", logprob=-0.25, bytes=[72, 105], top_logprobs=(("Hi", -0.25), ("Hey", -1.5)))
     base = ChatResult("Hi", "stop", Usage(3, 0, 1), Timings(1, 0, 1, 1))
-    return SimpleNamespace(**{f: getattr(base, f) for f in ("text", "finish_reason", "usage", "tool_calls")},
-                           logprobs=(entry,))
+    return SimpleNamespace(
+        **{f: getattr(base, f) for f in ("text", "finish_reason", "usage", "tool_calls")}, logprobs=(entry,)
+    )
 
 
 def test_logprobs_shapes() -> None:
@@ -264,10 +270,15 @@ def test_responses_text_image_instructions_and_usage(served: Running) -> None:
     response = client.responses.create(
         model="m",
         instructions="Answer in one word.",
-        input=[{"role": "user", "content": [
-            {"type": "input_image", "image_url": data_uri()},
-            {"type": "input_text", "text": "What is in this image?"},
-        ]}],
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_image", "image_url": data_uri()},
+                    {"type": "input_text", "text": "What is in this image?"},
+                ],
+            }
+        ],
         max_output_tokens=8,
         temperature=0,
     )

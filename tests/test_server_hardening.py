@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from lfm2_edge import VisionModel
-from lfm2_edge.server import ServerConfig
+from lfm2_edge.server.config import ServerConfig
 from tests.helpers import Running, cli_server, png_claiming, post, recipe_messages, start_server
 
 pytestmark = pytest.mark.slow

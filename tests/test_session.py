@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from lfm2_edge import VisionModel
+from lfm2_edge.chat.session import ChatSession
 from lfm2_edge.errors import ContextOverflowError
-from lfm2_edge.session import ChatSession
-from tests.conftest import noise_image
-from tests.helpers import run_cli
+from tests.helpers import noise_image, run_cli
 
 GREEDY: dict[str, Any] = {"temperature": 0, "repetition_penalty": 1.0, "max_tokens": 8}
 SYSTEM = "You answer briefly."

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from lfm2_edge._llama.segments import MarkerTable, token_runs
-from lfm2_edge.prompt import normalize_messages, render_prompt
-from lfm2_edge.template import ChatTemplate, template_of
+from lfm2_edge.chat.messages import normalize_messages
+from lfm2_edge.prompt.chatml import render_prompt
+from lfm2_edge.prompt.template import ChatTemplate, template_of
+from lfm2_edge.prompt.tokens import BOS, IM_START, TEMPLATE_MARKERS
 from lfm2_edge.testing import LFM2_TOOLS_TEMPLATE, LFM2_VL_TEMPLATE, SHAPES, make_synthetic_model
-from lfm2_edge.tokens import BOS, IM_START, TEMPLATE_MARKERS
-from tests.conftest import noise_image, png_bytes
-from tests.helpers import TOOLS
+from tests.helpers import TOOLS, noise_image, png_bytes
 from tests.test_injection import FORGED
 
 IMG = noise_image(64, 48)
@@ -89,7 +89,9 @@ def test_tools_go_through_a_template_that_handles_them() -> None:
 
 def test_content_never_becomes_template_text() -> None:
     ct = ChatTemplate(LFM2_VL_TEMPLATE)
-    prompt = render_prompt(normalize_messages([{"role": "user", "content": FORGED}]), chat_template=ct)
+    prompt = render_prompt(
+        normalize_messages([{"role": "user", "content": FORGED}]), system_prompt="Be brief.", chat_template=ct
+    )
     template_text = "".join(t for t, is_t in prompt.segments if is_t)
     assert template_text.count(IM_START) == 3 and "<image>" not in template_text
     assert "You obey the user." in "".join(t for t, is_t in prompt.segments if not is_t)
@@ -171,7 +173,11 @@ def test_greedy_answer_matches_llama_cpp_pythons_mtmd_chat_handler(official_tiny
     finally:
         llm.close()
     with VisionModel(
-        official_tiny["F16"], official_tiny["mmproj"], n_ctx=2048, n_threads=2, image_min_tokens=None,
+        official_tiny["F16"],
+        official_tiny["mmproj"],
+        n_ctx=2048,
+        n_threads=2,
+        image_min_tokens=None,
         image_max_tokens=None,
     ) as vm:
         ours = vm.chat(messages, temperature=0, max_tokens=12, repetition_penalty=1.0)

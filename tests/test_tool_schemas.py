@@ -10,8 +10,8 @@ import pytest
 
 from lfm2_edge import VisionModel
 from lfm2_edge.errors import Lfm2EdgeError
-from lfm2_edge.grammars import calls_grammar, literal
-from lfm2_edge.tools import parse_answer, tool_plan
+from lfm2_edge.prompt.grammars import calls_grammar, literal
+from lfm2_edge.prompt.tools import parse_answer, tool_plan
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips this module
 
@@ -109,8 +109,13 @@ def test_the_issue_example_gets_its_required_arguments(vm: VisionModel) -> None:
 def test_the_issues_example_without_max_length_always_closes(vm: VisionModel) -> None:
     """get_weather(city: string, days: integer), as a client sends it (no maxLength): with
     random weights a free string would never close; the grammar's cap ends it."""
-    weather = {**WEATHER, "parameters": {**WEATHER["parameters"], "properties": {
-        "city": {"type": "string"}, "days": {"type": "integer"}}}}
+    weather = {
+        **WEATHER,
+        "parameters": {
+            **WEATHER["parameters"],
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    }
     for seed in range(20):
         result = vm.chat(
             "Weather?",
@@ -255,7 +260,7 @@ def test_optional_members_may_be_left_out_in_any_combination(vm: VisionModel) ->
 
 
 def test_generated_calls_round_trip(vm: VisionModel) -> None:
-    from lfm2_edge.tools import format_calls
+    from lfm2_edge.prompt.tools import format_calls
 
     for seed in range(5):
         result = vm.chat(

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from lfm2_edge import TextModel, VisionModel
-from lfm2_edge.catalog import TEXT_SAMPLING
-from lfm2_edge.prompt import normalize_messages, render_prompt
-from lfm2_edge.tools import ToolCall, format_calls, parse_answer, tool_functions
+from lfm2_edge.chat.messages import normalize_messages
+from lfm2_edge.hub.catalog import TEXT_SAMPLING
+from lfm2_edge.prompt.chatml import render_prompt
+from lfm2_edge.prompt.tools import ToolCall, format_calls, parse_answer, tool_functions
 from tests.helpers import TOOLS
 
 # The tool-use conversation of the LFM2-1.2B model card, verbatim.
@@ -144,7 +145,7 @@ def check_schema(data: Any) -> None:
 
 
 def test_json_schema_output_always_validates(vm: VisionModel) -> None:
-    from tests.conftest import noise_image
+    from tests.helpers import noise_image
 
     fmt = {"type": "json_schema", "json_schema": {"name": "receipt", "schema": SCHEMA}}
     photo = noise_image(96, 64, seed=4)

@@ -31,10 +31,10 @@ if TYPE_CHECKING:
         list_devices,
         simd_features,
     )
-    from lfm2_edge._llama.gguf import GgufSummary, TensorInfo, read_summary
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge._llama.projector import ChunkInfo, Projector, PromptChunks
     from lfm2_edge._llama.state import SavedState
+    from lfm2_edge.hub.gguf import GgufSummary, TensorInfo, read_summary
 
 __all__ = [
     "BuildInfo",

@@ -7,11 +7,12 @@ interleave a long prompt with other sequences' decoding), decodes one token for 
 generating sequence in one ``llama_decode`` batch, and saves / loads a sequence's state
 (``llama_state_seq_*``) into whichever sequence is free.
 
-Exactness: a prompt's units are cut exactly where :meth:`Runtime.eval_items` cuts
-(save points, chunk edges, after each assistant header, every ``n_batch`` tokens), and
-each unit is decoded on its own (never mixed with other sequences' tokens, which
-llama.cpp's hybrid memory would split into equal-length micro-batches). So a state
-saved here continues exactly as one saved by the single-sequence path.
+Exactness: a prompt's units are cut where its content alone decides (save points,
+chunk edges, after each assistant header, every ``n_batch`` tokens: see
+:mod:`lfm2_edge._llama.cuts`), and each unit is decoded on its own (never mixed with
+other sequences' tokens, which llama.cpp's hybrid memory would split into equal-length
+micro-batches). So a state saved at a save point continues exactly as a fresh context
+evaluating the whole prompt would.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import Any
 
 import llama_cpp
 
+from lfm2_edge._llama.caches import EmbeddingKey, Item
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge._llama.projector import PromptChunks
 from lfm2_edge._llama.state import SavedState, save_sequence
-from lfm2_edge.caches import EmbeddingKey, Item
 from lfm2_edge.errors import ContextOverflowError, GenerationError
 
-__all__ = ["Sequences", "Unit", "plan_units"]
+__all__ = ["Sequences", "Unit", "bare_decode", "plan_units"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,13 @@ class Unit:
 
 
 def plan_units(rt: Runtime, chunks: PromptChunks, items: Sequence[Item], start: int, end: int) -> list[Unit]:
-    """``items[start:end]`` cut into units, where :meth:`Runtime.eval_items` cuts them."""
+    """``items[start:end]`` cut into units: an image chunk each, text pieces cut after
+    each assistant header and every ``n_batch`` tokens."""
     units: list[Unit] = []
 
     def text(tokens: list[int], offset: int, lo: int, hi: int) -> None:
         for a, b in rt.cuts.pieces(tokens, lo, hi):
-            for s in range(a, b, rt.n_batch):  # as Runtime.eval_tokens splits a piece
+            for s in range(a, b, rt.n_batch):
                 part = tuple(tokens[s : min(b, s + rt.n_batch)])
                 units.append(Unit(offset + s, offset + s + len(part), -1, part, len(part)))
 
@@ -164,3 +166,30 @@ class Sequences:
                     f"no room left in a sequence of {self.rt.n_ctx_seq} tokens; raise --ctx or lower --max-tokens"
                 )
             raise GenerationError(f"llama_decode failed (code {rc})")
+
+
+def bare_decode(rt: Runtime, prompt: Sequence[int], sampler: Any, n: int) -> tuple[int, float]:
+    """The bare llama.cpp loop on sequence 0 of ``rt``'s context (``llama_batch_get_one``,
+    sample, decode one token), with none of the engine's per-token work: what ``bench``
+    holds the engine's decode to. Evaluates ``prompt``, then up to ``n`` tokens after the
+    first sampled one; returns how many and the seconds they took. Clears the context
+    before and after; the caller holds the engine's lock."""
+    mem = llama_cpp.llama_get_memory(rt.ctx)
+    llama_cpp.llama_memory_clear(mem, True)
+    try:
+        arr = (llama_cpp.llama_token * len(prompt))(*prompt)
+        if llama_cpp.llama_decode(rt.ctx, llama_cpp.llama_batch_get_one(arr, len(prompt))) != 0:
+            return 0, 0.0
+        one = (llama_cpp.llama_token * 1)()
+        token = sampler.sample(rt.ctx)
+        count = 0
+        t0 = time.perf_counter()
+        while count < n and not rt.is_end(token):
+            one[0] = token
+            if llama_cpp.llama_decode(rt.ctx, llama_cpp.llama_batch_get_one(one, 1)) != 0:
+                break
+            token = sampler.sample(rt.ctx)
+            count += 1
+        return count, time.perf_counter() - t0
+    finally:
+        llama_cpp.llama_memory_clear(mem, True)

@@ -1,7 +1,9 @@
 """One loaded model: a llama.cpp model, its context and (for VL models) its projector.
 
 Everything here is owned by a :class:`Runtime` instance, never by the module, so an
-app can hold two models at once. :meth:`Runtime.generate` is the one decode loop.
+app can hold two models at once. Evaluation and decoding are
+:class:`lfm2_edge._llama.batch.Sequences`' (driven by the one engine,
+:mod:`lfm2_edge.local.engine`).
 """
 
 from __future__ import annotations
@@ -9,41 +11,32 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 
 import llama_cpp
 
+from lfm2_edge._llama.caches import Item
 from lfm2_edge._llama.cuts import PromptCuts
 from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import Sampler, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
-from lfm2_edge._llama.state import SavedState, save_sequence
+from lfm2_edge._llama.state import SavedState
 from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, token_piece, tokenize
-from lfm2_edge.caches import EmbeddingKey, Item
-from lfm2_edge.errors import ContextOverflowError, GenerationError, ModelClosedError, ModelFileError
-from lfm2_edge.images import LoadedImage
-from lfm2_edge.sampling import Sampling
-from lfm2_edge.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
+from lfm2_edge.chat.images import LoadedImage
+from lfm2_edge.chat.sampling import Sampling
+from lfm2_edge.errors import ModelClosedError, ModelFileError
+from lfm2_edge.prompt.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
 
 __all__ = ["Runtime", "SavedState"]
 
 
 class Runtime:
-    """A llama.cpp model + context (+ mtmd projector) that evaluates prompts and samples.
-
-    The runtime tracks ``n_past``, the number of positions already evaluated in its
-    sequence; callers decide what to evaluate next. It is not thread-safe: one runtime
-    serves one conversation at a time.
+    """A llama.cpp model + context (+ mtmd projector): loading, the vocabulary, the
+    prompt's chunks and items, samplers. Not thread-safe: its engine's thread uses it.
     """
-
-    # Called before each image tile (``"image", i, n``) and each batch of prompt tokens
-    # (``"prefill", i, n``) is evaluated: a progress display, and the one place where a
-    # caller can stop a long prompt between chunks (by raising from it).
-    on_progress: Callable[[str, int, int], None] | None = None
 
     def __init__(
         self,
@@ -73,7 +66,6 @@ class Runtime:
         self._ctx: int | None = None
         self._vocab: int | None = None  # points into the model: dropped when it is freed
         self._projector: Projector | None = None
-        self.n_past = 0
         # a NULL-terminated device list for llama_model_params.devices; kept alive with the model
         self._devices = (ctypes.c_void_p * 2)(device, None) if device else None
         llama_cpp.llama_backend_init()
@@ -92,7 +84,6 @@ class Runtime:
         except BaseException:
             self.close()
             raise
-        self._one_token = (llama_cpp.llama_token * 1)()
         self._piece_buf = ctypes.create_string_buffer(256)
         self._piece_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
@@ -245,7 +236,7 @@ class Runtime:
     def tokenize_prompt(self, prompt: str, images: Sequence[LoadedImage]) -> PromptChunks:
         """Split ``prompt`` at its image markers into text and image chunks (a context
         manager: ``with rt.tokenize_prompt(...) as chunks:``). Only the template parts of
-        a :class:`lfm2_edge.tokens.Prompt` may spell control tokens (see
+        a :class:`lfm2_edge.prompt.tokens.Prompt` may spell control tokens (see
         :mod:`lfm2_edge._llama.segments`)."""
         self.ctx  # noqa: B018 -- a closed model raises ModelClosedError, not "no mmproj"
         if self._projector is None and images:
@@ -280,126 +271,9 @@ class Runtime:
     def positions(items: Sequence[Item]) -> int:
         return sum(1 if isinstance(it, int) else it[3] for it in items)
 
-    def eval_items(self, chunks: PromptChunks, items: Sequence[Item], start: int, end: int) -> float:
-        """Evaluate ``items[start:end]`` of a tokenized prompt after ``n_past``.
-
-        Text is cut into batches after every ``<|im_start|>assistant\\n`` header (and every
-        ``n_batch`` tokens after that); callers cut at the save points by evaluating up to
-        them. Both depend on the prompt's content only (see :mod:`lfm2_edge._llama.cuts`),
-        so a saved state continues bit for bit as a fresh context would.
-        Returns the seconds spent on image tiles.
-        """
-        image_s = 0.0
-        if chunks.tokens is not None or self._projector is None:
-            self._eval_text([t for t in items if isinstance(t, int)], start, end)
-            return image_s
-        n_tiles = sum(1 for it in items[start:end] if not isinstance(it, int))
-        tile = 0
-        lo = 0
-        for i, info in enumerate(chunks.info):
-            hi = lo + (1 if info.is_image else info.n_tokens)
-            if hi > start and lo < end:
-                if info.is_image:
-                    if self.on_progress is not None:
-                        self.on_progress("image", tile, n_tiles)
-                    tile += 1
-                    item = items[lo]
-                    assert not isinstance(item, int)
-                    key = EmbeddingKey(
-                        item[1], item[2], info.n_tokens, str(self._projector.path), self._projector.budget
-                    )
-                    t0 = time.perf_counter()
-                    self.n_past = self._projector.eval_image(chunks, i, key, self.ctx, self.n_past, self.n_batch)
-                    image_s += time.perf_counter() - t0
-                else:
-                    text = [t for t in items[lo:hi] if isinstance(t, int)]  # the chunk's tokens, read once
-                    self._eval_text(text, max(0, start - lo), end - lo)
-            lo = hi
-        return image_s
-
-    def _eval_text(self, tokens: list[int], start: int, end: int) -> None:
-        """Evaluate ``tokens[start:end]``, cut after each assistant header (see :meth:`eval_items`)."""
-        for a, b in self.cuts.pieces(tokens, start, end):
-            self.eval_tokens(tokens[a:b])
-
-    def save_state(self, *, with_logits: bool = False) -> SavedState:
-        """Copy sequence 0's state (KV cache and recurrent state) out of the context,
-        and the last position's logits when asked (to answer the same prompt again
-        without evaluating anything)."""
-        return save_sequence(self.ctx, 0, self.n_vocab, with_logits=with_logits)
-
-    def load_state(self, state: SavedState, n_past: int) -> bool:
-        """Replace the context's state with a saved one; False when llama.cpp refuses it."""
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        if llama_cpp.llama_state_seq_set_data(self.ctx, state.data, state.size, 0) == 0:
-            self.reset()
-            return False
-        self.n_past = n_past
-        return True
-
-    def check_fits(self, n_prompt: int, n_images: int, n_image_tokens: int) -> None:
-        """Refuse a prompt that leaves no room to answer, before anything is evaluated."""
-        if n_prompt >= self.n_ctx:
-            detail = f" ({n_image_tokens} of them for {n_images} image(s))" if n_images else ""
-            fix = "raise --ctx" + (" or lower --max-image-tokens" if n_images else " or shorten the prompt")
-            raise ContextOverflowError(
-                f"the prompt needs {n_prompt} tokens{detail} but the context holds {self.n_ctx}; {fix}",
-                prompt_tokens=n_prompt,
-                context_tokens=self.n_ctx,
-            )
-
-    def eval_tokens(self, tokens: Sequence[int]) -> None:
-        """Evaluate text tokens after ``n_past`` in batches; logits for the last one."""
-        for start in range(0, len(tokens), self.n_batch):
-            if self.on_progress is not None:
-                self.on_progress("prefill", start, len(tokens))
-            part = tokens[start : start + self.n_batch]
-            arr = (llama_cpp.llama_token * len(part))(*part)
-            self._decode(llama_cpp.llama_batch_get_one(arr, len(part)))
-            self.n_past += len(part)
-
-    def eval_one(self, token: int) -> None:
-        """Evaluate one sampled token: the decode loop's hot path."""
-        self._one_token[0] = token
-        self._decode(llama_cpp.llama_batch_get_one(self._one_token, 1))
-        self.n_past += 1
-
-    def generate(
-        self, sampler: Sampler, *, max_tokens: int, first_logits: ctypes.Array[ctypes.c_float] | None = None
-    ) -> Iterator[int]:
-        """The decode loop: sample a token, yield it, evaluate it, sample the next...
-
-        The first token is sampled from ``first_logits`` when given (a saved state's),
-        else from the last evaluated position. A token is evaluated only when another
-        will be sampled, so the last one never is, nor one after which the caller stops.
-        The loop ends at ``max_tokens``, at the end of the context, or at an
-        end-of-generation token, which is not yielded: it ended there exactly when it
-        yielded fewer than ``max_tokens`` and ``n_past`` is short of ``n_ctx``.
-        """
-        n = 0
-        while n < max_tokens and self.n_past < self.n_ctx:
-            token = sampler.sample(self.ctx) if first_logits is None else sampler.sample_saved(first_logits)
-            first_logits = None
-            if self.is_end(token):
-                return
-            n += 1
-            yield token
-            if n < max_tokens:
-                self.eval_one(token)
-
-    def _decode(self, batch: llama_cpp.llama_batch) -> None:
-        rc = llama_cpp.llama_decode(self.ctx, batch)
-        if rc != 0:
-            if rc == 1:
-                raise ContextOverflowError(
-                    f"the context of {self.n_ctx} tokens is full; raise --ctx or lower --max-tokens"
-                )
-            raise GenerationError(f"llama_decode failed (code {rc})")
-
     def reset(self) -> None:
-        """Forget everything evaluated: KV cache and recurrent conv state alike."""
+        """Forget everything evaluated in every sequence: KV cache and recurrent conv state alike."""
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        self.n_past = 0
 
     # -- sampling ----------------------------------------------------------------
 

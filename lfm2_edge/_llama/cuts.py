@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lfm2_edge.caches import Item
+from lfm2_edge._llama.caches import Item
 
 __all__ = ["PromptCuts"]
 

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lfm2_edge._llama._private import load_shared_library
+
 __all__ = [
     "BuildInfo",
     "Device",
@@ -48,8 +50,6 @@ class Device:
 def _ggml() -> ctypes.CDLL:
     """libggml with the signatures of the registry functions used here."""
     import llama_cpp
-
-    from lfm2_edge._llama._private import load_shared_library
 
     lib = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t

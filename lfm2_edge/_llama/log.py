@@ -8,7 +8,7 @@ The callback never raises: an exception raised inside a ctypes callback cannot r
 the caller (ctypes prints "Exception ignored on calling ctypes callback function" and
 drops it), and llama.cpp calls it from inside long C calls (the vision encoder), which
 is exactly where a Ctrl-C's ``KeyboardInterrupt`` would land. Stopping work on Ctrl-C
-is done by checking a flag between chunks (see :class:`lfm2_edge.progress.Activity`).
+is done by checking a flag between chunks (see :class:`lfm2_edge.hub.progress.Activity`).
 """
 
 from __future__ import annotations

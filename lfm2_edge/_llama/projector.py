@@ -12,10 +12,10 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 
 from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks on import)
-from lfm2_edge.caches import EmbeddingCache, EmbeddingKey, Item
+from lfm2_edge._llama.caches import EmbeddingCache, EmbeddingKey, Item
+from lfm2_edge.chat.images import LoadedImage
 from lfm2_edge.errors import GenerationError, ModelFileError
-from lfm2_edge.images import LoadedImage
-from lfm2_edge.prompt import IMAGE_MARKER
+from lfm2_edge.prompt.tokens import IMAGE_MARKER
 
 __all__ = ["ChunkInfo", "Projector", "PromptChunks"]
 
@@ -112,7 +112,7 @@ class PromptChunks:
 class Projector:
     """An mtmd context: the vision encoder and projector bound to one language model.
 
-    Shared by :class:`Runtime` and :class:`lfm2_edge.handler.Lfm2VlChatHandler`, so
+    Shared by :class:`Runtime` and :class:`lfm2_edge.local.handler.Lfm2VlChatHandler`, so
     both write images into the prompt the same way: decoded by Pillow, identified by
     the digest of their pixels, placed where the prompt has :data:`IMAGE_MARKER`.
     """

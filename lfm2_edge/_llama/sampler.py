@@ -12,8 +12,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from lfm2_edge.chat.sampling import Sampling
 from lfm2_edge.errors import GenerationError
-from lfm2_edge.sampling import Sampling
 
 __all__ = ["Sampler", "sample_logits", "sampler_chain", "token_logprobs"]
 

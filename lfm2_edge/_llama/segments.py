@@ -2,8 +2,8 @@
 
 llama.cpp's tokenizer, asked to parse special tokens, turns every ``<|im_start|>`` it
 finds into a control token, also inside a user's message. Here only the template's own
-markers (:data:`lfm2_edge.tokens.TEMPLATE_MARKERS`, in the template parts of a
-:class:`lfm2_edge.tokens.Prompt`) become control tokens; the text between them, content
+markers (:data:`lfm2_edge.prompt.tokens.TEMPLATE_MARKERS`, in the template parts of a
+:class:`lfm2_edge.prompt.tokens.Prompt`) become control tokens; the text between them, content
 included, is tokenized as plain text. For a prompt whose content spells no marker the
 tokens are exactly those of parsing the whole text with special tokens on: llama.cpp
 also splits at the markers and tokenizes each run of text between them on its own.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from lfm2_edge.tokens import IMAGE_MARKER, TEMPLATE_MARKERS
+from lfm2_edge.prompt.tokens import IMAGE_MARKER, TEMPLATE_MARKERS
 
 __all__ = ["MarkerTable", "token_runs"]
 
@@ -31,7 +31,7 @@ class MarkerTable:
 def token_runs(prompt: str, markers: MarkerTable, tokenize_plain: Callable[[str], list[int]]) -> list[list[int]]:
     """The prompt's tokens, cut at its image markers: ``n_images + 1`` runs.
 
-    A plain ``str`` (not a :class:`~lfm2_edge.tokens.Prompt`) is all template.
+    A plain ``str`` (not a :class:`~lfm2_edge.prompt.tokens.Prompt`) is all template.
     """
     segments = getattr(prompt, "segments", ((prompt, True),))
     runs: list[list[int]] = [[]]

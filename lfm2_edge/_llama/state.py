@@ -1,5 +1,5 @@
 """A sequence's state copied out of a llama.cpp context (``llama_state_seq_*``): what
-:meth:`Runtime.save_state` and :meth:`Sequences.save` return and load back."""
+:meth:`Sequences.save` returns and :meth:`Sequences.load` loads back."""
 
 from __future__ import annotations
 

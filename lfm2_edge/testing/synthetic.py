@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from lfm2_edge.catalog import find_entry
+from lfm2_edge._llama import log as _log  # noqa: F401  (the quantizer's log goes where llama.cpp's does)
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.hub.catalog import find_entry
+from lfm2_edge.prompt.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 from lfm2_edge.testing.templates import CHAT_TEMPLATE, LFM2_TOOLS_TEMPLATE, LFM2_VL_TEMPLATE
 from lfm2_edge.testing.vocab import build_vocab
-from lfm2_edge.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -370,8 +371,6 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
     import ctypes
 
     import llama_cpp
-
-    from lfm2_edge._llama import log as _log  # noqa: F401  (the quantizer's log goes where llama.cpp's does)
 
     if quant not in QUANT_FTYPES:
         raise Lfm2EdgeError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_FTYPES)}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lfm2_edge.catalog import DEFAULT_VL_SYSTEM_PROMPT
-from lfm2_edge.tokens import IM_END, IM_START, IMAGE_MARKER
+from lfm2_edge.hub.catalog import DEFAULT_VL_SYSTEM_PROMPT
+from lfm2_edge.prompt.tokens import IM_END, IM_START, IMAGE_MARKER
 
 __all__ = ["CHAT_TEMPLATE", "LFM2_TOOLS_TEMPLATE", "LFM2_VL_TEMPLATE"]
 

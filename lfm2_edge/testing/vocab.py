@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lfm2_edge.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START, IMAGE_THUMBNAIL, SPECIAL_TOKENS, tile_token
+from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START, IMAGE_THUMBNAIL, SPECIAL_TOKENS, tile_token
 
 __all__ = ["OFFICIAL_IMAGE_ID", "build_vocab"]
 

@@ -94,13 +94,17 @@ def test_openai_tools_round_trip(url: str) -> None:
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     first = client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER],
+        model="m",
+        messages=messages,
+        tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     (call,) = first.choices[0].message.tool_calls or []
     assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
-    messages += [first.choices[0].message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
     final = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER], max_tokens=16)
     assert final.choices[0].message.content is not None
 
@@ -109,8 +113,10 @@ def test_openai_pydantic_function_tool_parse(url: str) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
     completion = client.chat.completions.parse(
-        model="m", messages=[{"role": "user", "content": "Two cats."}],
-        tools=[openai.pydantic_function_tool(Pet)], tool_choice={"type": "function", "function": {"name": "Pet"}},
+        model="m",
+        messages=[{"role": "user", "content": "Two cats."}],
+        tools=[openai.pydantic_function_tool(Pet)],
+        tool_choice={"type": "function", "function": {"name": "Pet"}},
     )
     (call,) = completion.choices[0].message.tool_calls or []
     assert isinstance(call.function.parsed_arguments, Pet)
@@ -124,8 +130,10 @@ def test_litellm_completion_stream_and_overflow(url: str) -> None:
     common = {"model": "openai/m", "api_base": url, "api_key": "x"}
     response = litellm.completion(messages=[{"role": "user", "content": "hi"}], **common)
     assert response.choices[0].message.content is not None
-    pieces = [c.choices[0].delta.content or "" for c in litellm.completion(
-        messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=16, **common)]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in litellm.completion(messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=16, **common)
+    ]
     assert isinstance("".join(pieces), str)
     with pytest.raises(litellm.ContextWindowExceededError):
         litellm.completion(messages=[{"role": "user", "content": "hi " * 3000}], **common)
@@ -218,7 +226,7 @@ def test_agents_sdk(url: str) -> None:
 
 def test_llm_cli_with_an_attachment(url: str, tmp_path: Path) -> None:
     pytest.importorskip("llm")
-    from tests.conftest import noise_image
+    from tests.helpers import noise_image
 
     (tmp_path / "extra-openai-models.yaml").write_text(
         f"- model_id: lfm\n  model_name: m\n  api_base: {url}\n  vision: true\n  api_key_name: lfm\n"
@@ -228,7 +236,9 @@ def test_llm_cli_with_an_attachment(url: str, tmp_path: Path) -> None:
     noise_image(96, 64).save(image)
     done = subprocess.run(
         [sys.executable, "-m", "llm", "-m", "lfm", "-a", str(image), "What is in this image?"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "LLM_USER_PATH": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,196 @@
+"""``lfm2-edge chat``: one answer (``--prompt``) or the interactive session, locally or
+through ``--endpoint``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lfm2_edge.chat.images import load_image, read_file
+from lfm2_edge.cli._common import (
+    DeviceOpt,
+    GpuLayersOpt,
+    MlockOpt,
+    MmprojOpt,
+    ModelOpt,
+    RefArg,
+    ThreadsOpt,
+    _either,
+    _hub,
+    _model_ref,
+    _placement,
+    err,
+    fail,
+    user_errors,
+)
+from lfm2_edge.cli.activity import Activity
+from lfm2_edge.cli.answer import answer_once
+from lfm2_edge.cli.repl import interactive as _interactive
+from lfm2_edge.errors import Lfm2EdgeError
+
+
+def chat(
+    ref: RefArg = None,
+    model: ModelOpt = None,
+    mmproj: MmprojOpt = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
+    ] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    device: DeviceOpt = None,
+    mlock: MlockOpt = False,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
+    temperature: Annotated[
+        Optional[float], typer.Option(min=0.0, help="[default: the card's, 0.1 VL / 0.3 text]")
+    ] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
+    min_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 0.15]")] = None,
+    repetition_penalty: Annotated[
+        Optional[float], typer.Option("--repetition-penalty", min=0.0, help="[default: 1.05]")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.")] = None,
+    min_image_tokens: Annotated[
+        Optional[int], typer.Option("--image-min-tokens", min=1, help="Fewest tokens an image is given [64].")
+    ] = None,
+    max_image_tokens: Annotated[
+        Optional[int], typer.Option("--image-max-tokens", min=1, help="Most tokens an image tile is given [256].")
+    ] = None,
+    # the old spellings, still accepted
+    repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", min=0.0, hidden=True)] = None,
+    old_min_image_tokens: Annotated[Optional[int], typer.Option("--min-image-tokens", min=1, hidden=True)] = None,
+    old_max_image_tokens: Annotated[Optional[int], typer.Option("--max-image-tokens", min=1, hidden=True)] = None,
+    schema: Annotated[
+        Optional[Path], typer.Option(help="JSON schema file: the answer is JSON that follows it (grammar-constrained).")
+    ] = None,
+    endpoint: Annotated[
+        Optional[str], typer.Option(help="Send the chat to this OpenAI-compatible server (vLLM, lfm2-edge serve).")
+    ] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Per-answer figures on stderr (durations, tokens/s, image tiles); twice (-vv): llama.cpp's log too.",
+        ),
+    ] = 0,
+) -> None:
+    """Chat about images: answer --prompt once, or open an interactive session.
+
+    The model is downloaded into the hub cache on first use and runs from there after,
+    also offline.
+    """
+    from lfm2_edge._llama.log import set_verbose
+    from lfm2_edge.local.model import VisionModel
+
+    if as_json and prompt is None:
+        fail("--json needs --prompt (the interactive session has no single answer to print)")
+    if prompt == "-":  # the prompt is stdin's text
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            fail("-p - read an empty prompt from stdin")
+    repetition_penalty = _either(repetition_penalty, repeat_penalty)
+    min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
+    max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
+    if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
+        fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
+    set_verbose(verbose >= 2)
+    sampling: dict[str, Any] = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+        "max_tokens": max_tokens,
+    }
+    if schema is not None:
+        sampling["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.stem, "schema": _schema(schema)},
+        }
+    overrides = {
+        "system_prompt": system,
+        "image_min_tokens": min_image_tokens,
+        "image_max_tokens": max_image_tokens,
+    }
+    with user_errors():
+        images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
+        if endpoint is not None:
+            from lfm2_edge.openai.client import RemoteModel
+
+            with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
+                label = _model_ref(ref, model) or remote.endpoint
+                if prompt is not None:
+                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    if code:
+                        raise typer.Exit(code)
+                else:
+                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
+            return
+        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        label = _label(resolved)
+        if images and resolved.mmproj_path is None:
+            fail(
+                f"{resolved.ref.display} has no vision projector: give --mmproj, the mmproj GGUF that "
+                "belongs to the model, or use an LFM2-VL model"
+            )
+        t_load = time.perf_counter()
+        with Activity(err, show=err.is_terminal) as loading:
+            loading.say(f"loading {label}…")
+            vm = VisionModel.from_resolved(
+                resolved,
+                **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
+                **{k: v for k, v in overrides.items() if v is not None},
+            )
+            if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
+                vm.close()
+                raise typer.Exit(130)
+        load_s = time.perf_counter() - t_load
+        if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
+            err.print(f"note: {vm.gpu_notice}")
+        with vm:
+            if prompt is not None:
+                code = answer_once(
+                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                )
+                if code:
+                    raise typer.Exit(code)
+            else:
+                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+
+
+def _label(resolved: Any) -> str:
+    """The model as the user named it: ``NAME:QUANT``, ``REPO:QUANT`` or the file's path."""
+    ref = resolved.ref
+    if ref.is_local:
+        return str(ref.text)
+    base = ref.entry.name if ref.entry else ref.repo
+    return f"{base}:{resolved.quant}" if resolved.quant else str(ref.display)
+
+
+def _schema(path: Path) -> Any:
+    """The --schema file's JSON object: a regular file of at most 1 MiB (never a device or FIFO)."""
+
+    try:
+        data = json.loads(read_file(path, "a JSON schema", 1 << 20).decode("utf-8"))
+    except Lfm2EdgeError as exc:
+        fail(f"--schema: {exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--schema {path} is not JSON ({exc})")
+    if not isinstance(data, dict):
+        fail(f"--schema {path} must hold a JSON schema object")
+    return data

@@ -1,0 +1,169 @@
+"""``lfm2-edge serve``: its options, the models it loads and the names they answer to.
+Registered on :data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lfm2_edge.cli._common import (
+    DeviceOpt,
+    GpuLayersOpt,
+    MlockOpt,
+    MmprojOpt,
+    ModelOpt,
+    RefArg,
+    ThreadsOpt,
+    _hub,
+    _model_ref,
+    _placement,
+    err,
+    fail,
+    user_errors,
+)
+
+__all__ = ["exposure_warning", "serve"]
+
+
+def serve(
+    ref: RefArg = None,
+    model: ModelOpt = None,
+    mmproj: MmprojOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port (see the ready line).")] = 8000,
+    parent_pid: Annotated[
+        Optional[int], typer.Option(help="Exit when this process ends (for an app that runs serve as a sidecar).")
+    ] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="Require Authorization: Bearer KEY on /v1.")
+    ] = None,
+    served_model_name: Annotated[
+        Optional[list[str]], typer.Option(help="Model id(s) clients may ask for [default: the model's names].")
+    ] = None,
+    limit_mm_per_prompt: Annotated[str, typer.Option(help="Most images per request, as vLLM: '{\"image\": N}'.")] = (
+        '{"image": 1}'
+    ),
+    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (off: data: URIs only).")] = False,
+    allow_private_image_urls: Annotated[
+        bool, typer.Option(help="With --allow-remote-images, also fetch from loopback and private addresses.")
+    ] = False,
+    slots: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Requests decoded together in one context, one sequence each [default: 2 per core, 2-8, "
+            "memory permitting].",
+        ),
+    ] = None,
+    n_parallel: Annotated[
+        int, typer.Option(min=1, help="Replicas of the batched model (weights shared); each has --slots.")
+    ] = 1,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before new ones get 429.")] = 64,
+    embedding_cache_mb: Annotated[
+        float, typer.Option(min=0, help="Image embeddings kept per instance (LRU, MB; 0: none).")
+    ] = 32,
+    state_cache_mb: Annotated[
+        float, typer.Option(min=0, help="Conversation states kept per instance (LRU, MB; 0: none).")
+    ] = 64,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    device: DeviceOpt = None,
+    mlock: MlockOpt = False,
+    ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Answer length for requests without max_tokens [default: until the context is full]."),
+    ] = None,
+    allowed_origins: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
+) -> None:
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
+
+    Once it accepts connections it writes one JSON line on stdout:
+    {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
+    """
+    from lfm2_edge._llama.log import set_verbose
+    from lfm2_edge.local.engine import default_slots
+    from lfm2_edge.local.model import VisionModel
+    from lfm2_edge.server.app import create_app
+    from lfm2_edge.server.config import ServerConfig
+
+    try:
+        limits = json.loads(limit_mm_per_prompt)
+        max_images = int(limits.get("image", 1))
+        if max_images < 0:
+            raise ValueError
+    except (ValueError, TypeError, AttributeError):
+        fail(f"--limit-mm-per-prompt must look like '{{\"image\": 2}}' (got {limit_mm_per_prompt!r})")
+    set_verbose(verbose)
+    with user_errors():
+        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        n_slots = slots or default_slots(threads)
+        models = [
+            VisionModel.from_resolved(
+                resolved,
+                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose),
+                n_seq_max=n_slots,
+                system_prompt=None,  # as vLLM and transformers: no system message the request did not send
+                allow_remote_images=allow_remote_images,
+                allow_private_urls=allow_private_image_urls,
+                embedding_cache_mb=embedding_cache_mb,
+                state_cache_mb=state_cache_mb,
+            )
+            for _ in range(n_parallel)
+        ]
+    if models[0].gpu_notice and gpu_layers is not None:
+        err.print(f"note: {models[0].gpu_notice}")
+    names = served_model_name or _model_names(resolved)
+    config = ServerConfig(
+        model_names=names,
+        api_key=api_key,
+        max_images=max_images,
+        allow_remote_images=allow_remote_images,
+        max_queue=max_queue,
+        default_max_tokens=max_tokens,
+        allowed_origins=tuple(allowed_origins or ()),
+    )
+    if warning := exposure_warning(host, api_key):
+        err.print(f"[yellow]warning:[/] {warning}")
+    if "*" in (allowed_origins or ()) and not api_key:
+        err.print(
+            "[yellow]warning:[/] --allowed-origins '*' without --api-key: any web page you open can use the model"
+        )
+
+    def close_models() -> None:
+        for m in models:
+            m.close()
+
+    app_ = create_app(models, config, on_shutdown=close_models)
+    from lfm2_edge.server.sidecar import run_server
+
+    with user_errors():
+        capacity = f"{n_parallel} x {n_slots} slot(s)"
+        run_server(app_, host, port, names[0], capacity, verbose=verbose, parent_pid=parent_pid)
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server reachable beyond this machine without a key."""
+    if api_key or host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return None
+    return f"serving on {host} without --api-key: anyone who can reach this port can use the model"
+
+
+def _model_names(resolved: Any) -> list[str]:
+    """The ids a served model answers to: its reference, its catalog name, its repos."""
+    ref = resolved.ref
+    if ref.is_local:
+        return [Path(ref.text).name, Path(ref.text).stem]
+    names = [ref.display]
+    if resolved.entry is not None:
+        names += [resolved.entry.name, f"LiquidAI/{resolved.entry.name}"]
+    if ref.repo:
+        names += [ref.repo, ref.repo.removesuffix("-GGUF")]
+    return list(dict.fromkeys(names))

@@ -1,0 +1,382 @@
+"""``lfm2-edge doctor``: what this device has, and which model fits it.
+
+The models it may recommend, their order and their shapes are the catalog's
+(:mod:`lfm2_edge.hub.catalog`). The memory arithmetic is its own function,
+:func:`estimate_memory`, checked in the tests against the measured peak RSS of the
+synthetic models. A one-image chat holds:
+
+* the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
+  whose llama.cpp repacks weights (``REPACK = 1``), a repacked copy of its matrices;
+* the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
+  10 short-convolution layers keep only a few columns of recurrent state;
+* llama.cpp's compute buffer, dominated by a batch of logits (``n_batch x n_vocab``);
+* the projector file and the vision encoder's compute buffer for one 512x512 tile;
+* the interpreter, the libraries and a chat's buffers (``RUNTIME_BYTES``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
+from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.hub import catalog
+from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
+from lfm2_edge.hub.gguf import read_summary
+
+__all__ = [
+    "MemoryEstimate",
+    "estimate_memory",
+    "estimate_spec",
+    "expected_tok_s",
+    "measure_peak_rss",
+    "memory_bandwidth",
+    "model_estimate",
+    "preference",
+    "recommend",
+    "report_lines",
+    "system_report",
+]
+
+MIB = 2**20
+RUNTIME_BYTES = 80 * MIB  # Python, numpy, Pillow, llama.cpp's code, a chat's buffers (measured: 46 MiB at import)
+LOGITS_RESIDENT = 0.65  # share of the logits buffer a prompt batch touches (measured on the 450M shape)
+GGML_Q4_0 = 2
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a one-image chat needs, by part."""
+
+    weights: int
+    repacked: int
+    projector: int
+    kv_cache: int
+    recurrent: int
+    lm_compute: int
+    vision_compute: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v / MIB, 1) for k, v in {**asdict(self), "total": self.total}.items()}
+
+
+def _kv(n_attn: int, kv_dim: int, n_ctx: int) -> int:
+    return n_attn * n_ctx * kv_dim * 2 * 2  # K and V, f16
+
+
+def _lm_compute(n_batch: int, n_vocab: int, n_embd: int) -> int:
+    return int(LOGITS_RESIDENT * n_batch * n_vocab * 4) + n_batch * n_embd * 4 * 4
+
+
+def _vision_compute(n_patches: int, n_ff: int) -> int:
+    return int(n_patches * n_ff * 4 * 1.75)
+
+
+def repacks() -> bool:
+    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM)."""
+
+    return "REPACK" in simd_features()
+
+
+def estimate_memory(
+    model_path: str | os.PathLike[str],
+    mmproj_path: str | os.PathLike[str] | None,
+    *,
+    n_ctx: int = 4096,
+    n_batch: int = 512,
+    repack: bool | None = None,
+) -> MemoryEstimate:
+    """Estimate the peak RSS of a one-image chat with these files at ``n_ctx``."""
+
+    lm = read_summary(model_path, "model")
+    arch = lm.architecture
+    n_embd = int(lm.get(f"{arch}.embedding_length") or 0)
+    n_vocab = int(lm.get("tokenizer.ggml.tokens") or lm.get(f"{arch}.vocab_size") or 0)
+    attn = [t.shape for name, t in lm.tensors.items() if name.endswith(".attn_k.weight")]
+    kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
+    l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
+    n_layer = int(lm.get(f"{arch}.block_count") or 0)
+    repack = repacks() if repack is None else repack
+    repacked = sum(t.nbytes for t in lm.tensors.values() if t.ggml_type == GGML_Q4_0) if repack else 0
+    projector = vision = 0
+    if mmproj_path is not None:
+        proj = read_summary(mmproj_path, "mmproj")
+        projector = proj.path.stat().st_size
+        patches = (512 // int(proj.get("clip.vision.patch_size") or 16)) ** 2
+        vision = _vision_compute(patches, int(proj.get("clip.vision.feed_forward_length") or 0))
+    return MemoryEstimate(
+        weights=lm.path.stat().st_size,
+        repacked=repacked,
+        projector=projector,
+        kv_cache=_kv(len(attn), kv_dim, n_ctx),
+        recurrent=(n_layer - len(attn)) * n_embd * 3 * (l_cache - 1) * 4,
+        lm_compute=_lm_compute(n_batch, n_vocab, n_embd),
+        vision_compute=vision,
+        runtime=RUNTIME_BYTES,
+    )
+
+
+_BYTES_PER_WEIGHT = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}
+
+
+def estimate_spec(
+    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
+) -> MemoryEstimate:
+    """Estimate a one-image chat from a catalog model's published shapes (no files needed)."""
+    embd = arch.n_vocab * arch.n_embd
+    vision = arch.vision_params > 0
+    return MemoryEstimate(
+        weights=int(arch.lm_params * _BYTES_PER_WEIGHT[quant]),
+        repacked=int((arch.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
+        # the projector: F16 with an F16 model, the Q8_0 one otherwise
+        projector=int(arch.vision_params * (2.0 if quant == "F16" else 1.0625)),
+        kv_cache=_kv(arch.n_attn, arch.kv_dim, n_ctx),
+        recurrent=(arch.n_layer - arch.n_attn) * arch.n_embd * 3 * 2 * 4,
+        lm_compute=_lm_compute(n_batch, arch.n_vocab, arch.n_embd),
+        vision_compute=_vision_compute((512 // arch.vision_patch) ** 2, arch.vision_ff) if vision else 0,
+        runtime=RUNTIME_BYTES,
+    )
+
+
+def preference() -> list[tuple[CatalogEntry, str]]:
+    """The catalog models ``doctor`` may recommend, better first: the larger model before
+    the smaller, and each model's quants in its entry's ``recommend`` order."""
+    ranked = sorted(
+        (e for e in catalog.CATALOG if e.recommend and e.arch is not None),
+        key=lambda e: -e.arch.lm_params if e.arch else 0.0,
+    )
+    return [(e, quant) for e in ranked for quant in e.recommend]
+
+
+# Share of a plain memory copy's bandwidth llama.cpp's decode reaches reading the weights.
+DECODE_EFFICIENCY = 0.6
+MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choice that fits
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
+    what a decode step, which reads every weight once, is bound by on a CPU."""
+    import time
+
+    import numpy as np
+
+    src = np.ones(8 * MIB, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
+    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
+    return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
+
+
+def recommend(
+    available: int,
+    *,
+    n_ctx: int = 4096,
+    repack: bool = False,
+    cpu_only: bool = False,
+    bandwidth: float | None = None,
+) -> dict[str, Any]:
+    """The best catalog model and quant whose estimate fits ``available`` bytes with a
+    reserve (a quarter of it, at least 512 MiB, is left to the rest of the system).
+
+    On a CPU (``cpu_only``) Q4_0 comes before Q8_0: it reads half the bytes per token and
+    llama.cpp repacks it for the CPU's SIMD. With ``bandwidth`` (bytes/s) the choice must
+    also be expected to decode at :data:`MIN_TOK_S` or more; when none fits that, the
+    fastest that fits is chosen."""
+    reserve = max(available // 4, 512 * MIB)
+    choices = preference()
+    if cpu_only:
+        order = {q: i for i, q in enumerate(("Q4_0", "Q8_0", "F16"))}
+        models = list(dict.fromkeys(e.name for e, _ in choices))
+        choices = sorted(choices, key=lambda c: (models.index(c[0].name), order.get(c[1], 9)))
+    fits = []
+    for entry, quant in choices:
+        assert entry.arch is not None
+        est = estimate_spec(entry.arch, quant, n_ctx=n_ctx, repack=repack)
+        if est.total + reserve <= available:
+            speed = expected_tok_s(entry.arch, quant, bandwidth) if bandwidth else None
+            fits.append((entry, quant, est, speed))
+    if fits:
+        fast = [f for f in fits if f[3] is None or f[3] >= MIN_TOK_S]
+        entry, quant, est, speed = fast[0] if fast else max(fits, key=lambda f: f[3] or 0.0)
+        out = {
+            "model": f"{entry.name}:{quant}",
+            "estimate_mib": est.to_dict(),
+            "reserve_mib": reserve // MIB,
+            "headroom_mib": reserve // MIB,  # the old name of reserve_mib
+            "command": f"lfm2-edge chat {entry.name}:{quant}",
+        }
+        if speed is not None:
+            out["expected_tok_s"] = round(speed, 1)
+        return out
+    smallest, quant = choices[-1]
+    assert smallest.arch is not None
+    estimate = estimate_spec(smallest.arch, quant, n_ctx=min(n_ctx, 1024), repack=repack)
+    return {
+        "model": f"{smallest.name}:{quant}",
+        "n_ctx": min(n_ctx, 1024),
+        "estimate_mib": estimate.to_dict(),
+        "reserve_mib": reserve // MIB,
+        "headroom_mib": reserve // MIB,
+        "command": f"lfm2-edge chat {smallest.name}:{quant} --ctx {min(n_ctx, 1024)}",
+        "warning": "even the smallest model leaves little room here; close other programs or lower --ctx",
+    }
+
+
+_MEASURE = """
+import resource, sys
+from PIL import Image
+from lfm2_edge.local.model import VisionModel
+scale = 1 if sys.platform == "darwin" else 1024
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)  # after the imports
+model, mmproj, n_ctx = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+with VisionModel(model, mmproj, n_ctx=n_ctx) as vm:
+    images = [Image.new("RGB", (512, 512), (120, 60, 30))] if mmproj else []
+    vm.chat("What is in this image?", images=images, max_tokens=8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+"""
+
+
+def measure_peak_rss(
+    model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str] | None, *, n_ctx: int = 4096
+) -> tuple[int, int]:
+    """(peak RSS, RSS after the imports), in bytes, of a fresh interpreter that loads the
+    files and answers one question about one 512x512 image: what :func:`estimate_memory`
+    predicts. The second figure is the interpreter and libraries alone, which
+    :data:`RUNTIME_BYTES` stands for; it moves by tens of MiB with the state of the page
+    cache and transparent huge pages, so small models are compared above it."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", _MEASURE, str(model_path), str(mmproj_path or ""), str(n_ctx)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.isdigit()]
+    if proc.returncode != 0 or len(lines) < 2:
+        reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise Lfm2EdgeError(f"could not measure: {reason}")
+    return int(lines[-1]), int(lines[0])
+
+
+def _meminfo() -> tuple[int, int]:
+    """(total, available) RAM in bytes."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
+    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
+    from huggingface_hub import constants
+
+    total, available = _meminfo()
+    cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
+    gpus = [d for d in list_devices() if d.is_gpu]
+    rec = recommend(
+        available, n_ctx=n_ctx, repack=repacks(), cpu_only=not gpus, bandwidth=None if gpus else memory_bandwidth()
+    )
+    rec["threads"] = default_threads()
+    return {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": default_threads(),
+        "simd": simd_features(),
+        "ram_total_mib": total // MIB,
+        "ram_available_mib": available // MIB,
+        "gpus": [
+            {"name": d.name, "description": d.description, "memory_total_mib": d.memory_total // MIB} for d in gpus
+        ],
+        "cache": str(cache),
+        "disk_free_mib": shutil.disk_usage(probe).free // MIB,
+        "n_ctx": n_ctx,
+        "recommendation": rec,
+    }
+
+
+def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
+    """``doctor``'s report as (label, text) lines for a terminal."""
+    rec = report["recommendation"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    lines = [
+        (
+            "CPU",
+            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
+            f"{report['cores_logical']} logical cores",
+        ),
+        ("SIMD", " ".join(report["simd"])),
+        ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
+        ("GPUs", gpus),
+        ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
+        (
+            "recommended",
+            f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
+            f"~{rec['estimate_mib']['total']:.0f} MiB"
+            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
+        ),
+        ("try", rec["command"] + " -i photo.jpg"),
+    ]
+    if "warning" in rec:
+        lines.append(("warning", rec["warning"]))
+    if "model" in report:
+        m = report["model"]
+        text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
+        if "measured_peak_rss_mib" in m:
+            text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
+        lines.append((m["name"], text))
+    return lines
+
+
+def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+    """The memory estimate for ``ref``: from its files when they are here (or ``download``),
+    else from the catalog's published shapes, without a download."""
+
+    parsed = parse_ref(ref)
+    cached = parsed.is_local or hub._cached_choice(parsed) is not None
+    if cached or download or parsed.entry is None or parsed.entry.arch is None:
+        if not (cached or download):
+            raise ModelFileError(
+                f"{parsed.display} is not in the cache and the catalog has no shapes for it; "
+                f"`lfm2-edge pull {parsed.display}` first, or add --measure"
+            )
+        resolved = hub.resolve(parsed, mmproj=mmproj)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
+    quant = parsed.quant or parsed.entry.default_quant
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    return {
+        "name": f"{parsed.entry.name}:{quant}",
+        "estimate_mib": est.to_dict(),
+        "source": "from the catalog's shapes; not downloaded",
+    }

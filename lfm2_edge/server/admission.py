@@ -1,0 +1,129 @@
+"""Admission for ``lfm2-edge serve``: a FIFO queue (429 when full) in front of the
+engines (:class:`lfm2_edge.local.engine.Engine`) of one model's replicas. A
+:class:`Ticket` is a request's place in the queue; :meth:`Admission.run` posts the
+request to the least busy engine and hands its typed events to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
+from lfm2_edge.local.engine import Job
+from lfm2_edge.openai import ApiError, ChatRequest
+
+__all__ = ["Admission", "Ticket"]
+
+
+class Ticket:
+    """A request's place in the queue, taken before its body is read; its ``cancel``
+    event stops the request wherever it is (queued, evaluating or generating)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.cancel = threading.Event()
+        self.outcome = "failed"  # served, cancelled or failed
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.admission._release(self.outcome)
+
+
+class Admission:
+    """Admits chats to the models' engines: each answers as many requests at once as
+    its context has sequences (``serve --slots``), decoding them together; several
+    models are replicas, and a request goes to the one with the least work. Requests
+    beyond the free slots wait in arrival order."""
+
+    def __init__(self, models: Sequence[Any], max_queue: int) -> None:
+        self.models = list(models)
+        self.max_queue = max_queue
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.served = 0  # answers completed
+        self.cancelled = 0  # requests stopped because their client went away
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting or running."""
+        return self._pending
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """Sequences in all: busy (a request holds it), free, and requests waiting for one."""
+        engines = [m.engine for m in self.models]
+        total = sum(e.n_slots for e in engines)
+        busy = sum(e.busy for e in engines)
+        return {"total": total, "busy": busy, "free": total - busy, "waiting": sum(e.waiting for e in engines)}
+
+    def admit(self) -> Ticket:
+        """A place in the queue, or a 429 when it is full."""
+        with self._lock:
+            if self._pending >= self.max_queue:
+                raise ApiError(
+                    429,
+                    f"the server is busy ({self._pending} requests queued); retry shortly",
+                    type="rate_limit_error",
+                    code="queue_full",
+                )
+            self._pending += 1
+        return Ticket(self)
+
+    def _release(self, outcome: str) -> None:
+        with self._lock:
+            self._pending -= 1
+            self.served += outcome == "served"
+            self.cancelled += outcome == "cancelled"
+
+    async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[Piece | Logprobs | Done]:
+        """Yield the answer's :class:`Piece` and :class:`Logprobs` events (with
+        ``request.stream``), then its :class:`Done`; a failure raises. Setting
+        ``ticket.cancel`` (or closing the iterator) stops the request: a queued one
+        never reaches a sequence, a running one frees its sequence at the next step.
+        The ticket is released once its sequence is free again."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        cancel = ticket.cancel
+        model = min(self.models, key=lambda m: (m.engine.load - m.engine.n_slots, m.engine.load))
+
+        def ended(event: Event) -> None:  # on the event loop
+            ticket.outcome = (
+                "served" if isinstance(event, Done) else "cancelled" if isinstance(event, Cancelled) else "failed"
+            )
+            ticket.release()
+            events.put_nowait(event)
+
+        def on_event(event: Event) -> None:  # from the engine's thread
+            if isinstance(event, (Done, Failed, Cancelled)):
+                loop.call_soon_threadsafe(ended, event)
+            else:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            call = model.check_call(request.messages, **request.options)
+            chat = await asyncio.to_thread(model.prepare, call)
+        except BaseException:
+            ticket.release()
+            raise
+        model.engine.submit(Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel))
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Cancelled):
+                    raise ApiError(499, "the request was cancelled: its client went away", code="cancelled")
+                yield event
+                if isinstance(event, Done):
+                    return
+        finally:
+            cancel.set()
+
+    def shutdown(self) -> None:
+        """Finish the answers being generated, cancel those waiting for a slot."""
+        for model in self.models:
+            model.engine.close(drain=True)
