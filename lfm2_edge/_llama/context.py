@@ -53,6 +53,8 @@ class Runtime:
         flash_attn: bool | None = None,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         embedding_cache_mb: float = 0,
         verbose: bool = False,
         n_seq_max: int = 1,
@@ -78,6 +80,8 @@ class Runtime:
                 flash_attn=flash_attn,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                image_thumbnail=image_thumbnail,
+                image_max_pixels_tolerance=image_max_pixels_tolerance,
                 embedding_cache_mb=embedding_cache_mb,
                 n_seq_max=n_seq_max,
             )
@@ -109,6 +113,8 @@ class Runtime:
         image_min_tokens: int | None,
         image_max_tokens: int | None,
         embedding_cache_mb: float,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         n_seq_max: int = 1,
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
@@ -157,6 +163,8 @@ class Runtime:
                 flash_attn_type=cparams.flash_attn_type,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                use_thumbnail=image_thumbnail,
+                max_pixels_tolerance=image_max_pixels_tolerance,
                 embedding_cache_mb=embedding_cache_mb,
                 verbose=self.verbose,
             )
@@ -216,9 +224,8 @@ class Runtime:
 
     @property
     def min_image_tokens(self) -> int:
-        """The fewest positions one image takes (the projector's minimum, else 1)."""
-        low = self._projector.budget[0] if self._projector is not None else None
-        return max(1, low or 1)
+        """A lower bound of the positions one image takes (see Projector.min_image_tokens)."""
+        return self._projector.min_image_tokens if self._projector is not None else 1
 
     def _partial_utf8_tokens(self) -> list[int]:
         """Tokens whose text is not valid UTF-8 on its own (byte-level pieces); cached."""

@@ -2,8 +2,12 @@
 
 mtmd can decode files itself (stb_image), but lfm2-edge decodes with Pillow first:
 it applies EXIF orientation, takes the first frame of an animation, converts CMYK,
-palette, 16-bit and alpha images to RGB, and refuses decompression bombs and
+palette, 16-bit and alpha images to RGB (an alpha channel is dropped, the stored colour
+kept, as transformers' ``load_image`` does), and refuses decompression bombs and
 unreadable data with one clear line instead of a crash inside C code.
+
+:func:`image_pieces` makes the pixels of the pieces an image is cut into
+(:mod:`lfm2_edge.prompt.vision` says which), so that mtmd gets each at its final size.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from PIL import Image, ImageOps
 
 from lfm2_edge.errors import ImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "ImagesArg", "LoadedImage", "is_single_image", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInput",
+    "ImagesArg",
+    "LoadedImage",
+    "image_pieces",
+    "is_single_image",
+    "load_image",
+]
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,7 +57,6 @@ ImageInput = Union[
 ImagesArg = Union[ImageInput, Sequence[Any]]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; larger is a decompression bomb, not a photo
-MAX_ASPECT_RATIO = 32  # a 32:1 strip is already a degenerate tile grid
 REMOTE_TIMEOUT_S = 20.0  # for the whole fetch, redirects included, not per read
 REMOTE_MAX_BYTES = 50 * 1024 * 1024
 FILE_MAX_BYTES = 256 * 1024 * 1024  # a larger "image" file is not a photo
@@ -74,11 +85,9 @@ class LoadedImage:
             image = ImageOps.exif_transpose(image)
             check_size(image.width, image.height, max_pixels)
             if image.mode != "RGB":
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    image = image.convert("RGBA")
-                    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                    image = Image.alpha_composite(background, image)
-                elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # transparency is dropped, the stored colour kept: what transformers'
+                # load_image (``convert("RGB")``) gives the processor
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     image = image.point(lambda v: v / 256).convert("L")
                 image = image.convert("RGB")
             rgb = image.tobytes()
@@ -91,13 +100,45 @@ class LoadedImage:
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
-    """Refuse an image by its dimensions alone (read from its header before decoding)."""
+    """Refuse an image by its dimensions alone (read from its header before decoding).
+
+    Any aspect ratio passes here, as in transformers: a strip too narrow for the vision
+    encoder is refused where it is cut (:func:`lfm2_edge.prompt.vision.plan_image`)."""
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ImageError(f"the image is {width}x{height}, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop it")
     if width * height > max_pixels:
         raise ImageError(f"the image is {width}x{height}, over the {max_pixels:,}-pixel limit; downscale it first")
+
+
+PieceShape = tuple[int, int, "tuple[int, int, int, int] | None"]
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # Pillow's bilinear filter: the one mtmd's resize copies, and within a grey level of
+    # torchvision's (transformers'): image embeddings agree to cosine 0.99999 (docs/fidelity.md)
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def image_pieces(
+    image: LoadedImage, canvas: tuple[int, int] | None, shapes: Sequence[PieceShape]
+) -> list[LoadedImage]:
+    """The pixels of an image's pieces, ``(width, height, box)`` each: a piece with a
+    ``box`` is cut from the image stretched to ``canvas`` (its tile grid), one without is
+    the whole image resized to ``width`` x ``height``. Each keeps the image's digest."""
+    pil = Image.frombytes("RGB", (image.width, image.height), image.rgb)
+    stretched: Image.Image | None = None
+    out = []
+    for width, height, box in shapes:
+        if box is not None:
+            if stretched is None:
+                assert canvas is not None, "a tile needs the canvas it is cut from"
+                stretched = _resized(pil, canvas)
+            piece = stretched.crop(box)
+        else:
+            piece = _resized(pil, (width, height))
+        assert piece.size == (width, height), (piece.size, width, height)
+        out.append(LoadedImage(width, height, piece.tobytes(), image.digest))
+    return out
 
 
 def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:

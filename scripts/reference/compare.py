@@ -158,7 +158,9 @@ class Edge:
         saved = model.system_prompt
         model.system_prompt = system_prompt
         try:
-            chat = model.prepare(_edge_messages(case))
+            messages = _edge_messages(case)
+            check = getattr(model, "check_call", None)
+            chat = model.prepare(check(messages) if check else messages)
         finally:
             model.system_prompt = saved
         images = getattr(chat, "images", None)

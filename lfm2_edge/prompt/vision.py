@@ -18,16 +18,16 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-IMAGE_START, IMAGE_END, IMAGE_THUMBNAIL, IMAGE_MARKER = "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>", "<image>"
+from lfm2_edge.errors import ImageError
+from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START, IMAGE_THUMBNAIL, MAX_TILE_GRID, tile_token
 
-
-def tile_token(row: int, col: int) -> str:
-    return f"<|img_row_{row}_col_{col}|>"
+__all__ = ["ImagePlan", "ImageProcessing", "Piece", "grid_layout", "plan_image", "smart_resize"]
 
 
 @dataclass(frozen=True)
 class ImageProcessing:
-    """``Lfm2VlImageProcessor``'s settings (a model's ``processor_config.json``)."""
+    """``Lfm2VlImageProcessor``'s settings (a model's ``processor_config.json``); the
+    defaults are the processor's own."""
 
     min_image_tokens: int = 64
     max_image_tokens: int = 256
@@ -147,15 +147,32 @@ def _tokens(width: int, height: int, p: ImageProcessing) -> int:
     )
 
 
-def plan_image(width: int, height: int, p: ImageProcessing) -> ImagePlan:
-    """How the processor cuts a ``width`` x ``height`` image."""
+def plan_image(width: int, height: int, p: ImageProcessing, *, max_piece_tokens: int | None = None) -> ImagePlan:
+    """How the processor cuts a ``width`` x ``height`` image.
+
+    ``max_piece_tokens``: the most tokens one piece may take (what the vision encoder is
+    set up for); an image whose plan has a larger piece (an extreme strip, hundreds of
+    times longer than wide) is refused with :class:`ImageError` rather than cut otherwise.
+    """
     if width < 1 or height < 1:
-        raise ValueError("the image has no pixels")
+        raise ImageError("the image has no pixels")
+    plan = _plan(width, height, p)
+    if max_piece_tokens is not None and (big := max(pc.n_tokens for pc in plan.pieces)) > max_piece_tokens:
+        raise ImageError(
+            f"the image is {width}x{height}, too narrow for the vision encoder (one piece would take "
+            f"{big} tokens, over its {max_piece_tokens}); crop it"
+        )
+    return plan
+
+
+def _plan(width: int, height: int, p: ImageProcessing) -> ImagePlan:
     min_tiles, max_tiles = (p.min_tiles, p.max_tiles) if p.do_image_splitting else (1, 1)
     splitting = not min_tiles == max_tiles == 1
     new_w, new_h = smart_resize(height, width, p)
     if splitting and is_image_too_large(height, width, p):
         cols, rows = grid_layout(height, width, p)
+        if cols > MAX_TILE_GRID or rows > MAX_TILE_GRID:  # max_tiles over 10: no marker token for it
+            raise ImageError(f"a {cols}x{rows} tile grid has no row/column markers (at most {MAX_TILE_GRID})")
         t = p.tile_size
         per_tile = _tokens(t, t, p)
         pieces = [
