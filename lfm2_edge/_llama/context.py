@@ -28,7 +28,7 @@ from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, tok
 from lfm2_edge.chat.images import LoadedImage
 from lfm2_edge.chat.sampling import Sampling
 from lfm2_edge.errors import ModelClosedError, ModelFileError
-from lfm2_edge.prompt.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
+from lfm2_edge.prompt.tokens import IM_END, IM_START, IMAGE_MARKER, SPECIAL_TOOL_TOKENS
 
 __all__ = ["Runtime", "SavedState"]
 
@@ -284,10 +284,25 @@ class Runtime:
 
     # -- sampling ----------------------------------------------------------------
 
-    def sampler(self, params: Sampling, *, grammar: str | None = None) -> AbstractContextManager[Sampler]:
-        """A :class:`Sampler` for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`)."""
+    def sampler(
+        self, params: Sampling, *, grammar: str | None = None, items: Sequence[Item] = ()
+    ) -> AbstractContextManager[Sampler]:
+        """A :class:`Sampler` for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`),
+        its repetition penalty counting the prompt ``items`` (:meth:`prompt_items`) as
+        transformers counts its ``input_ids``: each text token, each image position as
+        the ``<image>`` token."""
         params.check_vocabulary(self.n_vocab)
-        return sampler_chain(self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar)
+        prompt: list[int] = []
+        if params.repetition_penalty != 1.0:
+            image = self.token_id(IMAGE_MARKER)
+            for it in items:
+                if isinstance(it, int):
+                    prompt.append(it)
+                elif image is not None:
+                    prompt.append(image)  # one is enough: the penalty counts presence
+        return sampler_chain(
+            self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar, prompt=prompt
+        )
 
     def logprobs(
         self, token: int, n_top: int, logits: ctypes.Array[ctypes.c_float] | None = None
