@@ -43,7 +43,9 @@ def chat(
         typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
     ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
+    system: Annotated[
+        Optional[str], typer.Option(help="System prompt [default: the model card's]; '' for none.")
+    ] = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -122,11 +124,11 @@ def chat(
             "type": "json_schema",
             "json_schema": {"name": schema.stem, "schema": _schema(schema)},
         }
-    overrides = {
-        "system_prompt": system,
-        "image_min_tokens": min_image_tokens,
-        "image_max_tokens": max_image_tokens,
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("image_min_tokens", min_image_tokens), ("image_max_tokens", max_image_tokens)) if v is not None
     }
+    if system is not None:
+        overrides["system_prompt"] = system or None  # --system '': no system message at all
     with user_errors():
         images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
@@ -154,7 +156,7 @@ def chat(
             vm = VisionModel.from_resolved(
                 resolved,
                 **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
-                **{k: v for k, v in overrides.items() if v is not None},
+                **overrides,
             )
             if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
                 vm.close()
