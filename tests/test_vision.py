@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from lfm2_edge.chat.images import image_pieces, load_image
+from lfm2_edge.chat.images import image_pieces, load_image, resize_like_transformers
 from lfm2_edge.errors import ImageError
 from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_START, IMAGE_THUMBNAIL, tile_token
 from lfm2_edge.prompt.vision import ImageProcessing, grid_layout, plan_image, smart_resize
@@ -80,15 +81,42 @@ def test_an_extreme_strip_is_refused_where_it_cannot_be_encoded_as_the_processor
         plan_image(10, 60000, CARD, max_piece_tokens=256)
 
 
-def test_pieces_are_resized_and_cut_with_pillow_bilinear() -> None:
+# torchvision's resize(antialias=True) of a 7x5 uint8 ramp, bilinear (transformers 5.24,
+# torch 2.14.1, torchvision 0.29.1); tests/reference/ checks many more sizes against torch itself
+GOLDEN = {
+    (4, 3): "3e577ca3436884a9497095ae4c658ab1517692b7577ea3bc537398735f84a079658caa7e",
+    (7, 2): "092e53789dc2e70c31567ba0c5ea0f34597ea3c8ed1b40658aafd4a81e43688db2d7ab21466b90b5daae",
+    (5, 18): (  # where Pillow's bilinear filter differs
+        "254a6fad43687c72687ca137759abf254a6fad43687c72687ca137759abf274c71af456a7e746a7ea339779cc1294e73b1476c80"
+        "766c80a53b799ec32c5176b44a6f83796f83a83e7ca1c62e5378b64c71857b7185aa407ea3c831567bb94f74887e7488ad4381a6"
+        "cb33587dbb51768a80768aaf4583a8cd365b80be54798d83798db24886abd0385d82c0567b8f857b8fb44a88add23b6085c3597e"
+        "92887e92b74d8bb0d53d6287c55b80948a8094b94f8db2d740658ac85e83978d8397bc5290b5da42678ca760858e8485999b5492"
+        "b7b2456a8f8163888379889c755795ba85476c915c658a786e8a9e505997bc58496e9342678c71678ca0365b99be38496e934267"
+        "8c71678ca0365b99be38"
+    ),
+}
+
+
+def test_resizing_is_torchvisions_bit_for_bit() -> None:
+    ramp = (np.arange(7 * 5 * 3) * 37 % 256).astype(np.uint8).reshape(5, 7, 3)
+    for (w, h), hexbytes in GOLDEN.items():
+        assert resize_like_transformers(ramp, w, h).tobytes().hex() == hexbytes
+    assert resize_like_transformers(ramp, 7, 5).tobytes() == ramp.tobytes()
+    # Pillow's bilinear filter (what mtmd's own resize copies) is not it
+    pil = np.asarray(Image.fromarray(ramp).resize((5, 18), Image.Resampling.BILINEAR))
+    assert pil.tobytes().hex() != GOLDEN[(5, 18)]
+
+
+def test_pieces_are_the_stretched_canvas_cut_and_the_resized_thumbnail() -> None:
     source = noise_image(1024, 768)
     loaded = load_image(source)
     plan = plan_image(1024, 768, CARD)
     pieces = image_pieces(loaded, plan.canvas, [(p.width, p.height, p.box) for p in plan.pieces])
     assert plan.canvas is not None
-    canvas = source.convert("RGB").resize(plan.canvas, Image.Resampling.BILINEAR)
-    assert pieces[4].rgb == canvas.crop((512, 512, 1024, 1024)).tobytes()
-    assert pieces[-1].rgb == source.convert("RGB").resize((576, 416), Image.Resampling.BILINEAR).tobytes()
+    pixels = np.asarray(source.convert("RGB"))
+    canvas = resize_like_transformers(pixels, *plan.canvas)
+    assert pieces[4].rgb == canvas[512:1024, 512:1024].tobytes()
+    assert pieces[-1].rgb == resize_like_transformers(pixels, 576, 416).tobytes()
     assert {p.digest for p in pieces} == {loaded.digest}
 
 

@@ -22,7 +22,7 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 
 from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks on import)
-from lfm2_edge._llama.caches import EmbeddingCache, EmbeddingKey, Item
+from lfm2_edge._llama.caches import ByteLRU, EmbeddingCache, EmbeddingKey, Item
 from lfm2_edge._llama.vocab import tokenize as _tokenize
 from lfm2_edge.chat.images import LoadedImage, image_pieces
 from lfm2_edge.errors import GenerationError, ModelFileError
@@ -30,6 +30,8 @@ from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START
 from lfm2_edge.prompt.vision import ImagePlan, ImageProcessing, plan_image
 
 __all__ = ["ChunkInfo", "Projector", "PromptChunks"]
+
+PIECE_CACHE_BYTES = 24 * 2**20  # a 4x2-tile photo's pieces are 6.6 MB
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class Projector:
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._marker_ids: dict[str, list[int]] = {}
+        # the pixels of the last images' pieces: a conversation about one photo cuts it once
+        self._pieces: ByteLRU[tuple[str, ImagePlan], list[LoadedImage]] = ByteLRU(PIECE_CACHE_BYTES)
         self.embeddings = EmbeddingCache(int(embedding_cache_mb * 2**20))
         self.encodes = 0  # vision-encoder runs, for tests and the benchmark
         self._no_callback = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
@@ -244,7 +248,11 @@ class Projector:
         return out
 
     def _add_image(self, out: PromptChunks, image: LoadedImage, plan: ImagePlan) -> None:
-        pieces = image_pieces(image, plan.canvas, [(p.width, p.height, p.box) for p in plan.pieces])
+        key = (image.digest, plan)
+        pieces = self._pieces.get(key)
+        if pieces is None:
+            pieces = image_pieces(image, plan.canvas, [(p.width, p.height, p.box) for p in plan.pieces])
+            self._pieces.put(key, pieces, sum(len(p.rgb) for p in pieces))
         out.add_text(self._markers(IMAGE_START))
         for index, (spec, piece) in enumerate(zip(plan.pieces, pieces, strict=True)):
             out.add_text(self._markers(spec.marker))

@@ -71,9 +71,16 @@ class Case:
     budget: tuple[int, int] = CARD_BUDGET
     generate: bool = True
     tiled: bool = False
+    penalty: float = 1.0  # repetition penalty, on both sides
 
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "messages": self.messages, "budget": list(self.budget), "generate": self.generate}
+        return {
+            "name": self.name,
+            "messages": self.messages,
+            "budget": list(self.budget),
+            "generate": self.generate,
+            "repetition_penalty": self.penalty if self.penalty != 1.0 else None,
+        }
 
 
 def _img(path: Path) -> dict[str, Any]:
@@ -112,6 +119,9 @@ def build_cases(images: Path, quick: bool) -> list[Case]:
         Case("two images", [user(_img(im(256, 256)), _img(im(336, 336, 2)), _txt("Compare them."))]),
         Case("transparent png", [user(_img(im(300, 200, 5, alpha=True)), _txt(PROMPT))]),
         Case("image 400x300 at (64,128)", [user(_img(im(400, 300, 1)), _txt(PROMPT))], budget=(64, 128)),
+        Case("image 1024x768 at (64,128)", [user(_img(im(1024, 768, 3)), _txt(PROMPT))], budget=(64, 128)),
+        Case("image 400x300, repetition penalty 1.05", [user(_img(im(400, 300, 1)), _txt(PROMPT))], penalty=1.05),
+        Case("text, repetition penalty 1.05", [{"role": "user", "content": "Say it again and again."}], penalty=1.05),
     ]
     if quick:
         cases = [c for c in cases if c.name in ("text", "image 400x300", "image 1024x768 (tiled)")]
@@ -172,17 +182,13 @@ class Edge:
                 ids += [IMAGE_ID] * info.n_tokens if info.is_image else chunks.text_tokens(i)
             return str(chat.prompt), ids, chunks.n_image_tokens
 
-    def answer(self, case: Case, **sampling: Any) -> dict[str, Any]:
+    def answer(self, case: Case) -> dict[str, Any]:
         model = self.model(case.budget)
         saved = model.system_prompt
         model.system_prompt = None
         try:
             r = model.chat(
-                _edge_messages(case),
-                temperature=0,
-                max_tokens=32,
-                logprobs=20,
-                **{"repetition_penalty": 1.0, **sampling},
+                _edge_messages(case), temperature=0, max_tokens=32, logprobs=20, repetition_penalty=case.penalty
             )
         finally:
             model.system_prompt = saved
@@ -192,8 +198,39 @@ class Edge:
             "finish": r.finish_reason,
         }
 
+    def embeddings(self, case: Case) -> list[np.ndarray]:
+        """Each image piece's embeddings (the projector's output), encoded by mtmd."""
+        import ctypes
+
+        import llama_cpp.mtmd_cpp as mtmd
+
+        model = self.model(case.budget)
+        saved = model.system_prompt
+        model.system_prompt = None
+        try:
+            messages = _edge_messages(case)
+            check = getattr(model, "check_call", None)
+            chat = model.prepare(check(messages) if check else messages)
+        finally:
+            model.system_prompt = saved
+        rt = model._runtime
+        proj = rt.projector
+        out = []
+        with model.engine.lock, rt.tokenize_prompt(chat.prompt, chat.images) as chunks:
+            for i, info in enumerate(chunks.info):
+                if not info.is_image:
+                    continue
+                if mtmd.mtmd_encode_chunk(proj.handle, chunks.chunk(i)) != 0:
+                    raise RuntimeError("mtmd could not encode a piece")
+                n = info.n_tokens * proj.n_embd
+                ptr = mtmd.mtmd_get_output_embd(proj.handle)
+                buf = (ctypes.c_float * n)()
+                ctypes.memmove(buf, ptr, n * 4)
+                out.append(np.frombuffer(buf, dtype=np.float32).reshape(info.n_tokens, proj.n_embd).copy())
+        return out
+
     def count(self, size: tuple[int, int], budget: tuple[int, int]) -> int:
-        from lfm2_edge.images import LoadedImage
+        from lfm2_edge.chat.images import LoadedImage
 
         model = self.model(budget)
         img = Image.new("RGB", size, (127, 127, 127))
@@ -233,6 +270,116 @@ def greedy_equal(ref: Sequence[str], edge: Sequence[str]) -> int:
     return n
 
 
+@dataclass
+class Setup:
+    """Where the comparison runs: the reference venv's python, the converter, a work folder."""
+
+    work: Path
+    ref_python: str = REF_PYTHON
+    converter: str = CONVERTER
+
+    @property
+    def model_dir(self) -> Path:
+        return self.work / "model"
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        return self.model_dir / "model-F32.gguf", self.model_dir / "mmproj-F32.gguf"
+
+    def build(self) -> None:
+        """The reference model, once: built in transformers, converted by llama.cpp's converter."""
+        if all(p.exists() for p in self.files):
+            return
+        print("building the reference model (transformers, then convert_hf_to_gguf.py)...", file=sys.stderr)
+        subprocess.run(
+            [self.ref_python, str(HERE / "build_model.py"), str(self.model_dir), "--converter", self.converter],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def reference(
+        self, cases: Sequence[Case], grid: dict[str, Any] | None, *, embeddings: bool, reuse: bool = False
+    ) -> dict[str, Any]:
+        """transformers' side (ref_side.py in the reference venv); ``reuse``: the last
+        answer, when it was for the same cases and grid."""
+        spec = {"cases": [c.spec() for c in cases], "grid": grid}
+        last, out = self.work / "cases.json", self.work / "ref.json"
+        if reuse and out.exists() and last.exists() and json.loads(last.read_text()) == json.loads(json.dumps(spec)):
+            return dict(json.loads(out.read_text()))
+        (self.work / "cases.json").write_text(json.dumps(spec))
+        cmd = [self.ref_python, str(HERE / "ref_side.py"), str(self.model_dir / "hf")]
+        cmd += [str(self.work / "cases.json"), str(self.work / "ref.json")]
+        if embeddings:
+            cmd += ["--embeddings", str(self.work / "embeddings")]
+        subprocess.run(cmd, check=True)
+        return dict(json.loads((self.work / "ref.json").read_text()))
+
+
+def grid_spec(quick: bool) -> dict[str, Any]:
+    sizes = [(w, h) for w in GRID_W for h in GRID_H]
+    if quick:
+        sizes = sizes[::6]
+    return {"sizes": sizes, "budgets": [list(b) for b in GRID_BUDGETS]}
+
+
+def compare_case(edge: Edge, case: Case, ref: dict[str, Any], emb_dir: Path | None) -> dict[str, Any]:
+    """One case, both sides: the row of the table (and its failures under "fail")."""
+    prompt, ids, n_img = edge.prompt_and_ids(case, system_prompt=None)
+    default_prompt, _, _ = edge.prompt_and_ids(case, system_prompt=edge.model(case.budget).system_prompt)
+    row: dict[str, Any] = {
+        "case": case.name,
+        "budget": list(case.budget),
+        "prompt_equal": prompt == ref["prompt"],
+        "prompt_equal_default_system": default_prompt == ref["prompt"],
+        "ids_equal": ids == ref["ids"],
+        "image_tokens": [ref["n_image_tokens"], n_img],
+    }
+    fail = []
+    if not row["prompt_equal"]:
+        fail.append("prompt bytes differ")
+    if not row["ids_equal"]:
+        fail.append("token ids differ")
+    if case.generate:
+        e = edge.answer(case)
+        same1, delta = top_delta(ref["top"], e["top"])
+        row.update(
+            top1_equal=same1,
+            max_delta_logprob=round(delta, 4),
+            greedy_equal=greedy_equal(ref["greedy_bytes"], e["greedy_bytes"]),
+            greedy_len=len(ref["greedy_bytes"]),
+        )
+        if not (same1 and delta <= 0.02 and row["greedy_equal"] >= 30):
+            fail.append(f"top-1 {same1}, |d logprob| {delta:.3f}, greedy {row['greedy_equal']}/32")
+    if emb_dir is not None and (emb_dir / f"{case.name}.npy").exists() and "tile_tokens" in ref:
+        ours = edge.embeddings(case)
+        theirs = np.load(emb_dir / f"{case.name}.npy")
+        cos = []
+        at = 0
+        for n, mine in zip(ref["tile_tokens"], ours, strict=False):
+            a, b = theirs[at : at + n].astype(np.float64).ravel(), mine.astype(np.float64).ravel()
+            at += n
+            cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.shape == b.shape else 0.0)
+        if len(ours) != len(ref["tile_tokens"]):
+            cos.append(0.0)
+        row["min_piece_cosine"] = round(min(cos), 6) if cos else None
+        if cos and min(cos) < 0.9999:
+            fail.append(f"piece embeddings: cosine {min(cos):.5f}")
+    row["fail"] = fail
+    return row
+
+
+def compare_grid(edge: Edge, ref_grid: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for g in ref_grid:
+        size, budget = tuple(g["size"]), tuple(g["budget"])
+        try:
+            n: int | str = edge.count(size, budget)
+        except Exception as exc:  # a refusal is a difference too
+            n = f"{type(exc).__name__}: {exc}"
+        rows.append({**g, "edge": n})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("LFM2_REF_WORK", "/tmp/lfm2-reference")))
@@ -240,82 +387,34 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 cases and a 100-size grid")
     ap.add_argument("--no-grid", action="store_true")
     ap.add_argument("--no-fail", action="store_true")
+    ap.add_argument("--reuse-ref", action="store_true", help="transformers' last answer, if for the same cases")
     ap.add_argument("--ref-python", default=REF_PYTHON)
     ap.add_argument("--converter", default=CONVERTER)
     args = ap.parse_args()
 
-    work: Path = args.work
-    images = work / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "model"
-    gguf, mmproj = model_dir / "model-F32.gguf", model_dir / "mmproj-F32.gguf"
-    if not (gguf.exists() and mmproj.exists()):
-        print("building the reference model (transformers, then convert_hf_to_gguf.py)...", file=sys.stderr)
-        subprocess.run(
-            [args.ref_python, str(HERE / "build_model.py"), str(model_dir), "--converter", args.converter],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    cases = build_cases(images, args.quick)
-    sizes = [(w, h) for w in GRID_W for h in GRID_H]
-    if args.quick:
-        sizes = sizes[::6]
-    grid = None if args.no_grid else {"sizes": sizes, "budgets": [list(b) for b in GRID_BUDGETS]}
-    spec = {"cases": [c.spec() for c in cases], "grid": grid}
-    (work / "cases.json").write_text(json.dumps(spec))
+    setup = Setup(args.work, args.ref_python, args.converter)
+    (setup.work / "images").mkdir(parents=True, exist_ok=True)
+    setup.build()
+    cases = build_cases(setup.work / "images", args.quick)
+    grid = None if args.no_grid else grid_spec(args.quick)
     print("running transformers...", file=sys.stderr)
-    subprocess.run(
-        [args.ref_python, str(HERE / "ref_side.py"), str(model_dir / "hf"), str(work / "cases.json"), str(work / "ref.json")],
-        check=True,
-    )
-    ref = json.loads((work / "ref.json").read_text())
+    ref = setup.reference(cases, grid, embeddings=True, reuse=args.reuse_ref)
 
-    edge = Edge(gguf, mmproj)
+    edge = Edge(*setup.files)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     for case in cases:
-        r = ref["cases"][case.name]
-        prompt, ids, n_img = edge.prompt_and_ids(case, system_prompt=None)
-        default_prompt, _, _ = edge.prompt_and_ids(case, system_prompt=edge.model(case.budget).system_prompt)
-        row: dict[str, Any] = {
-            "case": case.name,
-            "budget": list(case.budget),
-            "prompt_equal": prompt == r["prompt"],
-            "prompt_equal_default_system": default_prompt == r["prompt"],
-            "ids_equal": ids == r["ids"],
-            "image_tokens": [r["n_image_tokens"], n_img],
-        }
-        if case.generate:
-            e = edge.answer(case)
-            same1, delta = top_delta(r["top"], e["top"])
-            row.update(
-                top1_equal=same1,
-                max_delta_logprob=round(delta, 4),
-                greedy_equal=greedy_equal(r["greedy_bytes"], e["greedy_bytes"]),
-                greedy_len=len(r["greedy_bytes"]),
-            )
-            if not (same1 and delta <= 0.02 and row["greedy_equal"] >= 30):
-                failures.append(f"{case.name}: top-1 {same1}, |d logprob| {delta:.3f}, greedy {row['greedy_equal']}/32")
-        if not row["ids_equal"]:
-            failures.append(f"{case.name}: token ids differ")
+        row = compare_case(edge, case, ref["cases"][case.name], setup.work / "embeddings")
+        failures += [f"{case.name}: {f}" for f in row["fail"]]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
 
-    grid_rows = []
-    if grid:
-        for g in ref["grid"]:
-            size, budget = tuple(g["size"]), tuple(g["budget"])
-            if max(size) / min(size) > 32:
-                continue
-            n = edge.count(size, budget)
-            grid_rows.append({**g, "edge": n})
-        for budget in GRID_BUDGETS:
-            sel = [g for g in grid_rows if tuple(g["budget"]) == budget]
-            bad = [g for g in sel if g["edge"] != g["n_image_tokens"]]
-            print(f"grid {budget}: {len(sel) - len(bad)}/{len(sel)} equal", file=sys.stderr)
-            if bad:
-                failures.append(f"grid {budget}: {len(bad)} of {len(sel)} sizes differ, e.g. {_few(bad)}")
+    grid_rows = compare_grid(edge, ref["grid"]) if grid else []
+    for budget in GRID_BUDGETS:
+        sel = [g for g in grid_rows if tuple(g["budget"]) == budget]
+        bad = [g for g in sel if g["edge"] != g["n_image_tokens"]]
+        if bad:
+            failures.append(f"grid {budget}: {len(bad)} of {len(sel)} sizes differ, e.g. {_few(bad)}")
 
     report = {"cases": rows, "grid": grid_rows, "failures": failures}
     if args.json:
@@ -331,15 +430,19 @@ def _few(bad: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]], grid_rows: Sequence[dict[str, Any]]) -> str:
-    head = "| case | prompt bytes | token ids | image tokens (tf / edge) | top-1 | max abs d logprob (top-20) | greedy equal |"
-    lines = [head, "|" + " --- |" * 7]
+    head = (
+        "| case | prompt bytes | token ids | image tokens (tf / edge) | top-1 | max abs d logprob (top-20) "
+        "| greedy equal | min piece cosine |"
+    )
+    lines = [head, "|" + " --- |" * 8]
     for r in rows:
         greedy = f"{r['greedy_equal']}/{r['greedy_len']}" if "greedy_equal" in r else ""
         top1 = ("same" if r["top1_equal"] else "differs") if "top1_equal" in r else ""
         delta = f"{r['max_delta_logprob']:.4f}" if "max_delta_logprob" in r else ""
+        cos = f"{r['min_piece_cosine']:.6f}" if r.get("min_piece_cosine") is not None else ""
         lines.append(
             f"| {r['case']} | {'equal' if r['prompt_equal'] else 'differ'} | {'equal' if r['ids_equal'] else 'differ'}"
-            f" | {r['image_tokens'][0]} / {r['image_tokens'][1]} | {top1} | {delta} | {greedy} |"
+            f" | {r['image_tokens'][0]} / {r['image_tokens'][1]} | {top1} | {delta} | {greedy} | {cos} |"
         )
     if grid_rows:
         lines.append("")
