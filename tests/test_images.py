@@ -186,4 +186,3 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
     # this file would fail with another error).
     with pytest.raises(ImageError, match="pixel limit"):
         load_image(png_claiming(8000, 8000), max_pixels=16_000_000)
-

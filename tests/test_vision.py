@@ -132,7 +132,12 @@ def test_the_projector_feeds_mtmd_the_plan(tiny: dict[str, Path]) -> None:
             with rt.tokenize_prompt("<image>", [image]) as chunks:
                 assert chunks.n_image_tokens == plan.n_tokens
                 assert [c.n_tokens for c in chunks.info if c.is_image] == [p.n_tokens for p in plan.pieces]
-                text = [rt.token_bytes(t) for i, c in enumerate(chunks.info) if not c.is_image for t in chunks.text_tokens(i)]
+                text = [
+                    rt.token_bytes(t)
+                    for i, c in enumerate(chunks.info)
+                    if not c.is_image
+                    for t in chunks.text_tokens(i)
+                ]
                 items = rt.prompt_items(chunks, [image.digest])
             # the markers as the processor writes them, as control tokens
             expected = [IMAGE_START] + ([p.marker for p in plan.pieces if p.marker]) + [IMAGE_END]

@@ -179,9 +179,7 @@ def resize_like_transformers(pixels: Any, width: int, height: int) -> Any:
     return np.ascontiguousarray(a)
 
 
-def image_pieces(
-    image: LoadedImage, canvas: tuple[int, int] | None, shapes: Sequence[PieceShape]
-) -> list[LoadedImage]:
+def image_pieces(image: LoadedImage, canvas: tuple[int, int] | None, shapes: Sequence[PieceShape]) -> list[LoadedImage]:
     """The pixels of an image's pieces, ``(width, height, box)`` each: a piece with a
     ``box`` is cut from the image stretched to ``canvas`` (its tile grid), one without is
     the whole image resized to ``width`` x ``height`` (:func:`resize_like_transformers`).

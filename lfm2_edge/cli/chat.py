@@ -125,7 +125,9 @@ def chat(
             "json_schema": {"name": schema.stem, "schema": _schema(schema)},
         }
     overrides: dict[str, Any] = {
-        k: v for k, v in (("image_min_tokens", min_image_tokens), ("image_max_tokens", max_image_tokens)) if v is not None
+        k: v
+        for k, v in (("image_min_tokens", min_image_tokens), ("image_max_tokens", max_image_tokens))
+        if v is not None
     }
     if system is not None:
         overrides["system_prompt"] = system or None  # --system '': no system message at all

@@ -41,8 +41,9 @@ def render_prompt(
     """Render the prompt, each turn's parts in their order (:meth:`Message.content`).
 
     With ``chat_template`` (the model file's own, :func:`lfm2_edge.prompt.template.template_of`)
-    the prompt is that template's rendering, every content string kept as content; when the file has none or it cannot render this
-    conversation, the built-in LFM2 ChatML below is used (one notice when verbose).
+    the prompt is that template's rendering, every content string kept as content; when the
+    file has none or it cannot render this conversation, the built-in LFM2 ChatML below is
+    used (one notice when verbose).
 
     A conversation without a system message gets ``system_prompt`` (default: none, as
     transformers' template). With ``tools`` (function definitions) the system turn carries the tool list

@@ -168,8 +168,7 @@ class ChatTemplate:
                     parts = [*({"type": "image"} for _ in m.images), {"type": "text", "text": hide(text)}]
                 else:  # the order the parts were given in
                     parts = [
-                        {"type": "image"} if isinstance(p, int) else {"type": "text", "text": hide(p)}
-                        for p in m.parts
+                        {"type": "image"} if isinstance(p, int) else {"type": "text", "text": hide(p)} for p in m.parts
                     ]
                 turns.append({"role": m.role, "content": parts})
             else:

@@ -135,9 +135,8 @@ def grid_layout(height: int, width: int, p: ImageProcessing) -> tuple[int, int]:
         if ratio_diff < best_ratio_diff:
             best_ratio_diff = ratio_diff
             best = ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * (p.tile_size * p.tile_size * ratio[0] * ratio[1]):
-                best = ratio
+        elif ratio_diff == best_ratio_diff and area > 0.5 * (p.tile_size * p.tile_size * ratio[0] * ratio[1]):
+            best = ratio
     return best
 
 

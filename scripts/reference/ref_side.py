@@ -101,7 +101,9 @@ def run_case(model: Any, processor: Any, texts: Texts, case: dict[str, Any], emb
         logits = model(**inputs).logits[0, -1].double()
         lp = torch.log_softmax(logits, -1)
         top = lp.topk(20)
-        out["top"] = [[int(i), float(v), texts.bytes_of(int(i)).hex()] for v, i in zip(top.values, top.indices)]
+        out["top"] = [
+            [int(i), float(v), texts.bytes_of(int(i)).hex()] for v, i in zip(top.values, top.indices, strict=True)
+        ]
         gen = model.generate(
             **inputs,
             max_new_tokens=case.get("max_tokens", 32),

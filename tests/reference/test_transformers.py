@@ -130,7 +130,11 @@ def test_the_answer_is_transformers(runs: dict[str, Any], name: str) -> None:
 def test_image_token_counts_on_the_grid(runs: dict[str, Any], budget: tuple[int, int]) -> None:
     rows = [g for g in runs["grid"] if tuple(g["budget"]) == budget]
     assert len(rows) == len(compare.GRID_W) * len(compare.GRID_H) == 600
-    bad = [f"{g['size'][0]}x{g['size'][1]}: {g['n_image_tokens']} vs {g['edge']}" for g in rows if g["edge"] != g["n_image_tokens"]]
+    bad = [
+        f"{g['size'][0]}x{g['size'][1]}: {g['n_image_tokens']} vs {g['edge']}"
+        for g in rows
+        if g["edge"] != g["n_image_tokens"]
+    ]
     assert not bad, f"{len(bad)} of 600 sizes differ: {', '.join(bad[:8])}"
 
 
