@@ -34,8 +34,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from lfm2_edge._llama.batch import Sequences, Unit, plan_units
 from lfm2_edge._llama.caches import Item, StateCache
@@ -55,6 +56,7 @@ __all__ = ["Engine", "Job", "default_slots", "restore_prefix"]
 #: encoded, ``("prefill", i, n)`` before a batch of prompt tokens; raising from it
 #: stops the job there (Ctrl-C between tiles).
 Progress = Callable[[str, int, int], None]
+_T = TypeVar("_T")
 
 
 def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
@@ -149,6 +151,7 @@ class Engine:
         self.lock = threading.Lock()
         self._free = list(range(self.n_slots))
         self._waiting: deque[Job] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._active: list[Job] = []
         self._cv = threading.Condition()
         self._closing: Literal["", "drain", "now"] = ""
@@ -184,6 +187,18 @@ class Engine:
             self._waiting.append(job)
             self._cv.notify()
 
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the engine's thread between two steps, under :attr:`lock`, and
+        return what it returns (``bench`` measures its bare loop there: the same
+        context, from the same thread as the engine's own decoding)."""
+        future: Future[_T] = Future()
+        with self._cv:
+            if self._closing:
+                raise ModelClosedError("the model has been closed; load it again to chat")
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return future.result()
+
     def close(self, *, drain: bool = False) -> None:
         """Stop the thread. Jobs waiting for a sequence fail (:class:`ModelClosedError`;
         with ``drain``, they are cancelled); with ``drain`` the jobs holding one finish
@@ -202,8 +217,10 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closing and not self._waiting and not self._active:
+                while not self._closing and not self._waiting and not self._active and not self._calls:
                     self._cv.wait()
+                calls = list(self._calls)
+                self._calls.clear()
                 for job in [j for j in self._waiting if j.cancel.is_set() or j.stopping.is_set()]:
                     self._waiting.remove(job)  # their clients left before they had a sequence
                     job.on_event(Cancelled())
@@ -223,6 +240,11 @@ class Engine:
                     job.seq = self._free.pop(0)
                     admit.append(job)
             with self.lock:
+                for fn, future in calls:
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 -- the caller's, raised there
+                        future.set_exception(exc)
                 for job in admit:
                     self._active.append(job)
                     self._guard(job, self._start)

@@ -46,6 +46,7 @@ class Admission:
         self._lock = threading.Lock()
         self.served = 0  # answers completed
         self.cancelled = 0  # requests stopped because their client went away
+        self._jobs: set[Job] = set()  # submitted and not ended
 
     @property
     def queued(self) -> int:
@@ -109,7 +110,9 @@ class Admission:
         except BaseException:
             ticket.release()
             raise
-        model.engine.submit(Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel))
+        job = Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel)
+        self._jobs.add(job)
+        model.engine.submit(job)
         try:
             while True:
                 event = await events.get()
@@ -122,8 +125,11 @@ class Admission:
                     return
         finally:
             cancel.set()
+            self._jobs.discard(job)
 
     def shutdown(self) -> None:
-        """Finish the answers being generated, cancel those waiting for a slot."""
-        for model in self.models:
-            model.engine.close(drain=True)
+        """Cancel what this server still has on the engines (after the HTTP server's
+        graceful shutdown, nothing). The engines are the models': whoever owns the
+        models closes them (``serve`` does, after this)."""
+        for job in list(self._jobs):
+            job.cancel.set()
