@@ -243,7 +243,7 @@ class Engine:
                 for fn, future in calls:
                     try:
                         future.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 -- the caller's, raised there
+                    except BaseException as exc:  # the caller's, raised there
                         future.set_exception(exc)
                 for job in admit:
                     self._active.append(job)
