@@ -5,8 +5,8 @@ A pool of reader threads reads each item's image files ahead of need, computes i
 resume key (:func:`~lfm2_edge.jobs.inputs.content_key`), skips it when a previous run
 answered it, and decodes its images (Pillow, off the engine's thread) into a bounded
 queue. One worker thread per slot takes the next decoded item and posts it to the
-model's engine (:class:`LocalBackend`: ``model.chat(..., stream=True)``: ``check_call``, ``prepare``
-and a ``Job`` on the engine, as ``serve`` posts them) or to a server
+model's engine (:class:`LocalBackend`: ``model.chat(..., stream=True)``, that is ``check_call``,
+``prepare`` and a ``Job`` on the engine, as ``serve`` posts them) or to a server
 (:class:`RemoteBackend`: :class:`~lfm2_edge.RemoteModel`, a bounded number of requests
 per endpoint, failed requests retried with backoff). Identical images are encoded once:
 the model's embedding cache (``embedding_cache_mb``) holds each tile's embedding by its
@@ -27,187 +27,42 @@ from __future__ import annotations
 
 import json
 import queue
-import random
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from lfm2_edge.chat.images import DEFAULT_MAX_PIXELS, FILE_MAX_BYTES, LoadedImage, load_image, read_file
+from lfm2_edge.chat.images import LoadedImage, load_image
 from lfm2_edge.chat.results import ChatResult
-from lfm2_edge.errors import Lfm2EdgeError, RemoteError
+from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.jobs.backends import Backend, Interrupted, LocalBackend, RemoteBackend, SharedRemote
 from lfm2_edge.jobs.inputs import Item, content_key, items_of
 from lfm2_edge.jobs.outputs import Record, SidecarWriter, Writer
-from lfm2_edge.openai import ApiError, RequestLimits, api_error, completion_body, parse_chat_request
+from lfm2_edge.jobs.records import (
+    DEFAULT_PROMPT,
+    BatchOptions,
+    Summary,
+    error_record,
+    item_key,
+    read_blobs,
+    record_base,
+)
+from lfm2_edge.openai import ApiError, RequestLimits, completion_body, parse_chat_request
 from lfm2_edge.openai.client import RemoteModel
 
-__all__ = ["DEFAULT_PROMPT", "BatchOptions", "LocalBackend", "RemoteBackend", "Runner", "Summary", "batch"]
-
-DEFAULT_PROMPT = "Describe this image in one sentence."
-
-
-class Interrupted(Exception):
-    """The item was in flight when the run stopped: no record, a rerun answers it."""
-
-
-class Backend(Protocol):
-    slots: int
-    label: str
-
-    def answer(self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: threading.Event) -> ChatResult:
-        """One chat, whole; raise a typed error, or :class:`Interrupted` once ``cancel`` is set."""
-        ...
-
-    def image_encodes(self) -> int: ...
-
-
-class LocalBackend:
-    """A local model's engine: as many items at once as it has sequences
-    (``n_seq_max``, the CLI's ``--slots``). Each worker runs ``model.chat(...,
-    stream=True)`` (``check_call``, ``prepare``, a ``Job`` on the engine), so a stop
-    reaches an answer at its next token: the worker closes the stream, which frees the
-    sequence. With one worker per sequence no chat ever waits for another's stream."""
-
-    def __init__(self, model: Any, label: str | None = None) -> None:
-        self.model = model
-        self.slots = int(model.engine.n_slots)
-        self.label = label or str(getattr(model, "model_path", "model"))
-
-    def answer(self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: threading.Event) -> ChatResult:
-        if cancel.is_set():
-            raise Interrupted()
-        stream = self.model.chat(messages, stream=True, **options)
-        for _ in stream:
-            if cancel.is_set():
-                stream.close()
-                raise Interrupted()
-        if cancel.is_set() or stream.result is None:
-            raise Interrupted()
-        return stream.result
-
-    def image_encodes(self) -> int:
-        return int(getattr(self.model, "image_encodes", 0))
-
-
-_STATUS = re.compile(r"answered (\d{3})")
-
-
-def _retryable(exc: BaseException) -> bool:
-    """A failure worth retrying: the server unreachable, busy (429) or failing (5xx)."""
-    if not isinstance(exc, RemoteError):
-        return False
-    found = _STATUS.search(str(exc))
-    return found is None or found.group(1) == "429" or found.group(1).startswith("5")
-
-
-class RemoteBackend:
-    """OpenAI-compatible servers (``lfm2-edge serve``, llama-server, vLLM): at most
-    ``per_endpoint`` requests in flight to each, a failed request retried up to
-    ``retries`` times with exponential backoff (0.5 s, 1 s, 2 s... with jitter)."""
-
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        *,
-        model: str | None = None,
-        api_key: str | None = None,
-        system_prompt: str | None = None,
-        per_endpoint: int = 4,
-        retries: int = 4,
-        backoff_s: float = 0.5,
-    ) -> None:
-        self.remotes = [
-            RemoteModel(url, model=model, api_key=api_key, system_prompt=system_prompt, allow_private_urls=True)
-            for url in endpoints
-        ]
-        self.slots = per_endpoint * len(self.remotes)
-        self.label = ", ".join(r.endpoint for r in self.remotes)
-        self.retries, self.backoff_s = retries, backoff_s
-        self._gates = [threading.BoundedSemaphore(per_endpoint) for _ in self.remotes]
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def answer(self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: threading.Event) -> ChatResult:
-        attempt = 0
-        while True:
-            with self._lock:  # round robin, each endpoint within its bound
-                start = self._next
-                self._next = (self._next + 1) % len(self.remotes)
-            index = start
-            for k in range(len(self.remotes)):
-                if self._gates[(start + k) % len(self.remotes)].acquire(blocking=False):
-                    index = (start + k) % len(self.remotes)
-                    break
-            else:
-                self._gates[index].acquire()
-            try:
-                return self.remotes[index].chat(messages, **options)
-            except Exception as exc:
-                if not _retryable(exc) or attempt >= self.retries:
-                    raise
-            finally:
-                self._gates[index].release()
-            delay = self.backoff_s * 2**attempt * (0.75 + 0.5 * random.random())
-            attempt += 1
-            if cancel.wait(delay):
-                raise Interrupted()
-
-    def image_encodes(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        for remote in self.remotes:
-            remote.close()
-
-
-@dataclass
-class BatchOptions:
-    """What every item is asked: the prompt (an item's own wins), system prompt, JSON
-    schema, the chat keywords (sampling, ``max_tokens``), and how the run behaves."""
-
-    prompt: str = DEFAULT_PROMPT
-    system: str | None = None
-    schema: Mapping[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    readers: int = 2
-    read_ahead: int = 0  # decoded items waiting for a slot (0: twice the slots)
-    fail_fast: bool = False
-    retry_errors: bool = False  # a rerun answers error records again (default: done is done)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    model_name: str = "lfm2-edge"  # the ``model`` of OpenAI Batch output bodies
-
-    def extra_key(self) -> str:
-        """What the job asks, for the resume key: a changed prompt or schema redoes all."""
-        return json.dumps([self.prompt, self.system, self.schema], sort_keys=True, ensure_ascii=False)
-
-    def max_tokens(self) -> int:
-        return int(self.options.get("max_tokens") or 512)
-
-
-@dataclass
-class Summary:
-    """The run's figures, as ``--json`` prints them."""
-
-    total: int = 0
-    answered: int = 0
-    failed: int = 0
-    skipped: int = 0  # done by an earlier run
-    interrupted: int = 0  # in flight or not started when the run stopped
-    seconds: float = 0.0
-    image_encodes: int = 0
-    stopped: str | None = None  # "interrupted", "fail-fast"
-    out: str | None = None
-
-    @property
-    def images_per_s(self) -> float:
-        n = self.answered + self.failed
-        return n / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "images_per_s": round(self.images_per_s, 3)}
+__all__ = [
+    "DEFAULT_PROMPT",
+    "BatchOptions",
+    "Interrupted",
+    "LocalBackend",
+    "RemoteBackend",
+    "Runner",
+    "Summary",
+    "batch",
+    "error_record",
+    "item_key",
+]
 
 
 @dataclass
@@ -217,34 +72,6 @@ class _Ready:
     messages: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     error: Record | None = None  # failed while reading: recorded as is
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
-
-
-def _record_base(item: Item, key: str) -> Record:
-    record: Record = {"id": item.id, "key": key, "source": item.source}
-    if len(item.images) > 1:
-        record["images"] = list(item.images)
-    return record
-
-
-def error_record(item: Item, key: str, exc: BaseException, attempts: int = 1) -> Record:
-    record = _record_base(item, key)
-    if isinstance(exc, ApiError):
-        message = " ".join(exc.message.split())
-        record.update(error=message, error_type="ApiError", status=exc.status, error_code=exc.code)
-    else:
-        record.update(error=_one_line(exc), error_type=type(exc).__name__)
-        if isinstance(exc, Lfm2EdgeError):
-            api = api_error(exc)
-            record.update(status=api.status, error_code=api.code)
-        else:
-            record.update(status=500, error_code="internal_error")
-    record["attempts"] = attempts
-    return record
 
 
 class Runner:
@@ -277,7 +104,7 @@ class Runner:
 
     # -- the stages ---------------------------------------------------------------
 
-    def run(self, items: Sequence[Item]) -> Iterator[Record]:
+    def run(self, items: Sequence[Item]) -> Generator[Record, None, None]:
         """Yield each item's record as it finishes (skipped items yield none)."""
         t0 = time.perf_counter()
         encodes0 = self.backend.image_encodes()
@@ -407,25 +234,11 @@ class Runner:
     def _read(self, item: Item, done: Mapping[str, str]) -> _Ready | None:
         """Read and decode an item (a reader thread); None when an earlier run did it."""
         opts = self.opts
-        blobs: list[bytes] = []
-        failure: BaseException | None = None
-        for ref in item.images:
-            if ref.startswith(("http://", "https://", "data:")):
-                blobs.append(ref.encode("utf-8"))
-                continue
-            try:
-                blobs.append(read_file(Path(ref), "an image", FILE_MAX_BYTES))
-            except Lfm2EdgeError as exc:
-                failure = failure or exc
-                blobs.append(ref.encode("utf-8"))
+        blobs, failure = read_blobs(item)
         key = content_key(item, blobs, opts.extra_key())
         if done.get(item.id) == key:
             return None
-        if (
-            isinstance(self.writer, SidecarWriter)
-            and item.first_image
-            and self.writer.done_for(item.first_image, key)
-        ):
+        if isinstance(self.writer, SidecarWriter) and item.first_image and self.writer.done_for(item.first_image, key):
             return None
         if failure is not None:
             return _Ready(item, key, error=error_record(item, key, failure))
@@ -536,7 +349,7 @@ class Runner:
 
     def _record(self, got: _Ready, result: ChatResult, parsed: Any, attempts: int) -> Record:
         item = got.item
-        record = _record_base(item, got.key)
+        record = record_base(item, got.key)
         if self.kind == "openai":
             body = completion_body(result, f"chatcmpl-{got.key}", self.opts.model_name, int(time.time()))
             record.update(completion=body, error=None)
@@ -588,7 +401,7 @@ def batch(
     ...     print(r["id"], r["error"] or r["answer"])
     """
     if isinstance(model, RemoteModel):
-        backend: Backend = _OneRemote(model)
+        backend: Backend = SharedRemote(model)
     else:
         backend = LocalBackend(model)
     opts = BatchOptions(prompt=prompt, system=system, schema=schema, options=options, fail_fast=fail_fast)
@@ -599,16 +412,3 @@ def batch(
         yield from gen
     finally:
         gen.close()
-
-
-class _OneRemote(RemoteBackend):
-    """A :class:`RemoteBackend` around an app's own :class:`RemoteModel`."""
-
-    def __init__(self, remote: RemoteModel, per_endpoint: int = 4) -> None:
-        self.remotes = [remote]
-        self.slots = per_endpoint
-        self.label = remote.endpoint
-        self.retries, self.backoff_s = 4, 0.5
-        self._gates = [threading.BoundedSemaphore(per_endpoint)]
-        self._next = 0
-        self._lock = threading.Lock()
