@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -97,20 +98,28 @@ class RemoteBackend:
         self._gates = [threading.BoundedSemaphore(per_endpoint) for _ in self.remotes]
         self._next = 0
         self._lock = threading.Lock()
+        self._down_until = [0.0] * len(self.remotes)
+
+    def _pick(self) -> int:
+        """An endpoint with room: round robin over those not marked down (all of them
+        when every one is), waiting for room when none has any."""
+        now = time.monotonic()
+        with self._lock:
+            n = len(self.remotes)
+            up = [i for i in range(n) if self._down_until[i] <= now] or list(range(n))
+            start = self._next % len(up)
+            self._next += 1
+        order = up[start:] + up[:start]
+        for index in order:
+            if self._gates[index].acquire(blocking=False):
+                return index
+        self._gates[order[0]].acquire()
+        return order[0]
 
     def answer(self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: threading.Event) -> ChatResult:
         attempt = 0
         while True:
-            with self._lock:  # round robin, each endpoint within its bound
-                start = self._next
-                self._next = (self._next + 1) % len(self.remotes)
-            index = start
-            for k in range(len(self.remotes)):
-                if self._gates[(start + k) % len(self.remotes)].acquire(blocking=False):
-                    index = (start + k) % len(self.remotes)
-                    break
-            else:
-                self._gates[index].acquire()
+            index = self._pick()
             try:
                 return self.remotes[index].chat(messages, **options)
             except Exception as exc:
@@ -119,6 +128,8 @@ class RemoteBackend:
             finally:
                 self._gates[index].release()
             delay = self.backoff_s * 2**attempt * (0.75 + 0.5 * random.random())
+            with self._lock:  # a failing endpoint gets no request for a while
+                self._down_until[index] = time.monotonic() + 4 * delay
             attempt += 1
             if cancel.wait(delay):
                 raise Interrupted()
@@ -142,3 +153,4 @@ class SharedRemote(RemoteBackend):
         self._gates = [threading.BoundedSemaphore(per_endpoint)]
         self._next = 0
         self._lock = threading.Lock()
+        self._down_until = [0.0] * len(self.remotes)
