@@ -81,9 +81,17 @@ def serve(
         Optional[list[str]],
         typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
     ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Serve Prometheus metrics on /metrics (llama-server's names; needs the API key when one is set; "
+            "pip install 'lfm2-edge[metrics]')."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)
+    and Ollama's (/api/chat, /api/generate, /api/tags, ...) on one port.
 
     Once it accepts connections it writes one JSON line on stdout:
     {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
@@ -93,7 +101,10 @@ def serve(
     from lfm2_edge.local.model import VisionModel
     from lfm2_edge.server.app import create_app
     from lfm2_edge.server.config import ServerConfig
+    from lfm2_edge.server.metrics import METRICS_MISSING, available
 
+    if metrics and not available():
+        fail(METRICS_MISSING.replace("[", "\\["))  # not rich markup
     try:
         limits = json.loads(limit_mm_per_prompt)
         max_images = int(limits.get("image", 1))
@@ -129,6 +140,7 @@ def serve(
         max_queue=max_queue,
         default_max_tokens=max_tokens,
         allowed_origins=tuple(allowed_origins or ()),
+        metrics=metrics,
     )
     if warning := exposure_warning(host, api_key):
         err.print(f"[yellow]warning:[/] {warning}")
