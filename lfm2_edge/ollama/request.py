@@ -10,6 +10,10 @@ options (``num_gpu``, ``num_thread``, ...) are accepted and left alone, since th
 is sized when ``serve`` loads the model; options lfm2-edge has no sampler for
 (``mirostat``, ``typical_p``, ``tfs_z``, ``repeat_last_n``, ...) are accepted and have no
 effect, as in Ollama's own engine for options it lacks.
+
+One option is lfm2-edge's own: ``options.tool_choice`` ("auto", "none", "required" or a
+tool's name) forces a call as OpenAI's ``tool_choice`` does; Ollama has no such field,
+and clients pass unknown options through unchanged.
 """
 
 from __future__ import annotations
@@ -138,6 +142,11 @@ def _common(body: Mapping[str, Any], limits: RequestLimits) -> tuple[dict[str, A
         if name == "top_k" and value == 0:
             continue
         chat[field] = value
+    choice = options.get("tool_choice")
+    if choice is not None:
+        if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+            choice = {"type": "function", "function": {"name": choice}}
+        chat["tool_choice"] = choice
     fmt = _format(body.get("format"))
     if fmt is not None:
         chat["response_format"] = fmt
