@@ -47,9 +47,14 @@ def test_counters_move_by_exactly_the_tokens_and_requests_of_a_run(served: Runni
     usages = []
     for body in (
         {"model": "m", "messages": recipe_messages(data_uri(seed=7)), "max_tokens": 5, "temperature": 0},
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
-         "stream_options": {"include_usage": True}},
-    ):  # fmt: skip
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ):
         response = post(served, body)
         assert response.status_code == 200
         if body.get("stream"):
@@ -60,9 +65,14 @@ def test_counters_move_by_exactly_the_tokens_and_requests_of_a_run(served: Runni
         else:
             usages.append(response.json()["usage"])
     ollama = httpx.post(
-        f"{served.url}/api/chat", json={"model": "m", "messages": [{"role": "user", "content": "yo"}], "stream": False,
-                                         "options": {"num_predict": 4}}
-    ).json()  # fmt: skip
+        f"{served.url}/api/chat",
+        json={
+            "model": "m",
+            "messages": [{"role": "user", "content": "yo"}],
+            "stream": False,
+            "options": {"num_predict": 4},
+        },
+    ).json()
     after = scrape(served)
 
     def moved(name: str) -> float:
@@ -91,8 +101,11 @@ def test_a_full_queue_is_counted(model: VisionModel) -> None:
         import threading
 
         slow = threading.Thread(
-            target=post, args=(running, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                         "max_tokens": 400, "temperature": 1.0})  # fmt: skip
+            target=post,
+            args=(
+                running,
+                {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "temperature": 1.0},
+            ),
         )
         slow.start()
         deadline = 0

@@ -23,7 +23,10 @@ ollama = pytest.importorskip("ollama")
 HI = [{"role": "user", "content": "hi"}]
 PET = {
     "type": "object",
-    "properties": {"animal": {"type": "string", "enum": ["cat", "dog"]}, "count": {"type": "integer", "enum": [1, 2, 3]}},
+    "properties": {
+        "animal": {"type": "string", "enum": ["cat", "dog"]},
+        "count": {"type": "integer", "enum": [1, 2, 3]},
+    },
     "required": ["animal", "count"],
 }
 
@@ -81,7 +84,9 @@ def test_chat_with_an_image_path_whole_and_streamed_alike(client: Any, image_pat
 
 def test_chat_with_image_bytes_is_the_same_image(client: Any, image_path: Path) -> None:
     options = {"temperature": 0, "num_predict": 6}
-    by_path = client.chat(model="m", messages=[{"role": "user", "content": "?", "images": [image_path]}], options=options)
+    by_path = client.chat(
+        model="m", messages=[{"role": "user", "content": "?", "images": [image_path]}], options=options
+    )
     data = image_path.read_bytes()
     by_bytes = client.chat(model="m", messages=[{"role": "user", "content": "?", "images": [data]}], options=options)
     assert by_bytes.message.content == by_path.message.content
