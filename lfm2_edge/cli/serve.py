@@ -3,6 +3,7 @@ Registered on :data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -101,10 +102,9 @@ def serve(
     from lfm2_edge.local.model import VisionModel
     from lfm2_edge.server.app import create_app
     from lfm2_edge.server.config import ServerConfig
-    from lfm2_edge.server.metrics import METRICS_MISSING, available
 
-    if metrics and not available():
-        fail(METRICS_MISSING.replace("[", "\\["))  # not rich markup
+    if metrics and importlib.util.find_spec("prometheus_client") is None:
+        fail("--metrics needs prometheus_client: pip install 'lfm2-edge\\[metrics]'")  # rich markup: \\[ is a bracket
     try:
         limits = json.loads(limit_mm_per_prompt)
         max_images = int(limits.get("image", 1))
