@@ -32,7 +32,7 @@ endif
 test:
 	$(BIN)/pytest -q
 
-# The client matrix: openai, LiteLLM, langchain-openai, instructor, the Agents SDK and llm
+# The client matrix: openai, LiteLLM, langchain-openai, instructor, the Agents SDK, llm and ollama
 # against a real `lfm2-edge serve`, offline.
 interop: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[interop]'

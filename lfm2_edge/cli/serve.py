@@ -3,6 +3,7 @@ Registered on :data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -81,9 +82,17 @@ def serve(
         Optional[list[str]],
         typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
     ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Serve Prometheus metrics on /metrics (llama-server's names; needs the API key when one is set; "
+            "pip install 'lfm2-edge[metrics]')."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)
+    and Ollama's (/api/chat, /api/generate, /api/tags, ...) on one port.
 
     Once it accepts connections it writes one JSON line on stdout:
     {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
@@ -94,6 +103,8 @@ def serve(
     from lfm2_edge.server.app import create_app
     from lfm2_edge.server.config import ServerConfig
 
+    if metrics and importlib.util.find_spec("prometheus_client") is None:
+        fail("--metrics needs prometheus_client: pip install 'lfm2-edge\\[metrics]'")  # rich markup: \\[ is a bracket
     try:
         limits = json.loads(limit_mm_per_prompt)
         max_images = int(limits.get("image", 1))
@@ -129,6 +140,7 @@ def serve(
         max_queue=max_queue,
         default_max_tokens=max_tokens,
         allowed_origins=tuple(allowed_origins or ()),
+        metrics=metrics,
     )
     if warning := exposure_warning(host, api_key):
         err.print(f"[yellow]warning:[/] {warning}")

@@ -25,7 +25,8 @@ __all__ = [
 
 
 def message_body(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    # refusal: required (nullable) in OpenAI's ChatCompletionResponseMessage; this model never refuses by API
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
     if result.tool_calls:
         message["content"] = result.text or None
         message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
@@ -54,14 +55,20 @@ def logprobs_body(entries: Sequence[Any] | None) -> dict[str, Any] | None:
     content = []
     for entry in entries:
         token = str(getattr(entry, "token", ""))
+        alts = getattr(entry, "top_logprobs", ()) or ()
+        raw = getattr(entry, "top_bytes", ()) or ()
         content.append(
             {
                 "token": token,
                 "logprob": float(getattr(entry, "logprob", 0.0)),
                 "bytes": _token_bytes(token, getattr(entry, "bytes", None)),
                 "top_logprobs": [
-                    {"token": str(alt), "logprob": float(lp), "bytes": list(str(alt).encode("utf-8"))}
-                    for alt, lp in getattr(entry, "top_logprobs", ()) or ()
+                    {
+                        "token": str(alt),
+                        "logprob": float(lp),
+                        "bytes": _token_bytes(str(alt), raw[i] if i < len(raw) else None),
+                    }
+                    for i, (alt, lp) in enumerate(alts)
                 ],
             }
         )
@@ -208,13 +215,16 @@ def _entries(body: Any) -> list[TokenLogprob]:
     for item in body.get("content") or []:
         token = str(item.get("token", ""))
         data = item.get("bytes")
-        alts = tuple((str(a.get("token", "")), float(a.get("logprob", 0.0))) for a in item.get("top_logprobs") or [])
+        tops = item.get("top_logprobs") or []
+        alts = tuple((str(a.get("token", "")), float(a.get("logprob", 0.0))) for a in tops)
+        raw = tuple(tuple(a["bytes"]) if isinstance(a.get("bytes"), list) else () for a in tops)
         out.append(
             TokenLogprob(
                 token,
                 float(item.get("logprob", 0.0)),
                 tuple(data) if isinstance(data, list) else tuple(token.encode("utf-8")),
                 alts,
+                raw if all(raw) else (),
             )
         )
     return out

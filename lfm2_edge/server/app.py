@@ -44,9 +44,10 @@ from lfm2_edge.openai import (
     responses,
     sse,
 )
+from lfm2_edge.server import metrics, ollama_routes
 from lfm2_edge.server.admission import Admission
-from lfm2_edge.server.config import ServerConfig
-from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, error_response, origin_matcher
+from lfm2_edge.server.config import ServerConfig, Serving
+from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, RequestId, error_response, origin_matcher
 
 __all__ = ["create_app"]
 
@@ -134,7 +135,8 @@ def create_app(
             message = f"{where}: method not allowed on this endpoint" + (f" (allowed: {allowed})" if allowed else "")
         else:
             message = str(exc.detail)
-        response = error_response(ApiError(exc.status_code, message, code=_CODES.get(exc.status_code)))
+        error = ApiError(exc.status_code, message, code=_CODES.get(exc.status_code))
+        response = error_response(error, request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -148,6 +150,10 @@ def create_app(
         app.add_middleware(KeyCheck, config=config)
     # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
     app.add_middleware(BrowserGuard, origins=origin_matcher(config.allowed_origins))
+    app.add_middleware(RequestId)  # outermost: every answer, refusals included, has x-request-id
+    serving = Serving(engine, models, config, _read_body, _load_images, _watch_disconnect, as_api_error)
+    app.include_router(metrics.router(serving))  # /slots; /metrics with config.metrics (wraps engine first)
+    app.include_router(ollama_routes.router(serving))  # Ollama's /api/*
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -167,6 +173,20 @@ def create_app(
                 {"id": n, "object": "model", "created": created, "owned_by": "lfm2-edge"} for n in config.model_names
             ],
         }
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Any:
+        if model_id not in config.model_names:
+            served = ", ".join(config.model_names)
+            return error_response(
+                ApiError(
+                    404,
+                    f"model {model_id!r} is not served here; this server serves {served}",
+                    code="model_not_found",
+                    param="model",
+                )
+            )
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "lfm2-edge"}
 
     async def start(
         request: Request, parse: Callable[[Any], ChatRequest]
@@ -229,7 +249,10 @@ def create_app(
     return app
 
 
-_ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models and GET /health"
+_ROUTES = (
+    "POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health, GET /slots, "
+    "Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps and /api/version, and GET /metrics with --metrics"
+)
 _CODES = {404: "not_found", 405: "method_not_allowed"}
 
 

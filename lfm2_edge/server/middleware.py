@@ -1,12 +1,15 @@
 """The server's ASGI middlewares: :class:`BrowserGuard` (CORS for allowed origins, 403
-for others, 415 for a POST that is not JSON) and :class:`KeyCheck` (the API key on
-``/v1/*``), and :func:`error_response`, an :class:`ApiError` as a JSON response."""
+for others, 415 for a POST that is not JSON), :class:`KeyCheck` (the API key on
+``/v1/*``, Ollama's ``/api/*``, ``/metrics`` and ``/slots``) and :class:`RequestId`
+(``x-request-id`` on every response), and :func:`error_response`, an :class:`ApiError`
+as a JSON response (in Ollama's ``{"error": "..."}`` shape under ``/api/``)."""
 
 from __future__ import annotations
 
 import contextlib
 import hmac
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,12 +18,21 @@ from fastapi.responses import JSONResponse, Response
 from lfm2_edge.openai import ApiError
 from lfm2_edge.server.config import ServerConfig
 
-__all__ = ["LOCAL_ORIGIN", "BrowserGuard", "KeyCheck", "error_response", "is_json_type", "origin_matcher"]
+__all__ = [
+    "LOCAL_ORIGIN",
+    "BrowserGuard",
+    "KeyCheck",
+    "RequestId",
+    "error_response",
+    "is_json_type",
+    "origin_matcher",
+]
 
 
-def error_response(err: ApiError) -> JSONResponse:
+def error_response(err: ApiError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": "1"} if err.status == 429 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    body = {"error": err.message} if path.startswith("/api/") else err.body()  # Ollama's shape there
+    return JSONResponse(body, status_code=err.status, headers=headers)
 
 
 # Pages served from this machine, on any port, over http or https (as Ollama allows).
@@ -112,7 +124,7 @@ class BrowserGuard:
 
     @staticmethod
     async def _refuse(scope: Any, receive: Any, send: Any, err: ApiError, headers: dict[str, str]) -> None:
-        response = error_response(err)
+        response = error_response(err, scope["path"])
         response.headers.update(headers)
         await response(scope, receive, send)
 
@@ -121,21 +133,26 @@ def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
+# What the API key guards: the two APIs, and the views of the server's load.
+GUARDED = ("/v1/", "/api/", "/metrics", "/slots")
+
+
 class KeyCheck:
-    """ASGI middleware: ``/v1/*`` needs the API key."""
+    """ASGI middleware: the paths in :data:`GUARDED` need the API key."""
 
     def __init__(self, app: Any, config: ServerConfig) -> None:
         self.app, self.config = app, config
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self._authorized(scope):
+        if scope["type"] == "http" and scope["path"].startswith(GUARDED) and not self._authorized(scope):
             response = error_response(
                 ApiError(
                     401,
                     "a valid API key is required (Authorization: Bearer KEY)",
                     type="authentication_error",
                     code="invalid_api_key",
-                )
+                ),
+                scope["path"],
             )
             await response(scope, receive, send)
             return
@@ -156,3 +173,29 @@ def _key_matches(raw: bytes, api_key: str) -> bool:
     for key in keys:
         ok |= hmac.compare_digest(token.strip(), key)
     return scheme.lower() == b"bearer" and ok
+
+
+class RequestId:
+    """ASGI middleware: every response carries ``x-request-id``: the client's own (a
+    short printable one), else a new one, so a log line and a client's report meet."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = given if 0 < len(given) <= 128 and _PRINTABLE.fullmatch(given) else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+_PRINTABLE = re.compile(rb"[A-Za-z0-9._:/+=-]+")
