@@ -47,6 +47,7 @@ from lfm2_edge.openai import (
 from lfm2_edge.server.admission import Admission
 from lfm2_edge.server.config import ServerConfig
 from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, error_response, origin_matcher
+from lfm2_edge.server.web import router as web_router
 
 __all__ = ["create_app"]
 
@@ -149,6 +150,8 @@ def create_app(
     # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
     app.add_middleware(BrowserGuard, origins=origin_matcher(config.allowed_origins))
 
+    app.include_router(web_router(models, config))  # GET / (the chat page), /camera, /web/*
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -229,7 +232,10 @@ def create_app(
     return app
 
 
-_ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models and GET /health"
+_ROUTES = (
+    "POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health, "
+    "and the pages GET / (chat) and GET /camera"
+)
 _CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
@@ -290,7 +296,7 @@ async def _sse(
                     )
                 yield chunk({}, result.finish_reason)
                 if req.include_usage:
-                    yield chunk(None, usage=result.usage)
+                    yield chunk(None, usage=result.usage, timings=result.timings)
                 break
             event = await events.__anext__()
         yield SSE_DONE
