@@ -113,10 +113,11 @@ function messageNode(m) {
   const div = document.createElement("div");
   div.className = "msg " + m.role;
   for (const src of m.images || []) {
+    if (!/^data:image\/(png|jpeg|webp|gif);base64,/.test(src)) continue; // stored data is data, never a URL to fetch
     const img = document.createElement("img");
     img.className = "thumb";
     img.alt = "image";
-    if (/^data:image\/(png|jpeg|webp|gif);base64,/.test(src)) img.src = src; // stored data is data, not a URL to fetch
+    img.src = src;
     div.appendChild(img);
   }
   const body = document.createElement("div");
