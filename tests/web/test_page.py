@@ -313,6 +313,7 @@ def test_api_key_asked_once_and_kept_for_the_session(browser: Any, tiny: dict[st
 
 def test_server_errors_are_one_readable_line(browser: Any, served: str) -> None:
     page, watch = open_page(browser, served)
+    page.click("#new")
     set_settings(page, **{"max-tokens": "100000"})
     page.fill("#input", "hi")
     page.click("#send")

@@ -109,11 +109,13 @@ function figuresText(f) {
   return parts.join(" \u00b7 ");
 }
 
+// a message's images: data: URIs only (stored data is data, never a URL to fetch)
+const images = (m) => (m.images || []).filter((src) => /^data:image\/(png|jpeg|webp|gif);base64,/.test(src));
+
 function messageNode(m) {
   const div = document.createElement("div");
   div.className = "msg " + m.role;
-  for (const src of m.images || []) {
-    if (!/^data:image\/(png|jpeg|webp|gif);base64,/.test(src)) continue; // stored data is data, never a URL to fetch
+  for (const src of images(m)) {
     const img = document.createElement("img");
     img.className = "thumb";
     img.alt = "image";
@@ -215,7 +217,7 @@ function apiMessages(messages) {
   if (system) out.push({ role: "system", content: system });
   for (const m of messages) {
     if (m.role === "user") {
-      const content = (m.images || []).map((url) => ({ type: "image_url", image_url: { url } }));
+      const content = images(m).map((url) => ({ type: "image_url", image_url: { url } }));
       content.push({ type: "text", text: m.text });
       out.push({ role: "user", content });
     } else if (m.text) {

@@ -100,11 +100,14 @@ const API = (() => {
     if (!resp.ok) throw await errorOf(resp);
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
-    const end = { usage: null, timings: null, finish_reason: null };
+    const end = { usage: null, timings: null, finish_reason: null, done: false };
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) {
+        if (!end.done) throw new ApiError(502, "The server ended the answer before its end; see its log.");
+        return end;
+      }
       buffer += decoder.decode(value, { stream: true });
       let at;
       while ((at = buffer.indexOf("\n\n")) >= 0) {
@@ -113,7 +116,8 @@ const API = (() => {
         for (const line of event.split("\n")) {
           if (!line.startsWith("data:")) continue;
           const data = line.slice(5).trim();
-          if (data === "[DONE]") return end;
+          if (data === "[DONE]") end.done = true; // read on to the end: then the request is over
+          if (end.done) continue;
           const chunk = JSON.parse(data);
           if (chunk.error) throw new ApiError(400, chunk.error.message || String(chunk.error), chunk.error.code);
           if (chunk.usage) end.usage = chunk.usage;
@@ -125,7 +129,6 @@ const API = (() => {
         }
       }
     }
-    return end;
   }
 
   function showError(text) {
