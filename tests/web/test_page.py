@@ -23,7 +23,9 @@ import pytest
 
 from tests.helpers import cli_server, noise_image, png_bytes
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the browser tests need playwright (pip install playwright)"
+)
 CHROMIUM = os.environ.get("LFM2_EDGE_TEST_CHROMIUM", "/usr/bin/chromium")
 if not shutil.which(CHROMIUM):
     pytest.skip(f"the browser tests need {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -200,6 +202,7 @@ def test_chat_streams_stops_keeps_and_reuses_the_image(browser: Any, served: str
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS_IMG / "chat-desktop.png"))
     page.set_viewport_size({"width": 390, "height": 780})
+    page.wait_for_function("() => document.getElementById('side').getBoundingClientRect().right <= 0")  # slid away
     page.screenshot(path=str(DOCS_IMG / "chat-phone.png"))
     page.set_viewport_size({"width": 1280, "height": 800})
 
@@ -229,7 +232,8 @@ def test_untrusted_markdown_stays_text(browser: Any, served: str) -> None:
         }
     ]
     page.evaluate(
-        "(c) => { localStorage.setItem('lfm2-edge.conversations', c); localStorage.setItem('lfm2-edge.current', 'x1'); }",
+        "(c) => { localStorage.setItem('lfm2-edge.conversations', c); "
+        "localStorage.setItem('lfm2-edge.current', 'x1'); }",
         json.dumps(stored),
     )
     page.reload()
@@ -244,7 +248,9 @@ def test_untrusted_markdown_stays_text(browser: Any, served: str) -> None:
     assert page.inner_text(".msg.assistant pre code") == "print('<b>')"
     assert page.inner_text("#convs .conv") == "<b>title</b>"
     # the renderer alone, on the same string
-    html = page.evaluate("(t) => { const d = document.createElement('div'); d.appendChild(MD.render(t)); return d.innerHTML; }", XSS)
+    html = page.evaluate(
+        "(t) => { const d = document.createElement('div'); d.appendChild(MD.render(t)); return d.innerHTML; }", XSS
+    )
     assert "<img" not in html and "javascript:" not in html.replace("[x](javascript:alert(1))", "")
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     # copy works on plain http too (execCommand), without an error

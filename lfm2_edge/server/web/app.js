@@ -130,7 +130,7 @@ function messageNode(m) {
   if (m.role === "assistant") {
     const foot = document.createElement("div");
     foot.className = "figures";
-    foot.textContent = (m.stopped ? "stopped \u00b7 " : "") + figuresText(m.figures);
+    foot.textContent = [m.stopped ? "stopped" : "", figuresText(m.figures)].filter(Boolean).join(" \u00b7 ");
     if (m.figures) {
       foot.dataset.cached = m.figures.cached_tokens;
       foot.dataset.encodes = m.figures.image_encodes;
