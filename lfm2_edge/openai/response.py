@@ -93,15 +93,18 @@ def completion_body(result: ChatResult, completion_id: str, model: str, created:
         "logprobs": logprobs_body(getattr(result, "logprobs", None)),
         "finish_reason": result.finish_reason,
     }
-    return {
+    body = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": [choice],
         "usage": usage_body(result.usage),
-        "timings": timings_body(result.usage, result.timings),
     }
+    timings = getattr(result, "timings", None)
+    if isinstance(timings, Timings):
+        body["timings"] = timings_body(result.usage, timings)
+    return body
 
 
 def chunk_body(

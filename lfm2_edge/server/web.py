@@ -46,7 +46,7 @@ PAGE_FILES = ("index.html", "camera.html", "app.js", "camera.js", "common.js", "
 
 
 def _read(name: str) -> bytes:
-    return resources.files("lfm2_edge.server").joinpath("web", name).read_bytes()
+    return resources.files("lfm2_edge.server").joinpath("web").joinpath(name).read_bytes()
 
 
 def router(models: Any, config: ServerConfig) -> APIRouter:
