@@ -276,10 +276,15 @@ def test_camera_page_answers_one_frame_at_a_time(browser: Any, served: str) -> N
     page.on("request", began)
     page.on("requestfinished", ended)
     page.on("requestfailed", ended)
-    page.fill("#interval", "200")
-    page.fill("#max-tokens", "8")
+    page.fill("#interval", "0")
+    page.fill("#frame-side", "256")
+    page.fill("#max-tokens", "4")
     page.click("#toggle")
-    page.wait_for_function("() => Number(document.body.dataset.answers || 0) >= 3", timeout=15_000)
+    try:
+        page.wait_for_function("() => Number(document.body.dataset.answers || 0) >= 3", timeout=15_000)
+    except sync_api.TimeoutError:
+        state = page.evaluate("() => [document.body.dataset.answers, document.getElementById('error').textContent]")
+        raise AssertionError(f"fewer than 3 answers in 15 s: {state}, {watch.errors}") from None
     assert page.inner_text("#latency").endswith("ms")
     assert page.inner_text("#answer") not in ("", "Start the camera, or choose a video file.")
     page.screenshot(path=str(DOCS_IMG / "camera.png"))

@@ -44,7 +44,7 @@ const sleep = (ms, signal) =>
 async function run(stop) {
   while (!stop.signal.aborted) {
     const began = performance.now();
-    const frame = API.imageData($("video"), 512, 0.8); // the latest frame, taken now
+    const frame = API.imageData($("video"), parseInt($("frame-side").value, 10) || 512, 0.8); // the latest, now
     let text = "";
     try {
       const end = await API.streamChat(
