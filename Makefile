@@ -15,7 +15,7 @@ ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
 $(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
 endif
 
-.PHONY: install test interop lint models bench clean
+.PHONY: install browser test interop lint models bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ ifneq ($(BACKEND),cpu)
 		$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 endif
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/pip install -e '.[dev]'
+
+# tests/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 test:
 	$(BIN)/pytest -q

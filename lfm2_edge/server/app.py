@@ -48,6 +48,7 @@ from lfm2_edge.server import metrics, ollama_routes
 from lfm2_edge.server.admission import Admission
 from lfm2_edge.server.config import ServerConfig, Serving
 from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, RequestId, error_response, origin_matcher
+from lfm2_edge.server.web import router as web_router
 
 __all__ = ["create_app"]
 
@@ -155,6 +156,8 @@ def create_app(
     app.include_router(metrics.router(serving))  # /slots; /metrics with config.metrics (wraps engine first)
     app.include_router(ollama_routes.router(serving))  # Ollama's /api/*
 
+    app.include_router(web_router(models, config))  # GET / (the chat page), /camera, /web/*
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -251,7 +254,8 @@ def create_app(
 
 _ROUTES = (
     "POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health, GET /slots, "
-    "Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps and /api/version, and GET /metrics with --metrics"
+    "Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps and /api/version, GET /metrics with --metrics, "
+    "and the pages GET / (chat) and GET /camera"
 )
 _CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -313,7 +317,7 @@ async def _sse(
                     )
                 yield chunk({}, result.finish_reason)
                 if req.include_usage:
-                    yield chunk(None, usage=result.usage)
+                    yield chunk(None, usage=result.usage, timings=result.timings)
                 break
             event = await events.__anext__()
         yield SSE_DONE

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,7 +26,10 @@ __all__ = [
     "RequestId",
     "error_response",
     "is_json_type",
+    "key_matches",
     "origin_matcher",
+    "refusal",
+    "same_origin",
 ]
 
 
@@ -46,6 +50,37 @@ def origin_matcher(allowed: Sequence[str]) -> Callable[[str], bool]:
     if "*" in exact:
         return lambda origin: True
     return lambda origin: bool(LOCAL_ORIGIN.fullmatch(origin)) or origin.lower() in exact
+
+
+def same_origin(origin: str, scheme: str, host: str | None) -> bool:
+    """Whether ``origin`` is the server's own (a page it served: ``GET /``) as reached by
+    an IP address, e.g. ``http://192.168.1.5:8000`` on a LAN. Only IP literals: a name
+    could be an attacker's, rebound by DNS to this machine (add it with --allowed-origins)."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return origin.lower() == f"{scheme}://{host}".lower()
+
+
+def refusal(origin: str) -> ApiError:
+    """The 403 for a page whose origin may not call the API."""
+    if origin == "null":
+        message = (
+            "requests from the web origin 'null' (a page opened as a file://, or a sandboxed frame) are not "
+            "allowed; start the server with --allowed-origins null to allow them (then any local file or "
+            "sandboxed page you open can use the model: pair it with --api-key)"
+        )
+    else:
+        message = (
+            f"requests from the web origin {origin!r} are not allowed; start the server with "
+            f"--allowed-origins {origin} to allow it"
+        )
+    return ApiError(403, message, type="permission_error", code="origin_not_allowed")
 
 
 def is_json_type(content_type: str) -> bool:
@@ -70,20 +105,8 @@ class BrowserGuard:
         method = scope["method"]
         cors: dict[str, str] = {}
         if origin is not None:
-            if not self.allowed(origin):
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
-                    ApiError(
-                        403,
-                        f"requests from the web origin {origin!r} are not allowed; start the server with "
-                        "--allowed-origins to allow it",
-                        type="permission_error",
-                        code="origin_not_allowed",
-                    ),
-                    {"Vary": "Origin"},
-                )
+            if not (self.allowed(origin) or same_origin(origin, scope.get("scheme", "http"), headers.get("host"))):
+                await self._refuse(scope, receive, send, refusal(origin), {"Vary": "Origin"})
                 return
             cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
             if method == "OPTIONS" and "access-control-request-method" in headers:
@@ -161,6 +184,11 @@ class KeyCheck:
     def _authorized(self, scope: Any) -> bool:
         raw = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         return _key_matches(raw, self.config.api_key or "")
+
+
+def key_matches(raw: bytes, config: ServerConfig) -> bool:
+    """Whether an ``Authorization`` header's value carries ``config``'s key."""
+    return _key_matches(raw, config.api_key or "")
 
 
 def _key_matches(raw: bytes, api_key: str) -> bool:
