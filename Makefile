@@ -29,7 +29,7 @@ ifneq ($(BACKEND),cpu)
 endif
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/pip install -e '.[dev]'
 
-# tests/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.
+# tests/server/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 

@@ -31,7 +31,7 @@ if not shutil.which(CHROMIUM):
     pytest.skip(f"the browser tests need {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 pytestmark = pytest.mark.slow
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+DOCS_IMG = Path(__file__).resolve().parents[3] / "docs" / "img"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

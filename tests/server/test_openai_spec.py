@@ -1,5 +1,5 @@
 """The OpenAI surface checked against the official OpenAPI description's schemas
-(fragments in tests/openai_schemas.py): each body below once broke one of them."""
+(fragments in tests/server/openai_schemas.py): each body below once broke one of them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from openai import NotFoundError, OpenAI
 
 from lfm2_edge import VisionModel
 from lfm2_edge.server.config import ServerConfig
-from tests import openai_schemas as spec
+from tests.server import openai_schemas as spec
 from tests.helpers import TOOLS, Running, post, start_server
 
 HI = [{"role": "user", "content": "hi"}]
