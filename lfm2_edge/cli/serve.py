@@ -98,8 +98,8 @@ def serve(
     {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
     """
     from lfm2_edge._llama.log import set_verbose
-    from lfm2_edge.local.engine import default_slots
     from lfm2_edge.local.model import VisionModel
+    from lfm2_edge.local.placement import default_slots
     from lfm2_edge.server.app import create_app
     from lfm2_edge.server.config import ServerConfig
 

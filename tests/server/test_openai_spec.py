@@ -16,8 +16,8 @@ from openai import NotFoundError, OpenAI
 
 from lfm2_edge import VisionModel
 from lfm2_edge.server.config import ServerConfig
-from tests.server import openai_schemas as spec
 from tests.helpers import TOOLS, Running, post, start_server
+from tests.server import openai_schemas as spec
 
 HI = [{"role": "user", "content": "hi"}]
 FORCE = {"type": "function", "function": {"name": "get_candidate_status"}}
