@@ -27,18 +27,15 @@ Both routes need the API key when the server has one (like ``/v1``).
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from lfm2_edge.chat.events import Done, Logprobs, Piece
 from lfm2_edge.chat.results import ChatResult
-from lfm2_edge.openai import ApiError, ChatRequest
-from lfm2_edge.server.admission import Admission, Ticket
+from lfm2_edge.server.admission import Admission
 from lfm2_edge.server.config import Serving
 
 try:
@@ -58,9 +55,8 @@ def available() -> bool:
 
 
 class Metrics:
-    """Counts what the admission in front of the engines admits, refuses and answers
-    (it wraps that one instance's ``admit`` and ``run``), and reads the engines' and
-    caches' figures at each scrape."""
+    """Counts what the admission in front of the engines refuses and answers (as its
+    observer), and reads the engines' and caches' figures at each scrape."""
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -82,41 +78,17 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(self)
-        self._wrap(admission)
+        admission.observers.append(self.observe)
 
-    def _wrap(self, admission: Admission) -> None:
-        admit, run = admission.admit, admission.run
-
-        def counted_admit() -> Ticket:
-            try:
-                return admit()
-            except ApiError:
-                with self._lock:
-                    self.rejected += 1
-                raise
-
-        async def observed_run(ticket: Ticket, request: ChatRequest) -> AsyncIterator[Piece | Logprobs | Done]:
-            events = run(ticket, request)
-            outcome = "failed"
-            try:
-                async for event in events:
-                    if isinstance(event, Done):
-                        outcome = "served"
-                        self.record(event.result)
-                    yield event
-            except ApiError as err:
-                outcome = "cancelled" if err.status == 499 else "failed"
-                raise
-            except (GeneratorExit, asyncio.CancelledError):  # the client went away mid-answer
-                outcome = "cancelled" if outcome == "failed" else outcome
-                raise
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
-                with self._lock:
-                    self.outcomes[outcome] += 1
-
-        admission.admit = counted_admit  # type: ignore[method-assign]
-        admission.run = observed_run  # type: ignore[method-assign]
+    def observe(self, outcome: str, result: ChatResult | None) -> None:
+        """The admission's observer: a request refused, or ended with its outcome."""
+        with self._lock:
+            if outcome == "rejected":
+                self.rejected += 1
+                return
+            self.outcomes[outcome] += 1
+        if result is not None:
+            self.record(result)
 
     def record(self, result: ChatResult) -> None:
         u, t = result.usage, result.timings
