@@ -31,9 +31,14 @@ class StubFile:
     corrupt: bool = False  # flip one byte of what is sent
     fake_size: int | None = None  # advertise this size instead
 
+    _digest: tuple[bytes, str] | None = field(default=None, repr=False, compare=False)
+
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        """Hashed once per content (a 1.4 GB set of files took seconds per request)."""
+        if self._digest is None or self._digest[0] is not self.data:
+            self._digest = (self.data, hashlib.sha256(self.data).hexdigest())
+        return self._digest[1]
 
 
 @dataclass
@@ -197,12 +202,17 @@ def main() -> None:
     args = parser.parse_args()
     name = args.repo.split("/")[1].removesuffix("-GGUF")
     files = {}
-    for path in sorted(args.dir.glob("*.gguf")):
+    paths = sorted(args.dir.glob("*.gguf"))
+    size = sum(p.stat().st_size for p in paths)
+    print(f"reading and hashing {len(paths)} files ({size / 1e9:.1f} GB) from {args.dir}…", flush=True)
+    for path in paths:
         stem = path.stem  # model-Q4_0 / mmproj-F16
         kind, quant = stem.split("-", 1)
         files[f"{name}-{quant}.gguf" if kind == "model" else f"mmproj-{name}-{quant}.gguf"] = path.read_bytes()
     stub = HubStub()
-    stub.add_repo(args.repo, files)
+    repo = stub.add_repo(args.repo, files)
+    for f in repo.files.values():
+        f.sha256  # noqa: B018  (hashed now, not at the first request)
     stub.start(args.port)
     print(f"serving {args.repo} ({', '.join(files)}) at {stub.url}; HF_ENDPOINT={stub.url}", flush=True)
     threading.Event().wait()

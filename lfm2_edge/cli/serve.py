@@ -13,11 +13,14 @@ import typer
 from lfm2_edge.cli._common import (
     DeviceOpt,
     GpuLayersOpt,
+    ImageMaxTokensOpt,
+    ImageMinTokensOpt,
     MlockOpt,
     MmprojOpt,
     ModelOpt,
     RefArg,
     ThreadsOpt,
+    _check_image_budget,
     _hub,
     _model_ref,
     _placement,
@@ -69,6 +72,8 @@ def serve(
     state_cache_mb: Annotated[
         float, typer.Option(min=0, help="Conversation states kept per instance (LRU, MB; 0: none).")
     ] = 64,
+    image_min_tokens: ImageMinTokensOpt = None,
+    image_max_tokens: ImageMaxTokensOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -115,6 +120,7 @@ def serve(
     set_verbose(verbose)
     with user_errors():
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        budget = _check_image_budget(resolved, image_min_tokens, image_max_tokens)
         n_slots = slots or default_slots(threads)
         models = [
             VisionModel.from_resolved(
@@ -126,9 +132,12 @@ def serve(
                 allow_private_urls=allow_private_image_urls,
                 embedding_cache_mb=embedding_cache_mb,
                 state_cache_mb=state_cache_mb,
+                **budget,
             )
             for _ in range(n_parallel)
         ]
+    if models[0].n_ctx != ctx * n_slots:  # llama.cpp sizes the context in blocks: say so
+        err.print(f"note: --ctx {ctx} is rounded to {models[0].n_ctx // n_slots} tokens per slot (llama.cpp's blocks)")
     if models[0].gpu_notice and gpu_layers is not None:
         err.print(f"note: {models[0].gpu_notice}")
     names = served_model_name or _model_names(resolved)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
-from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge.errors import Lfm2EdgeError, ModelFileError, UnknownQuantError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
@@ -358,6 +358,16 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     return lines
 
 
+def _check_estimable(name: str, quant: str) -> None:
+    """An :class:`UnknownQuantError` for a quant the catalog's shapes cannot size."""
+    if quant not in _BYTES_PER_WEIGHT:
+        known = ", ".join(_BYTES_PER_WEIGHT)
+        raise UnknownQuantError(
+            f"unknown quant {quant} for {name}: doctor estimates {known} "
+            f"(or `lfm2-edge pull {name}:{quant}`, if the repo has it, and doctor reads its files)"
+        )
+
+
 def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
     """The memory estimate for ``ref``: from its files when they are here (or ``download``),
     else from the catalog's published shapes, without a download."""
@@ -374,6 +384,7 @@ def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, downloa
         est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
+    _check_estimable(parsed.entry.name, quant)
     est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
     return {
         "name": f"{parsed.entry.name}:{quant}",
