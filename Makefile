@@ -11,6 +11,15 @@ CMAKE_ARGS_cuda   := -DGGML_CUDA=on
 CMAKE_ARGS_metal  := -DGGML_METAL=on
 CMAKE_ARGS_vulkan := -DGGML_VULKAN=on
 
+# What llama-cpp-python loads is libllama, libggml* and libmtmd. Its CMakeLists forces on
+# llama.cpp's `common` library (and cpp-httplib with it), which it never installs or
+# loads; building only these targets skips them. Tests, examples, tools and the server
+# are off already (llama.cpp is a subproject there).
+LLAMA_TARGETS := llama;mtmd
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# pip is silent for the minutes llama.cpp compiles: this shows progress and a heartbeat
+PIP_PROGRESS := $(PYTHON) scripts/pip_progress.py
+
 ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
 $(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
 endif
@@ -22,12 +31,17 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
+	@echo "installing $(LLAMA_CPP_PYTHON) ($(BACKEND)): the first time, pip compiles llama.cpp (see the README for how long)"
 ifneq ($(BACKEND),cpu)
 	# pip caches the CPU wheel; a GPU backend must be built afresh with its flags.
-	CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND))" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
-		$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND))" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
+		$(PIP_PROGRESS) $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
+		--config-settings="build.targets=$(LLAMA_TARGETS)" "$(LLAMA_CPP_PYTHON)"
+else
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
+		$(PIP_PROGRESS) $(BIN)/pip install --config-settings="build.targets=$(LLAMA_TARGETS)" "$(LLAMA_CPP_PYTHON)"
 endif
-	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/pip install -e '.[dev]'
+	PIP_LOG=$(VENV)/pip-install.log $(PIP_PROGRESS) $(BIN)/pip install -e '.[dev]'
 
 # tests/server/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.
 browser:

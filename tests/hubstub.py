@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +31,7 @@ class StubFile:
     drop_after: int | None = None  # close the connection after this many bytes, once
     corrupt: bool = False  # flip one byte of what is sent
     fake_size: int | None = None  # advertise this size instead
+    stall_after: int | None = None  # send this many bytes, then hold the connection (a slow link)
 
     _digest: tuple[bytes, str] | None = field(default=None, repr=False, compare=False)
 
@@ -168,6 +170,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             headers["Content-Length"] = str(size)
             self._send(200, b"", headers, body=False)
+            return
+        if f.stall_after is not None:
+            headers["Content-Length"] = str(len(data))
+            self._head(status, headers)
+            self.wfile.write(bytes(data[: f.stall_after]))
+            self.wfile.flush()
+            time.sleep(60)
+            self.close_connection = True
             return
         if f.drop_after is not None and f.drop_after > start:
             cut = f.drop_after - start

@@ -294,6 +294,26 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_report() -> dict[str, Any]:
+    """How busy other programs keep this device's CPUs now (a short /proc/stat probe), and
+    the threads lfm2-edge would take for it (:mod:`lfm2_edge._llama.threads`)."""
+    from lfm2_edge._llama.threads import busy_cpus, threads_for
+
+    busy = busy_cpus()
+    return {"cpus": busy.cpus, "busy_cpus": busy.busy, "source": busy.source, "threads": threads_for(busy)}
+
+
+def busy_line(load: dict[str, Any], cores: int) -> tuple[str, str] | None:
+    """doctor's "the device is busy" line, when others hold a quarter of a core or more."""
+    if load["busy_cpus"] < 0.25:
+        return None
+    return (
+        "busy",
+        f"the device is busy: other programs keep {load['busy_cpus']:.1f} of {load['cpus']} CPUs busy now, so a "
+        f"model loaded now takes {load['threads']} of {cores} threads (--threads or $LFM2_EDGE_THREADS sets it)",
+    )
+
+
 def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
     """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
     from huggingface_hub import constants
@@ -321,6 +341,7 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
         "recommendation": rec,
+        "load": busy_report(),
     }
 
 
@@ -349,6 +370,8 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     ]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
+    if "load" in report and (busy := busy_line(report["load"], report["cores_physical"])) is not None:
+        lines.append(busy)
     if "model" in report:
         m = report["model"]
         text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
