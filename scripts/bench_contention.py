@@ -98,7 +98,9 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def condition(model: str, busy: int, configs: dict[str, tuple[int, dict[str, str]]], repeat: int, decode: int) -> dict[str, Any]:
+def condition(
+    model: str, busy: int, configs: dict[str, tuple[int, dict[str, str]]], repeat: int, decode: int
+) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     spinners = [ctx.Process(target=_spin, daemon=True) for _ in range(busy)]
     for s in spinners:

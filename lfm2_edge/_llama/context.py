@@ -22,8 +22,8 @@ from lfm2_edge._llama.cuts import PromptCuts
 from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import Sampler, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
-from lfm2_edge._llama.threads import Busy, BusyProbe, env_threads, threads_for
 from lfm2_edge._llama.state import SavedState
+from lfm2_edge._llama.threads import Busy, BusyProbe, env_threads, threads_for
 from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, token_piece, tokenize
 from lfm2_edge.chat.images import LoadedImage
 from lfm2_edge.chat.sampling import Sampling

@@ -102,10 +102,7 @@ def chat(
         fail("--json needs --prompt (the interactive session has no single answer to print)")
     if ref is not None and prompt is None and len(ref.split()) > 1 and not Path(ref).expanduser().exists():
         # `lfm2-edge chat "What is in this image?"`, as ollama and llm take a prompt
-        fail(
-            f"{ref!r} is not a model name; to ask it, give it with -p: "
-            f"lfm2-edge chat -p {shlex.quote(ref)}"
-        )
+        fail(f"{ref!r} is not a model name; to ask it, give it with -p: lfm2-edge chat -p {shlex.quote(ref)}")
     if prompt == "-":  # the prompt is stdin's text
         prompt = sys.stdin.read().strip()
         if not prompt:
@@ -137,7 +134,9 @@ def chat(
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0, schema=schema)
+                    code = answer_once(
+                        remote, label, prompt, images, sampling, as_json, verbose=verbose > 0, schema=schema
+                    )
                     if code:
                         raise typer.Exit(code)
                 else:

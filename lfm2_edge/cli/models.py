@@ -53,6 +53,6 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold]models in {hub.cache_dir}[/]")
     width = [max(len(r[i]) for r in rows) for i in range(2)]
-    for name, size, vision, path in rows:
-        out.print(f"[bold]{name:<{width[0]}}[/]  {size:>{width[1]}}  {vision}", markup=True)
+    for label, shown_size, vision, path in rows:
+        out.print(f"{label:<{width[0]}}  {shown_size:>{width[1]}}  {vision}", markup=False)
         out.print(f"  {path}", markup=False)

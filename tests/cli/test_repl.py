@@ -89,7 +89,11 @@ def test_image_paths_ending_a_sentence_and_file_uris(pics: Path, monkeypatch: py
     assert find_image_paths("look at ~/Pictures/cat.jpg, then tell me.")[1] == [plain]
     uri = "file://" + str(cat).replace(" ", "%20")  # how a file manager copies a file
     assert find_image_paths(f"{uri} what is it?") == ("what is it?", [cat], [])
-    assert find_image_paths("is ~/Pictures/dog.jpg here?") == ("is ~/Pictures/dog.jpg here?", [], ["~/Pictures/dog.jpg"])
+    assert find_image_paths("is ~/Pictures/dog.jpg here?") == (
+        "is ~/Pictures/dog.jpg here?",
+        [],
+        ["~/Pictures/dog.jpg"],
+    )
     # a file name talked about, not a path: no complaint
     assert find_image_paths("is photo.jpg or photo.png better?") == ("is photo.jpg or photo.png better?", [], [])
 
@@ -238,7 +242,7 @@ def test_ctrl_c_while_encoding_keeps_the_session(slow_vision: dict[str, Path]) -
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
-    out, errs = proc.communicate("hello\n/show\n/bye\n", timeout=120)
+    _out, errs = proc.communicate("hello\n/show\n/bye\n", timeout=120)
     assert proc.returncode == 0, errs
     assert time.monotonic() - t0 < 20
     assert "Exception ignored" not in errs and "(stopped)" in errs, errs
