@@ -21,7 +21,25 @@ import time
 from pathlib import Path
 
 HEARTBEAT_S = 30.0
-PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s+(Building|Linking)\s+\S+\s+(?:object\s+)?(\S+)")
+STARTED = re.compile(r"Building wheel for (\S+) \(pyproject\.toml\): started")
+PERCENT = re.compile(r"\[\s*(\d+)%\]\s+(Building|Linking)\s+\S+\s+(?:object\s+)?(\S+)")
+
+
+NINJA = re.compile(r"\[(\d+)/(\d+)\]\s")
+SOURCE = re.compile(r"\s-c\s+(\S+)|\s-o\s+(\S+)")
+
+
+def _step(line: str) -> tuple[int, str] | None:
+    """(percent done, file) from a CMake/Make ``[ 45%] Building ...`` line or a Ninja
+    ``[12/136] g++ ... -c file.cpp`` line (pip -v may put a timestamp before either)."""
+    if m := PERCENT.search(line):
+        return int(m.group(1)), Path(m.group(3)).name
+    if m := NINJA.search(line):
+        done, total = int(m.group(1)), int(m.group(2))
+        src = SOURCE.search(line)
+        name = Path(src.group(1) or src.group(2)).name if src else ""
+        return (100 * done // max(1, total)), f"{done}/{total} {name}".strip()
+    return None
 
 
 def main() -> int:
@@ -56,15 +74,16 @@ def main() -> int:
         for line in proc.stdout:
             log.write(line)
             tail = [*tail[-39:], line.rstrip("\n")]
-            if m := PERCENT.match(line):
-                percent, verb, what = int(m.group(1)), m.group(2), m.group(3)
+            step = _step(line)
+            if step is not None:
+                percent, what = step
                 state["what"] = f"compiling llama.cpp, {percent}%"
-                if percent >= state["percent"] + 10 or verb == "Linking":
+                if percent >= int(state["percent"]) + 10:
                     state["percent"] = percent
-                    say(f"compiling llama.cpp: {percent}% ({verb.lower()} {Path(what).name})")
-            elif "Building wheel for" in line or "Preparing metadata" in line:
-                state["what"] = line.strip()
-                say(line.strip() + " (compiling llama.cpp takes minutes; see the README)")
+                    say(f"compiling llama.cpp: {percent}% ({what})")
+            elif m := STARTED.search(line):
+                state["what"] = f"building {m.group(1)}"
+                say(f"building {m.group(1)} (compiling llama.cpp takes minutes; see the README)")
             elif line.startswith(("Successfully installed", "Successfully built")):
                 say(line.strip()[:160])
         code = proc.wait()
