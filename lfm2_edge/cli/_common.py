@@ -17,6 +17,7 @@ from rich.console import Console
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.hub.catalog import presets
 from lfm2_edge.hub.download import Hub, RichProgress
 
 app = typer.Typer(
@@ -113,8 +114,6 @@ def _check_image_budget(resolved: Any, min_tokens: int | None, max_tokens: int |
     """The image-token options, checked against the model card's range before the
     projector loads (mtmd refuses a floor above the ceiling with three log lines, which
     would read as a broken projector); returns the VisionModel arguments given."""
-    from lfm2_edge.hub.catalog import presets
-
     card = presets(resolved.ref.entry, resolved.mmproj_path is not None)
     lo, hi = card.get("image_min_tokens") or 64, card.get("image_max_tokens") or 256
     whose = f"{resolved.ref.entry.name}'s card" if resolved.ref.entry is not None else "the LFM2-VL card"

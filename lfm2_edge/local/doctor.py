@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
+from lfm2_edge._llama.threads import busy_cpus, threads_for
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError, UnknownQuantError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
@@ -297,8 +298,6 @@ def _cpu_model() -> str:
 def busy_report() -> dict[str, Any]:
     """How busy other programs keep this device's CPUs now (a short /proc/stat probe), and
     the threads lfm2-edge would take for it (:mod:`lfm2_edge._llama.threads`)."""
-    from lfm2_edge._llama.threads import busy_cpus, threads_for
-
     busy = busy_cpus()
     return {"cpus": busy.cpus, "busy_cpus": busy.busy, "source": busy.source, "threads": threads_for(busy)}
 
