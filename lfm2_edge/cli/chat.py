@@ -110,6 +110,8 @@ def chat(
     repetition_penalty = _either(repetition_penalty, repeat_penalty)
     min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
     max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
+    if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:  # before any download
+        fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
     set_verbose(verbose >= 2)
     sampling: dict[str, Any] = {
         "temperature": temperature,
@@ -167,7 +169,7 @@ def chat(
                 vm.close()
                 raise typer.Exit(130)
         load_s = time.perf_counter() - t_load
-        if vm.n_ctx != ctx:  # llama.cpp sizes the context in blocks: say so rather than change it silently
+        if getattr(vm, "n_ctx", ctx) != ctx:  # llama.cpp sizes the context in blocks: say so, not silently
             err.print(f"note: --ctx {ctx} is rounded up to {vm.n_ctx} tokens (llama.cpp's context grows in blocks)")
         if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
             err.print(f"note: {vm.gpu_notice}")
