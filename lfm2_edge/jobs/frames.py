@@ -4,8 +4,9 @@ perceptual change measure (:func:`change`), and :func:`split_images`, which cuts
 stream of concatenated JPEG / PNG files (``watch -``, MJPEG parts without a length) into
 images.
 
-The change measure: both frames as 32x32 grey thumbnails, their mean absolute difference
-as a fraction of full scale. 0 is the same picture; 1 is black against white. Sensor
+The change measure: both frames as 32x32 RGB thumbnails, their mean absolute difference
+over pixels and channels as a fraction of full scale (colour counts: a red car that
+leaves a green lawn of the same brightness is a change). 0 is the same picture; 1 is black against white. Sensor
 noise and compression artefacts of a still scene stay under about 0.01 at that size (a
 thumbnail pixel averages hundreds of camera pixels); a light switched on or a person
 walking into a doorway's view is 0.05-0.3; a cut to another scene is usually over 0.15.
@@ -65,19 +66,19 @@ class Frame:
         return LoadedImage.from_pil(p.to_image(), max_pixels=max_pixels)
 
     def thumbnail(self) -> np.ndarray:
-        """The frame as a THUMBxTHUMB grey float array (0-255), decoded as cheaply as the
+        """The frame as a THUMBxTHUMBx3 RGB float array (0-255), decoded as cheaply as the
         format allows (a JPEG at 1/8 scale, a video frame through swscale)."""
         p = self.payload
         try:
             if isinstance(p, bytes):
                 image = Image.open(io.BytesIO(p))
                 check_size(image.width, image.height, DEFAULT_MAX_PIXELS)
-                image.draft("L", (THUMB * 2, THUMB * 2))  # JPEG: decoded at 1/2..1/8 scale
-                small = image.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+                image.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decoded at 1/2..1/8 scale
+                small = image.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
             elif isinstance(p, Image.Image):
-                small = p.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+                small = p.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
             else:
-                small = p.reformat(width=THUMB, height=THUMB, format="gray").to_image()
+                small = p.reformat(width=THUMB, height=THUMB, format="rgb24").to_image()
         except ImageError:
             raise
         except Exception as exc:  # Pillow and PyAV raise many types on hostile data

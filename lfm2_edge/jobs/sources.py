@@ -399,6 +399,7 @@ def open_source(spec: str, *, realtime: bool = True, allow_private: bool = False
         parts = urllib.parse.urlsplit(spec)
         if not parts.hostname:
             raise InvalidParameterError(f"{spec} has no host", param="source")
+        resolve_checked(parts.hostname, parts.port or 80, spec, allow_private)  # refused now, not retried
         return HttpSource(spec, allow_private, poll)
     if "://" in spec:
         raise InvalidParameterError(
