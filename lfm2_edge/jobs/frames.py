@@ -57,6 +57,7 @@ class Frame:
     clock: float
     index: int
     pts: float | None = None
+    name: str | None = None  # the file it came from (a folder's)
 
     def image(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         p = self.payload

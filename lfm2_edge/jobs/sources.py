@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class Source(ABC):
 
     name: str
     paced = False
+    interruptible = True
 
     @abstractmethod
     def items(self, stop: threading.Event) -> Iterator[Frame | Notice]: ...
@@ -345,7 +346,7 @@ class Folder(Source):
                     continue
                 for item in _checked(data, str(self.path / name)):
                     if isinstance(item, Frame):
-                        item.index = index
+                        item.index, item.name = index, name
                         index += 1
                     yield item
             sizes = pending  # bounded by the files not yet settled
@@ -355,12 +356,12 @@ class Stdin(Source):
     """``-``: JPEG / PNG files one after another on standard input; the run ends with it."""
 
     name = "stdin"
+    interruptible = False  # a read of fd 0 cannot be unblocked: the reader is left to the process's end
 
     def items(self, stop: threading.Event) -> Iterator[Frame | Notice]:
-        stream = sys.stdin.buffer
-        read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
+        fd = sys.stdin.fileno()
         index = 0
-        for item in split_images(read):
+        for item in split_images(lambda n: os.read(fd, n)):
             if stop.is_set():
                 return
             if isinstance(item, Notice):
@@ -484,7 +485,8 @@ class Feed:
         with self._cond:
             self._cond.notify_all()
         self.source.interrupt()
-        self._thread.join(timeout=5)
+        if self.source.interruptible:
+            self._thread.join(timeout=5)
 
     def __enter__(self) -> Feed:
         return self

@@ -61,6 +61,7 @@ class WatchEvent:
     frame: int | None = None
     captured: float | None = None  # wall clock, seconds since the epoch
     pts: float | None = None  # the video's own timestamp
+    file: str | None = None  # the folder's file the frame came from
     skipped: int | None = None
     change: float | None = None
     latency_s: float | None = None  # capture to answer
@@ -287,7 +288,7 @@ def _answer(
     schema: Mapping[str, Any] | None,
 ) -> WatchEvent | None:
     """One answer about one frame, stopping between pieces once ``stop`` is set."""
-    base = {"frame": frame.index, "captured": frame.captured, "pts": frame.pts}
+    base = {"frame": frame.index, "captured": frame.captured, "pts": frame.pts, "file": frame.name}
     try:
         with model.chat(prompt, images=[image], stream=True, **options) as answer:
             for _ in answer:
