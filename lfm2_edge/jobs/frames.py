@@ -99,6 +99,8 @@ def probe(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise ImageError(f"{what} is not a JPEG, PNG, WebP, GIF or BMP image ({len(data)} bytes)")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(f"{what} declares too many pixels (over {max_pixels:,}); refusing it") from None
     except Exception as exc:
         raise ImageError(f"{what} is not an image Pillow can read ({type(exc).__name__})") from None
     try:
