@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import json
 import os
 import re
@@ -91,7 +92,7 @@ def test_a_20s_video_with_5_scene_changes_is_answered_once_per_scene(vm: Any, tm
     end = events[-1]
     assert end.event == "end" and end.frames == 600 and end.answers == 6
     # every frame is answered or counted: each answer's skipped are the frames since the last one
-    assert [e.skipped for e in got] == [0] + [round((b - a) * 30) - 1 for a, b in zip(starts, starts[1:])]
+    assert [e.skipped for e in got] == [0] + [round((b - a) * 30) - 1 for a, b in itertools.pairwise(starts)]
     assert sum(e.skipped for e in got) + len(got) + end.skipped == 600
     assert all(e.change >= 0.05 for e in got) and all(e.latency_s > 0 for e in got)
     per_image = vm.image_encodes - encodes

@@ -29,6 +29,9 @@ from lfm2_edge.cli._common import (
     user_errors,
 )
 from lfm2_edge.cli.chat import _schema
+from lfm2_edge.jobs.sources import open_source
+from lfm2_edge.jobs.watch import Actions, Condition
+from lfm2_edge.jobs.watch import watch as run_watch
 
 __all__ = ["watch"]
 
@@ -104,9 +107,6 @@ def watch(
     The latest frame wins: frames that arrive while the model answers replace the one
     waiting (each event counts them in 'skipped'). Network streams reconnect when they drop.
     """
-    from lfm2_edge.jobs.sources import open_source
-    from lfm2_edge.jobs.watch import Actions, Condition
-    from lfm2_edge.jobs.watch import watch as run_watch
     from lfm2_edge.local.model import VisionModel
 
     if len(args) > 2:

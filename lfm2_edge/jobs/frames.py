@@ -18,13 +18,15 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from lfm2_edge.chat.images import DEFAULT_MAX_PIXELS, LoadedImage, check_size, load_image
 from lfm2_edge.errors import ImageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["MAX_FRAME_BYTES", "THUMB", "Frame", "Notice", "change", "probe", "split_images"]
 
@@ -84,12 +86,14 @@ class Frame:
             raise
         except Exception as exc:  # Pillow and PyAV raise many types on hostile data
             raise ImageError(f"frame {self.index} could not be decoded: {type(exc).__name__}: {exc}") from None
+        import numpy as np  # here: `lfm2-edge --help` does not load numpy
+
         return np.asarray(small, dtype=np.float32)
 
 
 def change(a: np.ndarray, b: np.ndarray) -> float:
     """The perceptual distance of two thumbnails: mean absolute difference, 0-1."""
-    return float(np.abs(a - b).mean() / 255.0)
+    return float(abs(a - b).mean() / 255.0)
 
 
 def probe(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

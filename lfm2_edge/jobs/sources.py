@@ -1,8 +1,8 @@
 """Where ``watch`` gets frames: a camera, a video file, an RTSP / MJPEG / snapshot URL, a
 folder that fills, or ``-`` (JPEG / PNG files one after another on stdin).
 
-:func:`open_source` reads the spec; :class:`Feed` runs the source on a reader thread and
-keeps only the latest frame (latest frame wins: a frame that arrives while the model
+:func:`open_source` reads the spec; :class:`~lfm2_edge.jobs.feed.Feed` runs the source on a
+reader thread and keeps only the latest frame (latest frame wins: a frame that arrives while the model
 works replaces the one waiting, and is counted as skipped). A video file read with
 ``realtime=False`` is the exception: its reader waits for each frame to be taken, so the
 whole file is looked at, as fast as the watcher goes.
@@ -31,7 +31,6 @@ import threading
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +45,12 @@ from lfm2_edge.chat.images import (
 from lfm2_edge.errors import ImageError, InvalidParameterError, Lfm2EdgeError
 from lfm2_edge.jobs.frames import MAX_FRAME_BYTES, Frame, Notice, probe, split_images
 
-__all__ = ["END", "Feed", "Source", "open_source", "require_av"]
+__all__ = ["Source", "open_source", "require_av"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts")
 BACKOFF = (0.5, 30.0)  # first wait and most, doubling between
 NET_TIMEOUT_S = 10.0
-END = object()  # what Feed.take returns once the source is over
 
 
 def require_av() -> Any:
@@ -422,74 +420,3 @@ def open_source(spec: str, *, realtime: bool = True, allow_private: bool = False
         require_av()
         return VideoFile(path, realtime)
     raise InvalidParameterError(f"no such file, folder or camera: {spec}", param="source")
-
-
-class Feed:
-    """A source on its reader thread, and the one slot its latest frame waits in."""
-
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self._replaced = 0  # frames that lost their place in the slot since the last take
-        self._notices: deque[Notice] = deque(maxlen=64)
-        self._ended = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch:{source.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for item in self.source.items(self._stop):
-                with self._cond:
-                    if isinstance(item, Notice):
-                        self._notices.append(item)
-                    else:
-                        if self.source.paced:
-                            self._cond.wait_for(lambda: self._frame is None or self._stop.is_set())
-                        if self._stop.is_set():
-                            return
-                        if self._frame is not None:
-                            self._replaced += 1
-                        self._frame = item
-                    self._cond.notify_all()
-                if self._stop.is_set():
-                    return
-        except Lfm2EdgeError as exc:
-            with self._cond:
-                self._notices.append(Notice("fatal", str(exc)))
-        except Exception as exc:
-            with self._cond:
-                self._notices.append(Notice("fatal", f"{self.source.name}: {type(exc).__name__}: {exc}"))
-        finally:
-            with self._cond:
-                self._ended = True
-                self._cond.notify_all()
-
-    def take(self, timeout: float) -> tuple[Frame, int] | Notice | object | None:
-        """The next notice, else the latest frame and how many frames it replaced, else
-        :data:`END` once the source is over and drained, else None after ``timeout``."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._notices or self._frame is not None or self._ended, timeout)
-            if self._notices:
-                return self._notices.popleft()
-            if self._frame is not None:
-                frame, replaced = self._frame, self._replaced
-                self._frame, self._replaced = None, 0
-                self._cond.notify_all()
-                return frame, replaced
-            return END if self._ended else None
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self.source.interrupt()
-        if self.source.interruptible:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Feed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -6,7 +6,7 @@ until the source ends (a file, stdin), ``stop`` is set, or the loop stops iterat
 (:class:`~lfm2_edge.VisionModel`, :class:`~lfm2_edge.RemoteModel`).
 
 Latest frame wins: while the model answers, newer frames replace the waiting one; no
-queue of stale frames builds (:class:`~lfm2_edge.jobs.sources.Feed`). A frame is answered
+queue of stale frames builds (:class:`~lfm2_edge.jobs.feed.Feed`). A frame is answered
 when it passes two gates: ``every`` (seconds since the last answered frame, on the
 source's clock) and ``min_change`` (its distance to the last answered frame by the
 thumbnail measure of :mod:`lfm2_edge.jobs.frames`: 0 same, 1 black against white;
@@ -40,8 +40,9 @@ from typing import Any
 from lfm2_edge.chat.contract import ChatModel
 from lfm2_edge.chat.images import pinned_connection
 from lfm2_edge.errors import InvalidParameterError, Lfm2EdgeError, ModelClosedError
+from lfm2_edge.jobs.feed import END, Feed
 from lfm2_edge.jobs.frames import Notice, change
-from lfm2_edge.jobs.sources import END, Feed, Source, open_source
+from lfm2_edge.jobs.sources import Source, open_source
 
 __all__ = ["DEFAULT_MIN_CHANGE", "Actions", "Condition", "WatchEvent", "awatch", "watch"]
 
