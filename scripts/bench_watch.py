@@ -55,7 +55,7 @@ def write_video(path: Path, seconds: float, scene_s: float | None, size: tuple[i
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "ultrafast"}
         for i in range(round(seconds * 30)):
-            scene = int(i / 30 / scene_s) if scene_s else 0
+            scene = int(i / 30 / scene_s) if scene_s else 3  # the static video: a scene of its own
             base = np.full((h, w, 3), COLORS[scene % len(COLORS)], dtype=np.int16)
             base[h // 4 : h // 2, (scene * 37) % (w // 2) : (scene * 37) % (w // 2) + w // 4] = (
                 128  # a shape that moves
