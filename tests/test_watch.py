@@ -172,6 +172,42 @@ def test_awatch_gives_the_same_events(vm: Any, tmp_path: Path) -> None:
     assert asyncio.run(collect()) == sync
 
 
+def test_webhook_posts_each_firing_and_refuses_private_hosts_unless_allowed(vm: Any, tmp_path: Path) -> None:
+    from lfm2_edge.jobs import Actions
+
+    posted: list[Any] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    video = write_video(tmp_path / "rb.mp4", [(RED, 0.5), (BLUE, 0.5)], noise=0)
+    try:
+        actions = Actions(webhook=url, cooldown=0, allow_private=True)
+        events = list(watch(vm, str(video), "What?", realtime=False, when=".|^$", actions=actions, **FAST))
+        actions.close()
+        got = answers(events)
+        assert [e.fired for e in got] == [["webhook"], ["webhook"]]
+        assert [(p["event"], p["frame"], p["text"]) for p in posted] == [("answer", e.frame, e.text) for e in got]
+        refused = Actions(webhook=url, cooldown=0)
+        events = list(watch(vm, str(video), "What?", realtime=False, when=".|^$", actions=refused, **FAST))
+        refused.close()
+        events += list(watch(vm, str(video), "What?", realtime=False, when="x^", actions=refused, **FAST))
+        errors = [e.message for e in events if e.event == "error"]
+        assert errors and all("private, loopback" in m for m in errors) and len(posted) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # -- network streams -------------------------------------------------------------------
 
 

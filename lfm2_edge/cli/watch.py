@@ -158,6 +158,8 @@ def watch(
             signal.signal(s, handler)
         if actions is not None:
             actions.close()
+            for problem in actions.problems:  # firings that failed after the last event
+                err.print(f"error: {problem}", markup=False)
         sink.close()
     if signal.SIGINT in interrupted:
         raise typer.Exit(130)
