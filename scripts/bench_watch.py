@@ -104,7 +104,7 @@ def bench_lfm2(
     max_tokens: int,
 ) -> dict[str, Any]:
     from lfm2_edge import VisionModel
-    from lfm2_edge.jobs import watch
+    from lfm2_edge.jobs.watch import watch
 
     extra = {"image_max_tokens": budget} if budget else {}
     vm = VisionModel(model, mmproj, n_threads=threads, n_ctx=4096, **extra)

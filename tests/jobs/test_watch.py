@@ -22,17 +22,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from PIL import Image
 
 from lfm2_edge.errors import ImageError
-from lfm2_edge.jobs import awatch, watch
 from lfm2_edge.jobs.frames import split_images
 from lfm2_edge.jobs.sources import open_source
+from lfm2_edge.jobs.watch import awatch, watch
 from lfm2_edge.server.config import ServerConfig
 from tests.helpers import png_bytes, png_claiming, run_cli, start_server
 
-av = pytest.importorskip("av")
 
 RED, BLUE, WHITE, GREEN, BLACK, YELLOW = (
     (200, 30, 30),
@@ -173,7 +173,7 @@ def test_awatch_gives_the_same_events(vm: Any, tmp_path: Path) -> None:
 
 
 def test_webhook_posts_each_firing_and_refuses_private_hosts_unless_allowed(vm: Any, tmp_path: Path) -> None:
-    from lfm2_edge.jobs import Actions
+    from lfm2_edge.jobs.watch import Actions
 
     posted: list[Any] = []
 
