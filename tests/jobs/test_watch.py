@@ -33,7 +33,6 @@ from lfm2_edge.jobs.watch import awatch, watch
 from lfm2_edge.server.config import ServerConfig
 from tests.helpers import png_bytes, png_claiming, run_cli, start_server
 
-
 RED, BLUE, WHITE, GREEN, BLACK, YELLOW = (
     (200, 30, 30),
     (30, 40, 200),
