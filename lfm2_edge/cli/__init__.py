@@ -17,7 +17,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from lfm2_edge.cli import batch, bench, chat, doctor, info, models, pull, rm, serve
+from lfm2_edge.cli import batch, bench, chat, doctor, info, models, pull, rm, serve, watch
 from lfm2_edge.cli._common import app, err
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app.command()(chat.chat)
 app.command()(info.info)
 app.command()(doctor.doctor)
 app.command()(serve.serve)
+app.command()(watch.watch)
 app.command()(pull.pull)
 app.command("models")(models.list_models)
 app.command("rm")(rm.remove)

@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lfm2_edge.chat.events import Done, Logprobs, Piece
 from lfm2_edge.chat.images import load_image
-from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
+from lfm2_edge.chat.video import video_frames
+from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
 from lfm2_edge.openai import (
     SSE_DONE,
     ApiError,
@@ -89,11 +90,32 @@ async def _load_images(req: ChatRequest, config: ServerConfig) -> None:
         budget[0] -= image.width * image.height
         return image
 
+    def load_video(video: dict[str, Any]) -> list[Any]:  # its sampled frames: images of the turn
+        frames = video_frames(
+            video["url"],
+            fps=video["fps"],
+            max_frames=video["max_frames"],
+            allow_remote=config.allow_remote_images,
+            allow_private=config.allow_private_image_urls,
+            max_pixels=min(config.max_image_pixels, budget[0]),
+            timeout=config.image_fetch_timeout_s,
+        )
+        budget[0] -= sum(f.width * f.height for f in frames)
+        if budget[0] < 0:
+            raise ImageError(f"the request's images and video frames are over {config.max_request_pixels:,} pixels")
+        return frames
+
     for message in req.messages:
-        for i, part in enumerate(message["content"]):
+        content: list[dict[str, Any]] = []
+        for part in message["content"]:
             if part.get("type") == "image_url":
-                image = await asyncio.to_thread(load, part["image_url"]["url"])
-                message["content"][i] = {"type": "image", "image": image}
+                content.append({"type": "image", "image": await asyncio.to_thread(load, part["image_url"]["url"])})
+            elif part.get("type") == "video_url":
+                frames = await asyncio.to_thread(load_video, part["video_url"])
+                content.extend({"type": "image", "image": frame} for frame in frames)
+            else:
+                content.append(part)
+        message["content"] = content
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
