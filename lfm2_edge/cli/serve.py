@@ -105,8 +105,7 @@ def serve(
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.local.model import VisionModel
     from lfm2_edge.local.placement import default_slots
-    from lfm2_edge.server.app import create_app
-    from lfm2_edge.server.config import ServerConfig
+    from lfm2_edge.server import ServerConfig, create_app, run_server
 
     if metrics and importlib.util.find_spec("prometheus_client") is None:
         fail("--metrics needs prometheus_client: pip install 'lfm2-edge\\[metrics]'")  # rich markup: \\[ is a bracket
@@ -163,7 +162,6 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    from lfm2_edge.server.sidecar import run_server
 
     with user_errors():
         capacity = f"{n_parallel} x {n_slots} slot(s)"
