@@ -25,7 +25,7 @@ from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks
 from lfm2_edge._llama.caches import ByteLRU, EmbeddingCache, EmbeddingKey, Item
 from lfm2_edge._llama.vocab import tokenize as _tokenize
 from lfm2_edge.chat.images import LoadedImage, image_pieces
-from lfm2_edge.errors import GenerationError, ModelFileError
+from lfm2_edge.errors import GenerationError, InvalidParameterError, ModelFileError
 from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START
 from lfm2_edge.prompt.vision import ImagePlan, ImageProcessing, plan_image
 
@@ -165,15 +165,19 @@ class Projector:
             use_thumbnail=use_thumbnail,
             max_pixels_tolerance=max_pixels_tolerance,
         )
-        if not 0 < self.processing.min_image_tokens <= self.processing.max_image_tokens:
-            raise ModelFileError(
-                f"the image-token budget {self.processing.min_image_tokens}..{self.processing.max_image_tokens} "
-                "is empty; the minimum must be at least 1 and at most the maximum"
+        low, high = self.processing.min_image_tokens, self.processing.max_image_tokens
+        if not 0 < low <= high:
+            raise InvalidParameterError(
+                f"image_min_tokens ({low}) is larger than image_max_tokens ({high}): "
+                "an image's token budget must run from the smaller to the larger"
+                if low > high
+                else f"image_min_tokens must be at least 1, not {low}",
+                param="image_min_tokens",
             )
-        self.budget = (self.processing.min_image_tokens, self.processing.max_image_tokens)
+        self.budget = (low, high)
         # the largest piece mtmd is set up for: a 512 px tile, or a one-piece image at the budget
         tile = self.processing.tile_size // (self.processing.encoder_patch_size * self.processing.downsample_factor)
-        self.max_piece_tokens = max(tile * tile, self.processing.max_image_tokens)
+        self.max_piece_tokens = max(tile * tile, high)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._marker_ids: dict[str, list[int]] = {}

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
-from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge._llama.threads import busy_cpus, threads_for
+from lfm2_edge.errors import Lfm2EdgeError, ModelFileError, UnknownQuantError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
@@ -294,6 +295,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_report() -> dict[str, Any]:
+    """How busy other programs keep this device's CPUs now (a short /proc/stat probe), and
+    the threads lfm2-edge would take for it (:mod:`lfm2_edge._llama.threads`)."""
+    busy = busy_cpus()
+    return {"cpus": busy.cpus, "busy_cpus": busy.busy, "source": busy.source, "threads": threads_for(busy)}
+
+
+def busy_line(load: dict[str, Any], cores: int) -> tuple[str, str] | None:
+    """doctor's "the device is busy" line, when others hold a quarter of a core or more."""
+    if load["busy_cpus"] < 0.25:
+        return None
+    return (
+        "busy",
+        f"the device is busy: other programs keep {load['busy_cpus']:.1f} of {load['cpus']} CPUs busy now, so a "
+        f"model loaded now takes {load['threads']} of {cores} threads (--threads or $LFM2_EDGE_THREADS sets it)",
+    )
+
+
 def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
     """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
     from huggingface_hub import constants
@@ -321,6 +340,7 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
         "recommendation": rec,
+        "load": busy_report(),
     }
 
 
@@ -349,6 +369,8 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     ]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
+    if "load" in report and (busy := busy_line(report["load"], report["cores_physical"])) is not None:
+        lines.append(busy)
     if "model" in report:
         m = report["model"]
         text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
@@ -356,6 +378,16 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
             text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
         lines.append((m["name"], text))
     return lines
+
+
+def _check_estimable(name: str, quant: str) -> None:
+    """An :class:`UnknownQuantError` for a quant the catalog's shapes cannot size."""
+    if quant not in _BYTES_PER_WEIGHT:
+        known = ", ".join(_BYTES_PER_WEIGHT)
+        raise UnknownQuantError(
+            f"unknown quant {quant} for {name}: doctor estimates {known} "
+            f"(or `lfm2-edge pull {name}:{quant}`, if the repo has it, and doctor reads its files)"
+        )
 
 
 def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
@@ -374,6 +406,7 @@ def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, downloa
         est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
+    _check_estimable(parsed.entry.name, quant)
     est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
     return {
         "name": f"{parsed.entry.name}:{quant}",
