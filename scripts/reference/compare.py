@@ -132,6 +132,8 @@ def build_cases(images: Path, quick: bool) -> list[Case]:
         Case("image 1024x768 at (64,128)", [user(_img(im(1024, 768, 3)), _txt(PROMPT))], budget=(64, 128)),
         Case("image 400x300, repetition penalty 1.05", [user(_img(im(400, 300, 1)), _txt(PROMPT))], penalty=1.05),
         Case("text, repetition penalty 1.05", [{"role": "user", "content": "Say it again and again."}], penalty=1.05),
+        # a strong penalty shows what it counts: the prompt too (transformers, vLLM) or not
+        Case("text, repetition penalty 1.5", [{"role": "user", "content": "Say it again and again."}], penalty=1.5),
         # the language model alone at a tiled image's length: its own float32 drift there
         Case("text of 1,800 tokens", [{"role": "user", "content": LONG_TEXT}]),
     ]
