@@ -5,8 +5,10 @@
 Each side runs in a child process of its own (``PYTHONPATH`` = its checkout), alternately
 (base, new, base, new, ...), so that a busy machine slows both alike. Each run is one chat
 with a new image and a one-token answer: ``first_token_ms`` (everything: decoding the
-image, cutting it, tokenizing, the vision encoder, the prompt) and ``image_ms`` (the image
-chunks' encode and decode alone). Prints JSON with the medians and the new/base ratios.
+image, cutting it, tokenizing, the vision encoder, the prompt), ``image_ms`` (the image
+chunks' encode and decode alone) and ``cpu_ms`` (the process's CPU time over the whole
+chat, all threads: what the work costs, whatever else the machine runs). Prints JSON with
+the medians and the new/base ratios.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 SIZES = ((512, 512), (1024, 768), (4032, 3024))
 
 CHILD = r"""
-import json, sys
+import json, resource, sys
 import numpy as np
 from PIL import Image
 from lfm2_edge import VisionModel
@@ -34,9 +36,12 @@ out = []
 for w, h in sizes:
     rng = np.random.default_rng(seed * 1000 + w)
     img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     r = vm.chat("hi", images=[img], max_tokens=1, temperature=0)
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime) * 1000
     out.append({"size": [w, h], "first_token_ms": r.timings.first_token_ms, "image_ms": r.timings.image_ms,
-                "image_tokens": r.usage.image_tokens})
+                "cpu_ms": cpu, "image_tokens": r.usage.image_tokens})
 vm.close()
 print(json.dumps(out))
 """
@@ -61,16 +66,19 @@ def main() -> None:
     for r in range(args.repeat):
         for side in ("base", "new"):
             runs[side].append(run_side(args.base if side == "base" else args.new, args, seed=r))
-            print(f"{side} run {r + 1}: {[round(x['first_token_ms']) for x in runs[side][-1]]}", file=sys.stderr)
+            seen = [(round(x["first_token_ms"]), round(x["cpu_ms"])) for x in runs[side][-1]]
+            print(f"{side} run {r + 1}: (wall ms, cpu ms) {seen}", file=sys.stderr)
     report = []
     for i, (w, h) in enumerate(SIZES):
         row: dict[str, object] = {"size": f"{w}x{h}"}
         for side in ("base", "new"):
             row[f"{side}_first_token_ms"] = round(statistics.median(run[i]["first_token_ms"] for run in runs[side]))
             row[f"{side}_image_ms"] = round(statistics.median(run[i]["image_ms"] for run in runs[side]))
+            row[f"{side}_cpu_ms"] = round(statistics.median(run[i]["cpu_ms"] for run in runs[side]))
             row[f"{side}_image_tokens"] = runs[side][0][i]["image_tokens"]
         row["ratio_first_token"] = round(float(row["new_first_token_ms"]) / float(row["base_first_token_ms"]), 3)  # type: ignore[arg-type]
         row["ratio_image"] = round(float(row["new_image_ms"]) / float(row["base_image_ms"]), 3)  # type: ignore[arg-type]
+        row["ratio_cpu"] = round(float(row["new_cpu_ms"]) / float(row["base_cpu_ms"]), 3)  # type: ignore[arg-type]
         report.append(row)
     print(json.dumps(report, indent=1))
 
