@@ -160,3 +160,31 @@ def test_a_nan_logit_is_skipped_as_llama_cpp_s_greedy_skips_it(vm: VisionModel) 
                 picks.append(sampler.sample_saved(saved))
         assert picks[0] == picks[1] == int(np.nanargmax(logits))
         assert np.isnan(saved[3])  # saved logits stay as they are
+
+
+def test_the_repetition_penalty_counts_the_prompt_as_transformers_does(vm: VisionModel) -> None:
+    """transformers' RepetitionPenaltyLogitsProcessor (and vLLM) penalise every token of
+    the prompt as well as of the answer; so does Sampler, on both of its paths."""
+    import ctypes
+
+    rt = vm._runtime
+    a, b = 300, 301
+    logits = np.full(rt.n_vocab, -5.0, dtype=np.float32)
+    logits[a], logits[b] = 2.0, 1.9  # a leads; divided by 1.3 it falls behind b
+    saved = (ctypes.c_float * rt.n_vocab)(*logits)
+    for bias in ({}, {5: 0}):  # the numpy path, llama.cpp's chain
+        params = Sampling(temperature=0, repetition_penalty=1.3, logit_bias=bias)
+        with rt.sampler(params, items=[7, a, 7]) as sampler:
+            assert sampler.sample_saved(saved) == b
+        with rt.sampler(params) as sampler:
+            assert sampler.sample_saved(saved) == a
+        # an image position counts as the <image> token
+        image = rt.token_id("<image>")
+        assert image is not None
+        logits2 = logits.copy()
+        logits2[image] = 2.1
+        saved2 = (ctypes.c_float * rt.n_vocab)(*logits2)
+        with rt.sampler(params, items=[("img", "d", 0, 64)]) as sampler:
+            assert sampler.sample_saved(saved2) == a
+        with rt.sampler(params) as sampler:
+            assert sampler.sample_saved(saved2) == image
