@@ -26,9 +26,11 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-REF_PYTHON = os.environ.get("LFM2_REF_PYTHON", "/work/ref-venv/bin/python")
+ROOT = HERE.parents[1]
+# `make reference-venv` puts both in the checkout's .ref-venv/
+REF_PYTHON = os.environ.get("LFM2_REF_PYTHON", str(ROOT / ".ref-venv/bin/python"))
 CONVERTER = os.environ.get(
-    "LFM2_REF_CONVERTER", "/work/ref-src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py"
+    "LFM2_REF_CONVERTER", str(ROOT / ".ref-venv/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py")
 )
 CARD_BUDGET = (64, 256)
 IMAGE_ID = 396

@@ -39,9 +39,10 @@ def _first(*candidates: str | Path | None) -> Path | None:
     return None
 
 
-REF_PYTHON = _first(os.environ.get("LFM2_REF_PYTHON"), ROOT / ".ref-venv/bin/python", "/work/ref-venv/bin/python")
+# `make reference-venv` puts both in the checkout's .ref-venv/
+REF_PYTHON = _first(os.environ.get("LFM2_REF_PYTHON"), ROOT / ".ref-venv/bin/python")
 _SDIST = "llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py"
-CONVERTER = _first(os.environ.get("LFM2_REF_CONVERTER"), ROOT / ".ref-venv/src" / _SDIST, "/work/ref-src/" + _SDIST)
+CONVERTER = _first(os.environ.get("LFM2_REF_CONVERTER"), ROOT / ".ref-venv/src" / _SDIST)
 
 
 def _load_compare() -> ModuleType:
