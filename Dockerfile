@@ -39,7 +39,10 @@ RUN set -eux; \
         python3 python3-venv python3-dev build-essential cmake ninja-build ca-certificates $extra; \
     rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/lfm2-edge
-RUN set -eux; \
+# A TLS-intercepting proxy's CA bundle, if the build needs one to reach PyPI, comes in as a
+# build secret (`--secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt`): used, never stored.
+RUN --mount=type=secret,id=pip-ca set -eux; \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     case "$BACKEND" in \
         cpu) flags="" ;; \
         cuda) flags="-DGGML_CUDA=on" ;; \
@@ -52,7 +55,8 @@ RUN set -eux; \
 # The source changes more often than llama.cpp: it comes after, so a rebuild reuses the layer above.
 COPY pyproject.toml README.md /src/
 COPY lfm2_edge /src/lfm2_edge
-RUN set -eux; \
+RUN --mount=type=secret,id=pip-ca set -eux; \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     /opt/lfm2-edge/bin/pip install /src; \
     /opt/lfm2-edge/bin/pip uninstall -y pip; \
     find /opt/lfm2-edge -name '__pycache__' -prune -exec rm -rf {} +; \

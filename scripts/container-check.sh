@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the lfm2-edge image from nothing and prove it: /health and one chat on a synthetic model.
 #
-#   sudo scripts/container-check.sh [--work DIR] [--reuse] [--keep] [--jobs N]
+#   sudo scripts/container-check.sh [--work DIR] [--reuse] [--keep] [--jobs N] [--ca FILE]
 #
 # No image registry is needed: the base is a Debian bookworm root file system made by
 # mmdebstrap (or debootstrap) from Debian's packages and imported as the BASE image.
@@ -25,7 +25,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work="$repo/build/container" reuse=0 keep=0 jobs=$(nproc)
+work="$repo/build/container" reuse=0 keep=0 jobs=$(nproc) ca=
 suite=bookworm mirror=http://deb.debian.org/debian
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,6 +33,7 @@ while [ $# -gt 0 ]; do
         --reuse) reuse=1; shift ;;
         --keep) keep=1; shift ;;
         --jobs) jobs=$2; shift 2 ;;
+        --ca) ca=$2; shift 2 ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -115,10 +116,18 @@ if ! podman image exists "$base_image"; then
 fi
 
 # ---- 2. the image
-say "build: podman build --format docker --build-arg BASE=$base_image (JOBS=$jobs)"
+# Behind a TLS-intercepting proxy pip trusts a CA the base image lacks: hand the build the
+# bundle pip uses here (--ca FILE, else $PIP_CERT) as a secret; it is not stored in the image.
+secret=()
+ca=${ca:-${PIP_CERT:-}}
+if [ -n "$ca" ]; then
+    [ -s "$ca" ] || fail "CA bundle $ca is not a readable file"
+    secret=(--secret "id=pip-ca,src=$ca")
+fi
+say "build: podman build --format docker --build-arg BASE=$base_image (JOBS=$jobs${ca:+, CA bundle $ca as a secret})"
 start=$(date +%s)
 nice -n 10 podman build --format docker --layers --build-arg BASE="$base_image" --build-arg JOBS="$jobs" \
-    -t "$image" "$repo" >>"$log" 2>&1 || fail "podman build (see $log)"
+    "${secret[@]}" -t "$image" "$repo" >>"$log" 2>&1 || fail "podman build (see $log)"
 build_s=$(( $(date +%s) - start ))
 image_bytes=$(podman image inspect --format '{{.Size}}' "$image")
 say "build: ${build_s} s; image $(( image_bytes / 1048576 )) MiB"
