@@ -65,5 +65,6 @@ class Cancelled:
     """The request was cancelled (its client went away); it has no result."""
 
 
-Event = Union[Piece, Reasoning, Logprobs, Done, Failed, Cancelled]
+# Reasoning joins this union when the engine sends it (server/admission.py's yield type with it)
+Event = Union[Piece, Logprobs, Done, Failed, Cancelled]
 END_EVENTS = (Done, Failed, Cancelled)

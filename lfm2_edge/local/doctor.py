@@ -181,8 +181,9 @@ def memory_bandwidth() -> float:
 
 
 def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
-    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
-    return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
+    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth
+    (of a mixture of experts, the active ones only)."""
+    return DECODE_EFFICIENCY * bandwidth / (arch.read_per_token * _BYTES_PER_WEIGHT[quant])
 
 
 def recommend(
