@@ -5,7 +5,9 @@ pipeline's think-shaped answers (forced by a grammar on the synthetic model)."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -68,7 +70,7 @@ TEXTS = [
     "<th>",
     "",
     "   ",
-    "<think><|tool_call_start|>[get_weather(city=\"Paris\")]<|tool_call_end|></think>Sunny.",
+    '<think><|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|></think>Sunny.',
 ]
 
 
@@ -198,3 +200,65 @@ def test_real_answers_split_the_same_streamed_and_whole(vm) -> None:
 
 def test_markers() -> None:
     assert (THINK_START, THINK_END) == ("<think>", "</think>")
+
+
+class ThinkingModel:
+    """A real model whose streams come split as the engine splits a thinking model's
+    (``Thought`` pieces first, then the answer, ``result.reasoning`` set): the real
+    pipeline, the real splitter, the real :class:`ChatStream`, for the CLI to draw."""
+
+    def __init__(self, vm) -> None:
+        self.vm, self.model_path, self.device = vm, vm.model_path, "CPU"
+
+    def chat(self, prompt, *, images=(), stream=False, **options):
+        inner = self.vm.chat(prompt, images=list(images), stream=True, **options)
+
+        def steps():
+            splitter = ReasoningSplitter()
+            for piece in [*inner, None]:
+                out = splitter.feed(piece) if piece is not None else splitter.finish()
+                if out.reasoning:
+                    yield Thought(out.reasoning)
+                if out.content:
+                    yield out.content
+            assert inner.result is not None
+            return replace(inner.result, text=splitter.content, reasoning=splitter.reasoning)
+
+        return ChatStream(steps())
+
+
+def test_cli_draws_the_thought_dimmed_on_stderr_and_the_answer_alone_on_stdout(vm, capsys) -> None:
+    from lfm2_edge.cli.answer import answer_once
+
+    model = ThinkingModel(vm)
+    options = {"grammar": THINKING, "temperature": 0.0, "max_tokens": 40}
+    whole = split_reasoning(vm.chat("Think first.", **options).text)
+    assert whole.reasoning and whole.content
+
+    assert answer_once(model, "thinker", "Think first.", [], options, False) == 0
+    out, err = capsys.readouterr()
+    assert out == whole.content + "\n"  # stdout: the answer alone
+    assert err == f"Thinking...\n{whole.reasoning}\n...done thinking.\n\n"  # not a terminal: no escape codes
+
+    assert answer_once(model, "thinker", "Think first.", [], options, False, hide_thinking=True) == 0
+    out, err = capsys.readouterr()
+    assert out == whole.content + "\n" and whole.reasoning not in err and "Thinking" not in err
+
+    assert answer_once(model, "thinker", "Think first.", [], options, True) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert (data["text"], data["reasoning"]) == (whole.content, whole.reasoning) and err == ""
+
+
+def test_cli_answer_cut_short_inside_the_thought_closes_the_block(vm, capsys) -> None:
+    from lfm2_edge.cli.answer import answer_once
+
+    options: dict[str, object] = {"grammar": THINKING, "temperature": 0.0}
+    # the fewest tokens that open the block and think a little, never closing it
+    n = next(n for n in range(2, 40) if len(vm.chat("Think first.", max_tokens=n, **options).text) > len("<think>") + 1)
+    cut = vm.chat("Think first.", max_tokens=n, **options).text
+    assert THINK_END not in cut
+    assert answer_once(ThinkingModel(vm), "thinker", "Think first.", [], {**options, "max_tokens": n}, False) == 0
+    out, err = capsys.readouterr()
+    assert out == "\n"  # no answer: it was all thought
+    assert err == f"Thinking...\n{split_reasoning(cut).reasoning}\n...done thinking.\n\n"

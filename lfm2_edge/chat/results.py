@@ -163,7 +163,11 @@ class ChatStream:
                 if not isinstance(piece, Thought):
                     return piece
                 if self.on_thought is not None:
-                    self.on_thought(str(piece))
+                    try:
+                        self.on_thought(str(piece))
+                    except BaseException:  # the listener stops it (Ctrl-C): stop generating first
+                        self.close()
+                        raise
         except StopIteration as done:
             self._finish(done.value)
             raise StopIteration from None

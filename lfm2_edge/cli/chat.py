@@ -78,6 +78,10 @@ def chat(
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
+    hide_thinking: Annotated[
+        bool,
+        typer.Option("--hide-thinking", help="Leave out a thinking model's reasoning (shown dimmed on stderr)."),
+    ] = False,
     verbose: Annotated[
         int,
         typer.Option(
@@ -135,7 +139,16 @@ def chat(
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    code = answer_once(
+                        remote,
+                        label,
+                        prompt,
+                        images,
+                        sampling,
+                        as_json,
+                        verbose=verbose > 0,
+                        hide_thinking=hide_thinking,
+                    )
                     if code:
                         raise typer.Exit(code)
                 else:
@@ -165,7 +178,16 @@ def chat(
         with vm:
             if prompt is not None:
                 code = answer_once(
-                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                    vm,
+                    label,
+                    prompt,
+                    images,
+                    sampling,
+                    as_json,
+                    verbose=verbose > 0,
+                    load_s=load_s,
+                    schema=schema,
+                    hide_thinking=hide_thinking,
                 )
                 if code:
                     raise typer.Exit(code)
