@@ -262,3 +262,18 @@ def test_cli_answer_cut_short_inside_the_thought_closes_the_block(vm, capsys) ->
     out, err = capsys.readouterr()
     assert out == "\n"  # no answer: it was all thought
     assert err == f"Thinking...\n{split_reasoning(cut).reasoning}\n...done thinking.\n\n"
+
+
+def test_a_session_passes_the_thought_on_and_keeps_only_the_answer(vm) -> None:
+    from lfm2_edge.chat.session import ChatSession
+
+    options = {"grammar": THINKING, "temperature": 0.0, "max_tokens": 40}
+    whole = split_reasoning(vm.chat("Think first.", **options).text)
+    session = ChatSession(ThinkingModel(vm))
+    stream = session.send("Think first.", stream=True, **options)
+    seen: list[str] = []
+    stream.on_thought = seen.append
+    assert "".join(stream) == whole.content
+    assert "".join(seen) == whole.reasoning
+    assert stream.result is not None and stream.result.reasoning == whole.reasoning
+    assert session.messages[-1] == {"role": "assistant", "content": whole.content}  # the thought is not history

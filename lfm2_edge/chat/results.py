@@ -150,6 +150,13 @@ class ChatStream:
         self._steps: Generator[str, None, ChatResult | None] | None = steps
         self.result: ChatResult | None = None
         self.logprobs = logprobs
+        self._pass_thoughts = False
+
+    def with_thoughts(self) -> ChatStream:
+        """This stream, handing out its :class:`Thought` pieces too: for a stream that
+        wraps another one (a session's) and passes the thoughts on to its own listener."""
+        self._pass_thoughts = True
+        return self
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -160,7 +167,7 @@ class ChatStream:
         try:
             while True:
                 piece = next(self._steps)
-                if not isinstance(piece, Thought):
+                if not isinstance(piece, Thought) or self._pass_thoughts:
                     return piece
                 if self.on_thought is not None:
                     try:

@@ -152,7 +152,9 @@ def chat(
                     if code:
                         raise typer.Exit(code)
                 else:
-                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
+                    _interactive(
+                        remote, images, sampling, label=label, verbose=verbose > 0, hide_thinking=hide_thinking
+                    )
             return
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
         label = _label(resolved)
@@ -192,7 +194,9 @@ def chat(
                 if code:
                     raise typer.Exit(code)
             else:
-                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+                _interactive(
+                    vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s, hide_thinking=hide_thinking
+                )
 
 
 def _label(resolved: Any) -> str:
