@@ -17,6 +17,7 @@ from lfm2_edge.prompt.reasoning import (
     THINK_START,
     Reasoned,
     ReasoningSplitter,
+    prompt_opens_thinking,
     split_reasoning,
     template_thinks,
 )
@@ -148,10 +149,12 @@ def test_consumed_counts_settled_characters() -> None:
     assert splitter.consumed == len("<think>ab </think>\nX")
 
 
-def test_template_thinks() -> None:
-    assert template_thinks("{% if '<think>' in content %}...{% endif %}")
+def test_template_thinks_and_prompt_opens_thinking() -> None:
+    assert template_thinks("{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}")
     assert not template_thinks("<|im_start|>{{ message.content }}")
     assert not template_thinks(None)
+    assert prompt_opens_thinking("<|im_start|>assistant\n<think>\n")
+    assert not prompt_opens_thinking("<|im_start|>assistant\n")
 
 
 def _result(text: str, reasoning: str | None = None) -> ChatResult:

@@ -31,7 +31,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["THINK_END", "THINK_START", "Deltas", "Reasoned", "ReasoningSplitter", "split_reasoning", "template_thinks"]
+__all__ = [
+    "THINK_END",
+    "THINK_START",
+    "Deltas",
+    "Reasoned",
+    "ReasoningSplitter",
+    "prompt_opens_thinking",
+    "split_reasoning",
+    "template_thinks",
+]
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -48,9 +57,19 @@ class Reasoned:
 
 def template_thinks(chat_template: str | None) -> bool:
     """Whether a model's chat template knows ``<think>`` blocks: the test llama.cpp applies
-    before it looks for reasoning (``common/parsers/lfm2.cpp``). The LFM2.5 Thinking
-    models' templates do (they drop past turns' thoughts); the LFM2-VL ones do not."""
+    before it looks for reasoning (``common/parsers/lfm2.cpp``). The LFM2.5 templates do
+    (``keep_past_thinking``: a past turn's thought is dropped, the last one's kept), the
+    Instruct and VL ones too, whose answers then simply never start with ``<think>``;
+    the LFM2 ones do not."""
     return chat_template is not None and THINK_START in chat_template
+
+
+def prompt_opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside a ``<think>`` block (a template that writes
+    ``<think>`` after the assistant header): then split with ``opened=True``. The LFM2.5
+    templates end with ``<|im_start|>assistant\n`` and let the model write it."""
+    tail = prompt.rstrip()
+    return tail.endswith(THINK_START)
 
 
 def split_reasoning(text: str, *, opened: bool = False) -> Reasoned:
