@@ -56,12 +56,12 @@ class Reasoned:
 
 
 def template_thinks(chat_template: str | None) -> bool:
-    """Whether a model's chat template knows ``<think>`` blocks: the test llama.cpp applies
-    before it looks for reasoning (``common/parsers/lfm2.cpp``). The LFM2.5 templates do
+    """Whether a model's chat template knows ``<think>`` blocks (either marker; llama.cpp's
+    LFM2 parser looks for ``<think>`` before it reads reasoning). The LFM2.5 templates do
     (``keep_past_thinking``: a past turn's thought is dropped, the last one's kept), the
     Instruct and VL ones too, whose answers then simply never start with ``<think>``;
     the LFM2 ones do not."""
-    return chat_template is not None and THINK_START in chat_template
+    return chat_template is not None and (THINK_START in chat_template or THINK_END in chat_template)
 
 
 def prompt_opens_thinking(prompt: str) -> bool:
