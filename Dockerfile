@@ -50,15 +50,16 @@ RUN --mount=type=secret,id=pip-ca set -eux; \
     esac; \
     CMAKE_ARGS="-DGGML_NATIVE=OFF $flags $CMAKE_EXTRA" \
     CMAKE_BUILD_PARALLEL_LEVEL="${JOBS:-$(nproc)}" \
-        /opt/lfm2-edge/bin/pip install "llama-cpp-python==${LLAMA_CPP_PYTHON}"; \
-    find /opt/lfm2-edge -name '*.so*' -type f -exec strip --strip-unneeded {} + 2>/dev/null || true
+        /opt/lfm2-edge/bin/pip install "llama-cpp-python==${LLAMA_CPP_PYTHON}"
 # The source changes more often than llama.cpp: it comes after, so a rebuild reuses the layer above.
+# Only llama.cpp's own libraries are stripped: the wheels' bundled ones (numpy's OpenBLAS) break.
 COPY pyproject.toml README.md /src/
 COPY lfm2_edge /src/lfm2_edge
 RUN --mount=type=secret,id=pip-ca set -eux; \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     /opt/lfm2-edge/bin/pip install /src; \
     /opt/lfm2-edge/bin/pip uninstall -y pip; \
+    strip --strip-unneeded /opt/lfm2-edge/lib/python3*/site-packages/llama_cpp/lib/*.so*; \
     find /opt/lfm2-edge -name '__pycache__' -prune -exec rm -rf {} +; \
     rm -rf /opt/lfm2-edge/lib/python3*/site-packages/llama_cpp/include
 
