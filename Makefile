@@ -26,7 +26,7 @@ ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
 $(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
 endif
 
-.PHONY: install browser test interop lint models bench clean
+.PHONY: install browser test interop lint models bench container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ models:
 
 bench: models
 	$(BIN)/lfm2-edge bench --json
+
+# The container image built from nothing (a Debian base made by mmdebstrap, no image
+# registry) and run: /health and one chat on a synthetic model. Root, podman, ~30 min on
+# 2 cores; not part of `make test` (docs/deploy.md, "Containers").
+container-check:
+	bash scripts/container-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
