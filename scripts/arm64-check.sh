@@ -2,7 +2,7 @@
 # lfm2-edge on arm64 (Raspberry Pi 4 and Pi 5), checked on an x86-64 Debian machine under emulation.
 #
 #   sudo scripts/arm64-check.sh [--work DIR] [--jobs N] [--suite fast|full|smoke|none] [--suite-libs pi4|pi5]
-#                               [--stages LIST] [--redo LIST]
+#                               [--stages LIST] [--redo LIST] [--x86-python PY] [-- PYTEST ARGS]
 #
 # Stages (each one idempotent; the slow ones leave a stamp in WORK/stamps and are skipped on a rerun,
 # --redo STAGE runs one again; every stage's output goes to WORK/logs/STAGE.log, its time to
@@ -37,6 +37,7 @@ suite_libs=pi5
 stages="host root build wheels install models smoke greedy suite"
 redo=""
 suite_args=()
+x86py="$repo/.venv/bin/python"  # the x86 peer: the README's `make install` (or --x86-python)
 while [ $# -gt 0 ]; do
     case "$1" in
         --work) work=$2; shift 2 ;;
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
         --suite-libs) suite_libs=$2; shift 2 ;;
         --stages) stages=${2//,/ }; shift 2 ;;
         --redo) redo=${2//,/ }; shift 2 ;;
+        --x86-python) x86py=$2; shift 2 ;;
         --) shift; suite_args=("$@"); break ;;
         -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -63,7 +65,6 @@ logs="$work/logs"
 stamps="$work/stamps"
 mkdir -p "$work" "$logs" "$stamps"
 work=$(cd "$work" && pwd)
-x86py="$repo/.venv/bin/python"
 NICE=(nice -n 10)
 
 # The CPU that qemu-user models for each board, and the libraries built for it.
@@ -179,14 +180,17 @@ stage_build() {
             -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
             -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF "${flags[@]}"
         grep -E 'ARM feature|HAVE_(DOTPROD|FP16_VECTOR|MATMUL_INT8|SVE)' "$b/CMakeCache.txt" || true
-        echo "-- $board: build (-j$jobs)"
-        "${NICE[@]}" cmake --build "$b" --target mtmd -j "$jobs"
-        pack "$board" "$src" "$b"
+        # -march reaches only libggml-cpu (ggml's ARCH_FLAGS are private to that target): libllama,
+        # libggml(-base) and libmtmd are the same for both boards, so pi5 builds ggml-cpu alone.
+        local target=mtmd; [ "$board" = pi4 ] || target=ggml-cpu
+        echo "-- $board: build $target (-j$jobs)"
+        "${NICE[@]}" cmake --build "$b" --target "$target" -j "$jobs"
+        pack "$board" "$src" "$b" "$work/build/pi4"
     done
     # The proof that pi4's libraries hold no ARMv8.2 instruction: no sdot/udot (dotprod), no fp16 arithmetic.
     for board in pi4 pi5; do
         local n
-        n=$(aarch64-linux-gnu-objdump -d "$work/build/$board/bin/libggml-cpu.so" | grep -cE '\s(sdot|udot)\s' || true)
+        n=$(aarch64-linux-gnu-objdump -d "$work/pack/$board/llama_cpp/lib/libggml-cpu.so" | grep -cE '\s(sdot|udot)\s' || true)
         echo "$board libggml-cpu.so: $n sdot/udot instructions"
         echo "$board: libggml-cpu.so has $n dotprod instructions" >> "$logs/build.result.tmp"
     done
@@ -194,13 +198,14 @@ stage_build() {
     [ "$(grep -c '^pi4.* 0 dotprod' "$logs/build.result")" = 1 ] || { echo "pi4's libraries use dotprod"; return 1; }
 }
 
-pack() {  # pack BOARD SRC BUILD: llama-cpp-python's Python files + the libraries as a linux_aarch64 wheel
-    local board=$1 src=$2 b=$3 lib
+pack() {  # pack BOARD SRC BUILD COMMON: llama-cpp-python's Python files + the libraries as a linux_aarch64 wheel
+    local board=$1 src=$2 b=$3 common=$4 lib
     local stage="$work/pack/$board"
     rm -rf "$stage"; mkdir -p "$stage/llama_cpp/lib" "$work/wheels"
     (cd "$src" && tar -cf - --exclude=__pycache__ --exclude='lib' llama_cpp) | tar -xf - -C "$stage"
     for lib in llama ggml ggml-base ggml-cpu mtmd; do
-        local f; f=$(find "$b" -name "lib$lib.so" | head -1)
+        local from=$common; [ "$lib" != ggml-cpu ] || from=$b
+        local f; f=$(find "$from" -name "lib$lib.so" | head -1)
         [ -n "$f" ] || { echo "lib$lib.so not built"; return 1; }
         local so; so=$(aarch64-linux-gnu-readelf -d "$f" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
         cp -L "$f" "$stage/llama_cpp/lib/lib$lib.so"
@@ -271,22 +276,24 @@ stage_install() {
     (cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 -I{} sh -c '[ -e "{}" ] && printf "%s\0" "{}"' \
         | tar --null -T - -cf -) | tar -xf - -C "$root/src/lfm2-edge"
     rsync -a --delete "$work/pywheels/" "$root/wheels/py/" 2>/dev/null || { rm -rf "$root/wheels/py"; cp -a "$work/pywheels" "$root/wheels/py"; }
-    cp "$work"/wheels/*.whl "$root/wheels/"
+    cp "$work"/wheels/*.whl "$root/wheels/" 2>/dev/null || true
+    cp "$work/pywheels/requirements.txt" "$root/wheels/requirements.txt"
     local board
     for board in pi4 pi5; do
-        local v=/opt/lfm2-$board
+        local v=/opt/lfm2-$board pip=(in_root QEMU_CPU="${CPU[$board]}" PIP_DISABLE_PIP_VERSION_CHECK=1 --)
         if [ ! -x "$root$v/bin/pytest" ] || [[ " $redo " == *" install "* ]]; then
-            echo "-- $board: $v (deps from aarch64 wheels)"
+            echo "-- $board: $v, the dependencies from aarch64 wheels"
             rm -rf "${root:?}$v"
-            in_root QEMU_CPU="${CPU[$board]}" -- python3 -m venv "$v"
-            in_root QEMU_CPU="${CPU[$board]}" -- "$v/bin/pip" install -q --no-index --find-links /wheels/py --upgrade pip
+            "${pip[@]}" python3 -m venv "$v"
+            "${pip[@]}" "$v/bin/pip" install -q --no-index --find-links /wheels/py --upgrade pip
+            "${pip[@]}" "$v/bin/pip" install -q --no-index --find-links /wheels/py -r /wheels/requirements.txt
         fi
-        local whl; whl=$(basename "$(ls "$work"/wheels/llama_cpp_python-*+"$board"-*.whl)")
-        in_root QEMU_CPU="${CPU[$board]}" PIP_DISABLE_PIP_VERSION_CHECK=1 -- "$v/bin/pip" install -q --no-index \
-            --force-reinstall --no-deps "/wheels/$whl"
-        in_root QEMU_CPU="${CPU[$board]}" PIP_DISABLE_PIP_VERSION_CHECK=1 -- "$v/bin/pip" install -q --no-index \
-            --find-links /wheels/py --find-links /wheels -e "/src/lfm2-edge[dev]"
-        in_root -- "$v/bin/pip" list 2>/dev/null | grep -iE 'llama|lfm2' || true
+        local whl; whl=$(cd "$work/wheels" && ls llama_cpp_python-*+"$board"-*.whl 2>/dev/null || true)
+        [ -n "$whl" ] || { echo "no $board wheel in $work/wheels: run the build stage"; return 1; }
+        echo "-- $board: $whl and lfm2-edge from /src/lfm2-edge"
+        "${pip[@]}" "$v/bin/pip" install -q --no-index --force-reinstall --no-deps "/wheels/$whl"
+        "${pip[@]}" "$v/bin/pip" install -q --no-index --find-links /wheels/py --no-deps -e /src/lfm2-edge
+        "${pip[@]}" "$v/bin/pip" check
     done
 }
 
