@@ -6,7 +6,8 @@ The models it may recommend, their order and their shapes are the catalog's
 synthetic models. A one-image chat holds:
 
 * the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
-  whose llama.cpp repacks weights (``REPACK = 1``), a repacked copy of its matrices;
+  whose llama.cpp repacks them (AVX2, or NEON with dotprod or i8mm: not a Pi 4, see
+  :func:`~lfm2_edge.local.device.q4_0_repack`), a repacked copy of its matrices;
 * the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
   10 short-convolution layers keep only a few columns of recurrent state;
 * llama.cpp's compute buffer, dominated by a batch of logits (``n_batch x n_vocab``);
@@ -23,11 +24,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lfm2_edge._llama import cpu
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
+from lfm2_edge.local.device import (
+    DeviceInfo,
+    describe_device,
+    image_budget,
+    native_features,
+    parse_meminfo,
+    published_bandwidth,
+    q4_0_repack,
+    read_capacities,
+    read_cpuinfo,
+    read_dt_model,
+)
 
 __all__ = [
     "MemoryEstimate",
@@ -83,9 +97,10 @@ def _vision_compute(n_patches: int, n_ff: int) -> int:
 
 
 def repacks() -> bool:
-    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM)."""
+    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM):
+    ``REPACK = 1`` alone does not say it, the CPU features it was built with do."""
 
-    return "REPACK" in simd_features()
+    return q4_0_repack(simd_features())[0]
 
 
 def estimate_memory(
@@ -277,41 +292,77 @@ def measure_peak_rss(
 def _meminfo() -> tuple[int, int]:
     """(total, available) RAM in bytes."""
     try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+        return parse_meminfo(Path("/proc/meminfo").read_text())
     except (OSError, KeyError, ValueError):
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
-    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
+def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str | None = None) -> dict[str, Any]:
+    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them: of this
+    device, or of the one a ``cpuinfo`` (and ``meminfo``) text describes, to plan for a
+    board from its kernel's texts (``ssh pi cat /proc/cpuinfo``)."""
     from huggingface_hub import constants
 
-    total, available = _meminfo()
+    here = cpuinfo is None
+    text = read_cpuinfo() if cpuinfo is None else cpuinfo
+    machine = platform.machine() if here else ("aarch64" if "CPU part" in text else "x86_64")
+    dev = describe_device(
+        text,
+        machine=machine,
+        dt_model=read_dt_model() if here else None,
+        capacities=read_capacities() if here else None,
+    )
+    emulated = bool(dev.notes) and "emulation" in dev.notes[0]
+    if meminfo is not None:
+        total, available = parse_meminfo(meminfo)
+    elif here:
+        total, available = _meminfo()
+    elif dev.ram_mib_board:
+        total = dev.ram_mib_board * MIB
+        available = total * 4 // 5  # the board's RAM from its revision code; a fifth left to its OS
+    else:
+        raise Lfm2EdgeError("this cpuinfo names no RAM size: give that device's /proc/meminfo with --meminfo")
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
-    gpus = [d for d in list_devices() if d.is_gpu]
-    rec = recommend(
-        available, n_ctx=n_ctx, repack=repacks(), cpu_only=not gpus, bandwidth=None if gpus else memory_bandwidth()
+    gpus = [d for d in list_devices() if d.is_gpu] if here else []
+    if here:
+        check = cpu.check()
+        repack, repack_basis = q4_0_repack(simd_features())
+    else:
+        same_arch = cpu.build_features(machine=machine) and machine == platform.machine()
+        check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
+        repack, repack_basis = q4_0_repack(native_features(dev.simd))
+        repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
+    if gpus:
+        bandwidth, speed_basis = None, "a GPU: no CPU-bandwidth estimate"
+    elif emulated:
+        bandwidth, speed_basis = None, "emulated CPU: no speed estimate means anything here"
+    elif here:
+        bandwidth = memory_bandwidth()
+        speed_basis = f"this device copies memory at {bandwidth / 1e9:.1f} GB/s (measured now, 64 MiB)"
+    else:
+        published = published_bandwidth(dev)
+        bandwidth, speed_basis = published if published else (None, "no published memory figure for this board")
+    rec = recommend(available, n_ctx=n_ctx, repack=repack, cpu_only=not gpus, bandwidth=bandwidth)
+    rec["threads"] = default_threads() if here else dev.threads
+    rec["speed_basis"] = (
+        f"decode reads every weight once a token at {DECODE_EFFICIENCY:g} of the copy rate; {speed_basis}"
     )
-    rec["threads"] = default_threads()
+    entry = catalog.find_entry(rec["model"].split(":")[0])
+    if entry is not None and entry.arch is not None and entry.arch.vision_params and "asimd" in dev.simd:
+        rec["image_max_tokens"], rec["image_basis"] = image_budget(dev, entry.arch.vision_params)
+        rec["command"] += f" --image-max-tokens {rec['image_max_tokens']}"
     return {
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "cores_logical": os.cpu_count(),
-        "cores_physical": default_threads(),
-        "simd": simd_features(),
+        "cpu": dev.display_name(platform.processor()),
+        "machine": machine,
+        "cores_logical": os.cpu_count() if here else len(dev.cores),
+        "cores_physical": default_threads() if here else dev.threads,
+        "simd": simd_features() if here else native_features(dev.simd),
+        "cpu_simd": dev.simd,
+        "device": dev.to_dict(),
+        "build_check": check.to_dict() if check is not None else None,
+        "repack_q4_0": {"repacked": repack, "basis": repack_basis},
         "ram_total_mib": total // MIB,
         "ram_available_mib": available // MIB,
         "gpus": [
@@ -320,6 +371,7 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "cache": str(cache),
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
+        "planned_from_texts": not here,
         "recommendation": rec,
     }
 
@@ -328,13 +380,18 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     """``doctor``'s report as (label, text) lines for a terminal."""
     rec = report["recommendation"]
     gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    dev, check = report["device"], report["build_check"]
+    where = "there" if report["planned_from_texts"] else "here"
     lines = [
-        (
-            "CPU",
-            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
-            f"{report['cores_logical']} logical cores",
+        ("CPU", f"{report['cpu']} ({report['machine']}), {report['cores_logical']} cores"),
+        ("threads", f"{dev['threads']}: {dev['threads_basis']}"),
+        ("SIMD", f"this CPU: {' '.join(report['cpu_simd']) or 'none'}; llama.cpp built with: {' '.join(report['simd'])}"),
+        *(
+            [("build", "runs on this CPU" if not check["missing"] else f"MISSING {' '.join(check['missing'])}")]
+            if check
+            else []
         ),
-        ("SIMD", " ".join(report["simd"])),
+        ("Q4_0 repack", report["repack_q4_0"]["basis"]),
         ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
         ("GPUs", gpus),
         ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
@@ -342,11 +399,13 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
             "recommended",
             f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
             f"~{rec['estimate_mib']['total']:.0f} MiB"
-            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + (f", about {rec['expected_tok_s']:g} tokens/s {where}" if "expected_tok_s" in rec else "")
             + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
         ),
+        ("basis", rec["speed_basis"] + (f"; image: {rec['image_basis']}" if "image_basis" in rec else "")),
         ("try", rec["command"] + " -i photo.jpg"),
     ]
+    lines += [("note", note) for note in dev["notes"]]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
     if "model" in report:
@@ -358,9 +417,13 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     return lines
 
 
-def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+def model_estimate(
+    hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool, cpuinfo: str | None = None
+) -> dict[str, Any]:
     """The memory estimate for ``ref``: from its files when they are here (or ``download``),
-    else from the catalog's published shapes, without a download."""
+    else from the catalog's published shapes, without a download; for the CPU a ``cpuinfo``
+    text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one."""
+    repack = repacks() if cpuinfo is None else q4_0_repack(native_features(describe_device(cpuinfo).simd))[0]
 
     parsed = parse_ref(ref)
     cached = parsed.is_local or hub._cached_choice(parsed) is not None
@@ -371,10 +434,10 @@ def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, downloa
                 f"`lfm2-edge pull {parsed.display}` first, or add --measure"
             )
         resolved = hub.resolve(parsed, mmproj=mmproj)
-        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=repack)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
-    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repack)
     return {
         "name": f"{parsed.entry.name}:{quant}",
         "estimate_mib": est.to_dict(),
