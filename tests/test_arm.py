@@ -135,7 +135,9 @@ def test_doctor_plans_for_a_board_from_its_texts(
     assert report["repack_q4_0"]["repacked"] is repack and report["repack_q4_0"]["basis"]
     rec = report["recommendation"]
     assert rec["model"].startswith("LFM2.5-VL-") and "not measured" in rec["speed_basis"] and rec["expected_tok_s"] > 0
-    assert rec["image_max_tokens"] in (64, 128, 256) and f"--image-max-tokens {rec['image_max_tokens']}" in rec["command"]
+    assert (
+        rec["image_max_tokens"] in (64, 128, 256) and f"--image-max-tokens {rec['image_max_tokens']}" in rec["command"]
+    )
     total, available = parse_meminfo(meminfo.read_text())
     assert (report["ram_total_mib"], report["ram_available_mib"]) == (total // 2**20, available // 2**20)
     assert report["planned_from_texts"] and report["build_check"] is None  # x86 libraries: nothing to compare

@@ -69,7 +69,16 @@ ARM_CORES: dict[tuple[int, int], str] = {
     (0x51, 0x805): "Kryo 4xx Silver",
     (0x51, 0x001): "Qualcomm Oryon",
 }
-LITTLE = {"Cortex-A35", "Cortex-A53", "Cortex-A55", "Cortex-A510", "Cortex-A520", "Kryo 2xx Silver", "Kryo 3xx Silver", "Kryo 4xx Silver"}
+LITTLE = {
+    "Cortex-A35",
+    "Cortex-A53",
+    "Cortex-A55",
+    "Cortex-A510",
+    "Cortex-A520",
+    "Kryo 2xx Silver",
+    "Kryo 3xx Silver",
+    "Kryo 4xx Silver",
+}
 
 # The SoC a core implies when nothing else names the board (a Jetson prints no model).
 _SOC_BY_CORE = {"Cortex-A78AE": "NVIDIA Jetson Orin (Tegra234)", "NVIDIA Carmel": "NVIDIA Jetson Xavier (Tegra194)"}
@@ -249,7 +258,9 @@ def parse_meminfo(text: str) -> tuple[int, int]:
 def read_capacities() -> list[int] | None:
     """The CPUs' ``cpu_capacity`` (ARM big.LITTLE kernels), or None."""
     out = []
-    for path in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpu_capacity"), key=lambda p: int(p.parent.name[3:])):
+    for path in sorted(
+        Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpu_capacity"), key=lambda p: int(p.parent.name[3:])
+    ):
         try:
             out.append(int(path.read_text()))
         except (OSError, ValueError):
@@ -276,7 +287,14 @@ def read_dt_model() -> str | None:
 # -- what llama.cpp does on such a CPU ----------------------------------------------------
 
 # The kernel's feature names -> llama.cpp's, for a build made on that CPU (pip's default).
-_NATIVE = {"asimd": "NEON", "asimdhp": "FP16_VA", "asimddp": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "avx2": "AVX2"}
+_NATIVE = {
+    "asimd": "NEON",
+    "asimdhp": "FP16_VA",
+    "asimddp": "DOTPROD",
+    "i8mm": "MATMUL_INT8",
+    "sve": "SVE",
+    "avx2": "AVX2",
+}
 
 
 def native_features(flags: list[str]) -> list[str]:
@@ -316,7 +334,10 @@ def published_bandwidth(dev: DeviceInfo) -> tuple[float, str] | None:
     for key in (dev.soc, *(dev.cores[:1]), *((dev.board or "").split())):
         if key in _MEMORY:
             what, peak = _MEMORY[key]
-            return peak * COPY_SHARE, f"{what}: {peak / 1e9:g} GB/s peak, {COPY_SHARE:g} of it for a copy (not measured)"
+            return (
+                peak * COPY_SHARE,
+                f"{what}: {peak / 1e9:g} GB/s peak, {COPY_SHARE:g} of it for a copy (not measured)",
+            )
     return None
 
 

@@ -31,7 +31,6 @@ from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
 from lfm2_edge.local.device import (
-    DeviceInfo,
     describe_device,
     image_budget,
     native_features,
@@ -326,6 +325,7 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
     gpus = [d for d in list_devices() if d.is_gpu] if here else []
+    check: cpu.CpuCheck | None
     if here:
         check = cpu.check()
         repack, repack_basis = q4_0_repack(simd_features())
@@ -385,7 +385,10 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     lines = [
         ("CPU", f"{report['cpu']} ({report['machine']}), {report['cores_logical']} cores"),
         ("threads", f"{dev['threads']}: {dev['threads_basis']}"),
-        ("SIMD", f"this CPU: {' '.join(report['cpu_simd']) or 'none'}; llama.cpp built with: {' '.join(report['simd'])}"),
+        (
+            "SIMD",
+            f"this CPU: {' '.join(report['cpu_simd']) or 'none'}; llama.cpp built with: {' '.join(report['simd'])}",
+        ),
         *(
             [("build", "runs on this CPU" if not check["missing"] else f"MISSING {' '.join(check['missing'])}")]
             if check
