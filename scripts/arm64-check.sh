@@ -20,6 +20,7 @@
 #   greedy   a greedy chat with an image on F16 and Q4_0: x86, pi4 libs on a Cortex-A72, pi5 libs on a Cortex-A76,
 #            pi4 libs on a Cortex-A76 (one set of libraries for both boards); the answers must be equal;
 #            and pi5 libs on a Cortex-A72 (a card moved from a Pi 5 to a Pi 4): one clear line and exit 2
+#   memory   doctor's estimate for a 450M-shaped Q4_0 model against llama.cpp's own buffer sizes, per build
 #   suite    the test suite in the root under emulation (--suite fast: -m 'not slow', ~25 min on 2 cores;
 #            full: everything; smoke: a documented subset of a few minutes; none: skipped)
 #
@@ -34,7 +35,7 @@ work=${ARM64_WORK:-/work/arm64}
 jobs=2
 suite=fast
 suite_libs=pi5
-stages="host root build wheels install models smoke greedy suite"
+stages="host root build wheels install models smoke greedy memory suite"
 redo=""
 suite_args=()
 x86py="$repo/.venv/bin/python"  # the x86 peer: the README's `make install` (or --x86-python)
@@ -364,6 +365,25 @@ EOF
             fi
         done
     done
+    # doctor's Q4_0 repack against llama.cpp's own: its CPU_REPACK buffer (none on a Pi 4's CPU)
+    local board
+    for board in pi4 pi5; do
+        local cpu=${CPU[$board]}
+        lfm "$board" "$cpu" chat /models/tiny/model-Q4_0.gguf --mmproj /models/tiny/mmproj-F16.gguf -i /models/picture.png \
+            -p "Hi" --temperature 0 --max-tokens 2 -vv > /dev/null 2> "$out/$board-Q4_0-llama.log"
+        lfm "$board" "$cpu" doctor /models/tiny/model-Q4_0.gguf --mmproj /models/tiny/mmproj-F16.gguf --json \
+            > "$out/$board-Q4_0-doctor.json"
+        "$x86py" - "$board" "$cpu" "$out/$board-Q4_0-llama.log" "$out/$board-Q4_0-doctor.json" >> "$logs/greedy.result" <<'EOF' || failed=1
+import json, re, sys
+board, cpu, log, doc = sys.argv[1:]
+sizes = [float(m) for m in re.findall(r"CPU_REPACK model buffer size = +([0-9.]+) MiB", open(log).read())]
+llama = sum(sizes)
+est = json.load(open(doc))["model"]["estimate_mib"]["repacked"]
+ok = (llama == 0 and est == 0) or (llama > 0 and abs(est - llama) <= 0.2 * llama + 0.05)
+print(f"Q4_0 repack, {board} libraries on {cpu}: llama.cpp CPU_REPACK {llama:g} MiB, doctor {est:g} MiB: {'ok' if ok else 'WRONG'}")
+sys.exit(0 if ok else 1)
+EOF
+    done
     # Pi 5 libraries on a Pi 4's CPU: lfm2-edge must refuse with one line and exit 2 before llama.cpp runs.
     local rc=0
     chat pi5@cortex-a72 Q4_0 > "$out/pi5-on-a72.out" 2> "$out/pi5-on-a72.err" || rc=$?
@@ -376,6 +396,32 @@ EOF
         failed=1
     fi
     return $failed
+}
+
+# doctor's whole estimate for a 450M-shaped Q4_0 model against llama.cpp's own buffers (weights mapped
+# and repacked, KV cache, compute, the projector's): RSS under qemu-user holds the emulator, these do not.
+stage_memory() {
+    [ -f "$root/models/450m/model-Q4_0.gguf" ] || \
+        PYTHONPATH="$repo" "$x86py" -m lfm2_edge.testing --shape lfm2-vl-450m --out "$root/models/450m" --quant Q4_0
+    rm -f "$root/models/450m/model-F16.gguf"  # 0.7 GB the check does not use
+    local board out="$logs/memory"; mkdir -p "$out"; : > "$logs/memory.result"
+    for board in pi4 pi5; do
+        local cpu=${CPU[$board]} m=(/models/450m/model-Q4_0.gguf --mmproj /models/450m/mmproj-F16.gguf --ctx 4096)
+        lfm "$board" "$cpu" chat "${m[@]}" -i /models/picture.png -p "Hi" --temperature 0 --max-tokens 1 -vv \
+            > /dev/null 2> "$out/$board-llama.log"
+        lfm "$board" "$cpu" doctor "${m[@]}" --json > "$out/$board-doctor.json"
+        "$x86py" - "$board" "$cpu" "$out/$board-llama.log" "$out/$board-doctor.json" >> "$logs/memory.result" <<'EOF'
+import json, re, sys
+board, cpu, log, doc = sys.argv[1:]
+buffers = [float(x) for x in re.findall(r"buffer size = +([0-9.]+) MiB", open(log).read())]
+est = json.load(open(doc))["model"]["estimate_mib"]
+model = est["total"] - est["runtime"]  # the interpreter and libraries are no llama.cpp buffer
+err = 100 * (model - sum(buffers)) / sum(buffers)
+print(f"450M-shaped Q4_0, {board} libraries on {cpu}: doctor {model:.0f} MiB (repacked {est['repacked']:.0f}), "
+      f"llama.cpp's buffers {sum(buffers):.0f} MiB ({len(buffers)} buffers): {err:+.1f}%")
+sys.exit(0 if abs(err) < 20 else 1)
+EOF
+    done
 }
 
 stage_suite() {
@@ -406,5 +452,6 @@ run_stage install
 run_stage models
 run_stage smoke
 run_stage greedy
+run_stage memory
 run_stage suite
 say "== all stages ok in $(( $(date +%s) - total_start ))s; per stage: $logs/times.tsv"
