@@ -413,12 +413,15 @@ stage_memory() {
         "$x86py" - "$board" "$cpu" "$out/$board-llama.log" "$out/$board-doctor.json" >> "$logs/memory.result" <<'EOF'
 import json, re, sys
 board, cpu, log, doc = sys.argv[1:]
-buffers = [float(x) for x in re.findall(r"buffer size = +([0-9.]+) MiB", open(log).read())]
+text = open(log).read()
+buffers = [float(x) for x in re.findall(r"buffer size = +([0-9.]+) MiB", text)]  # llama.cpp's, mtmd's compute
+clip = sum(int(x) for x in re.findall(r"clip_model_loader: tensor\[\d+\]:.*?tensor_size=(\d+)", text)) / 2**20
+measured = sum(buffers) + clip
 est = json.load(open(doc))["model"]["estimate_mib"]
 model = est["total"] - est["runtime"]  # the interpreter and libraries are no llama.cpp buffer
-err = 100 * (model - sum(buffers)) / sum(buffers)
+err = 100 * (model - measured) / measured
 print(f"450M-shaped Q4_0, {board} libraries on {cpu}: doctor {model:.0f} MiB (repacked {est['repacked']:.0f}), "
-      f"llama.cpp's buffers {sum(buffers):.0f} MiB ({len(buffers)} buffers): {err:+.1f}%")
+      f"llama.cpp's buffers {sum(buffers):.0f} MiB + projector tensors {clip:.0f} MiB = {measured:.0f} MiB: {err:+.1f}%")
 sys.exit(0 if abs(err) < 20 else 1)
 EOF
     done
