@@ -438,7 +438,7 @@ stage_suite() {
     esac
     local rc=0
     in_root QEMU_CPU="${CPU[$suite_libs]}" -- /bin/sh -c 'cd /src/lfm2-edge && exec "$0" "$@"' \
-        "$v/bin/pytest" -q -p no:cacheprovider --junitxml=/tmp/suite.xml "${sel[@]}" "${suite_args[@]}" || rc=$?
+        "$v/bin/pytest" -q -p no:cacheprovider --junitxml=/root/suite-$suite-$suite_libs.xml "${sel[@]}" "${suite_args[@]}" || rc=$?
     local last; last=$(tail -n 1 "$logs/suite.log")
     echo "suite ($suite, $suite_libs libraries on ${CPU[$suite_libs]}): $last" > "$logs/suite.result"
     return $rc
