@@ -30,6 +30,7 @@ __all__ = [
     "build_features",
     "check",
     "cpu_features",
+    "hwcap_simd",
     "parse_cpuinfo_features",
     "require",
 ]
@@ -64,6 +65,20 @@ X86_FEATURES: dict[str, str] = {
     "AVX512_BF16": "avx512_bf16",
     "AMX_INT8": "amx_int8",
 }
+
+
+# The SIMD the kernel names in the auxiliary vector (the ones that matter to llama.cpp).
+_HWCAP_SIMD = {"asimd": (AT_HWCAP, 1), "asimdhp": (AT_HWCAP, 10), "asimddp": (AT_HWCAP, 20), "sve": (AT_HWCAP, 22)}
+_HWCAP_SIMD |= {"sve2": (AT_HWCAP2, 1), "i8mm": (AT_HWCAP2, 13), "bf16": (AT_HWCAP2, 14), "sme": (AT_HWCAP2, 23)}
+
+
+def hwcap_simd() -> list[str] | None:
+    """This ARM CPU's SIMD features by the kernel's names, from the auxiliary vector (what
+    qemu-user models too), or None off ARM Linux."""
+    if not _is_arm(platform.machine()) or platform.system() != "Linux" or not (caps := _auxv()):
+        return None
+    words = {AT_HWCAP: caps[0], AT_HWCAP2: caps[1]}
+    return [name for name, (word, bit) in _HWCAP_SIMD.items() if words[word] >> bit & 1]
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ def describe_device(
     cpus, tail = _blocks(cpuinfo)
     notes: list[str] = []
     arm = bool(cpus) and all("cpu part" in c for c in cpus)
-    if machine in ("aarch64", "arm64") and cpus and not arm:
+    emulated = machine in ("aarch64", "arm64") and bool(cpus) and not arm
+    if emulated:
         notes.append(
             "/proc/cpuinfo describes another CPU than this aarch64 process runs on: emulation (qemu-user); "
             "speeds measured here say nothing about a board"
@@ -210,7 +211,7 @@ def describe_device(
     model = (dt_model or "").strip("\0 \n") or tail.get("model")
     hardware = tail.get("hardware")
     soc, ram = _pi(tail.get("revision")) if model and model.startswith("Raspberry Pi") else (None, None)
-    board = model or None
+    board = model or ("qemu-user, emulating an aarch64 CPU on this host's" if emulated else None)
     if board is None and hardware and not hardware.startswith("BCM2835"):
         board = hardware  # Android kernels print the SoC here: "Qualcomm Technologies, Inc SM8350"
     if board is None and arm and cores:

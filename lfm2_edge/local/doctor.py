@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,8 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
         capacities=read_capacities() if here else None,
     )
     emulated = bool(dev.notes) and "emulation" in dev.notes[0]
+    if here and (auxv := cpu.hwcap_simd()) is not None:
+        dev = replace(dev, simd=auxv)  # the kernel's word, also under qemu-user (whose cpuinfo is the host's)
     if meminfo is not None:
         total, available = parse_meminfo(meminfo)
     elif here:
