@@ -30,7 +30,7 @@
 # repository's .venv (`make install`) as the x86 peer; it runs that `make install` when the .venv is missing.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=${ARM64_REPO:-$(cd "$(dirname "$0")/.." && pwd)}  # ARM64_REPO: when run from a copy of this script
 work=${ARM64_WORK:-/work/arm64}
 jobs=2
 suite=fast
