@@ -132,7 +132,10 @@ def test_doctor_plans_for_a_board_from_its_texts(
     dev = report["device"]
     assert (dev["board"], dev["threads"]) == (board, threads)
     assert report["recommendation"]["threads"] == threads
-    assert report["repack_q4_0"]["repacked"] is repack and report["repack_q4_0"]["basis"]
+    # llama.cpp repacks Q4_0 and Q8_0 only with dotprod or i8mm (ggml-cpu's repack selection)
+    assert report["repack"]["basis"] and (
+        report["repack"]["quants"] == [] if not repack else {"Q4_0", "Q8_0"} <= set(report["repack"]["quants"])
+    )
     rec = report["recommendation"]
     assert rec["model"].startswith("LFM2.5-VL-") and "not measured" in rec["speed_basis"] and rec["expected_tok_s"] > 0
     assert (
@@ -143,8 +146,9 @@ def test_doctor_plans_for_a_board_from_its_texts(
     assert report["planned_from_texts"] and report["build_check"] is None  # x86 libraries: nothing to compare
 
 
-def test_doctor_on_a_pi4_counts_no_repacked_copy_and_on_a_pi5_does() -> None:
-    spec = ["LFM2.5-VL-1.6B:Q4_0"]
+@pytest.mark.parametrize("quant", ["Q4_0", "Q8_0"])
+def test_doctor_on_a_pi4_counts_no_repacked_copy_and_on_a_pi5_does(quant: str) -> None:
+    spec = [f"LFM2.5-VL-1.6B:{quant}"]
     pi4 = doctor_json(*spec, "--cpuinfo", str(DATA / "raspberry-pi4.txt"))  # RAM from its revision code
     pi5 = doctor_json(*spec, "--cpuinfo", str(DATA / "raspberry-pi5.txt"))
     assert pi4["model"]["estimate_mib"]["repacked"] == 0

@@ -20,13 +20,14 @@ __all__ = [
     "DeviceInfo",
     "describe_device",
     "image_budget",
+    "memory_bandwidth",
     "native_features",
     "parse_meminfo",
     "published_bandwidth",
-    "q4_0_repack",
     "read_capacities",
     "read_cpuinfo",
     "read_dt_model",
+    "repacked_quants",
 ]
 
 # (implementer, part) -> core, from the kernel's arch/arm64/include/asm/cputype.h and
@@ -303,21 +304,43 @@ def native_features(flags: list[str]) -> list[str]:
     return [name for flag, name in _NATIVE.items() if flag in flags] + ["REPACK"]
 
 
-def q4_0_repack(features: list[str]) -> tuple[bool, str]:
-    """Whether llama.cpp's CPU backend keeps a repacked copy of Q4_0 matrices, and why:
-    ggml-cpu's ``ggml_repack_get_optimal_repack_type`` picks an interleaved layout for
-    Q4_0 only with AVX2 (8x8), NEON with i8mm (4x8) or NEON with dotprod (4x4); other CPUs
-    (a Pi 4's Cortex-A72) run Q4_0 from the file's own blocks, with no copy."""
+# The quantized types ggml-cpu's ``ggml_repack_get_optimal_repack_type`` repacks into
+# interleaved blocks (a second copy of those matrices in RAM), by what the CPU backend has.
+_REPACKED_X86 = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})  # AVX2 (Q2_K too with AVX512)
+_REPACKED_ARM = frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "MXFP4"})  # NEON + dotprod or i8mm
+
+
+def repacked_quants(features: list[str]) -> tuple[frozenset[str], str]:
+    """The quant types llama.cpp's CPU backend keeps a repacked copy of, and why: with
+    AVX2, or NEON with dotprod or i8mm (then Q8_0 too); none on a CPU with neither (a
+    Pi 4's Cortex-A72 runs Q4_0 and Q8_0 from the file's own blocks)."""
     have = set(features)
     if "REPACK" not in have:
-        return False, "this llama.cpp was built without its repack buffers (GGML_CPU_REPACK off)"
+        return frozenset(), "this llama.cpp was built without its repack buffers (GGML_CPU_REPACK off)"
     if "AVX2" in have:
-        return True, "AVX2: llama.cpp repacks Q4_0 to 8x8 blocks (a copy of the matrices in RAM)"
-    if "NEON" in have and "MATMUL_INT8" in have:
-        return True, "NEON + i8mm: llama.cpp repacks Q4_0 to 4x8 blocks (a copy of the matrices in RAM)"
-    if "NEON" in have and "DOTPROD" in have:
-        return True, "NEON + dotprod: llama.cpp repacks Q4_0 to 4x4 blocks (a copy of the matrices in RAM)"
-    return False, "no AVX2, i8mm or dotprod: llama.cpp runs Q4_0 from the file's blocks, no repacked copy"
+        quants = _REPACKED_X86 | ({"Q2_K"} if "AVX512" in have else set())
+        return frozenset(quants), "AVX2: llama.cpp repacks Q4_0 (8x8 blocks; also Q4_K, IQ4_NL) into a copy in RAM"
+    if "NEON" in have and ({"DOTPROD", "MATMUL_INT8"} & have):
+        how = "i8mm" if "MATMUL_INT8" in have else "dotprod"
+        return _REPACKED_ARM, f"NEON + {how}: llama.cpp repacks Q4_0 and Q8_0 (and K-quants) into a copy in RAM"
+    return frozenset(), "no AVX2, dotprod or i8mm: llama.cpp runs Q4_0 and Q8_0 from the file's blocks, no copy"
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
+    what a decode step, which reads every weight once, is bound by on a CPU."""
+    import time
+
+    import numpy as np
+
+    src = np.ones(8 * 2**20, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
 
 
 # Published memory of boards doctor can plan for from their texts: (what, peak bytes/s).

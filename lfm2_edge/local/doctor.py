@@ -6,8 +6,8 @@ The models it may recommend, their order and their shapes are the catalog's
 synthetic models. A one-image chat holds:
 
 * the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
-  whose llama.cpp repacks them (AVX2, or NEON with dotprod or i8mm: not a Pi 4, see
-  :func:`~lfm2_edge.local.device.q4_0_repack`), a repacked copy of its matrices;
+  whose llama.cpp repacks them (AVX2; NEON with dotprod or i8mm, which repacks Q8_0 too;
+  not a Pi 4: :func:`~lfm2_edge.local.device.repacked_quants`), a copy of its matrices;
 * the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
   10 short-convolution layers keep only a few columns of recurrent state;
 * llama.cpp's compute buffer, dominated by a batch of logits (``n_batch x n_vocab``);
@@ -33,13 +33,14 @@ from lfm2_edge.hub.gguf import read_summary
 from lfm2_edge.local.device import (
     describe_device,
     image_budget,
+    memory_bandwidth,
     native_features,
     parse_meminfo,
     published_bandwidth,
-    q4_0_repack,
     read_capacities,
     read_cpuinfo,
     read_dt_model,
+    repacked_quants,
 )
 
 __all__ = [
@@ -59,7 +60,8 @@ __all__ = [
 MIB = 2**20
 RUNTIME_BYTES = 80 * MIB  # Python, numpy, Pillow, llama.cpp's code, a chat's buffers (measured: 46 MiB at import)
 LOGITS_RESIDENT = 0.65  # share of the logits buffer a prompt batch touches (measured on the 450M shape)
-GGML_Q4_0 = 2
+GGML_TYPES = {2: "Q4_0", 8: "Q8_0", 10: "Q2_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 39: "MXFP4"}
+Repack = bool | frozenset[str] | None  # True: Q4_0 (x86's AVX2 rule); a set: those quants; None: this CPU's
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,19 @@ def _vision_compute(n_patches: int, n_ff: int) -> int:
     return int(n_patches * n_ff * 4 * 1.75)
 
 
-def repacks() -> bool:
-    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM):
-    ``REPACK = 1`` alone does not say it, the CPU features it was built with do."""
+def repacks() -> frozenset[str]:
+    """The quants this llama.cpp repacks for its CPU kernels (a copy in RAM): ``REPACK = 1``
+    alone does not say it, the CPU features it was built with do."""
 
-    return q4_0_repack(simd_features())[0]
+    return repacked_quants(simd_features())[0]
+
+
+def _quants(repack: Repack) -> frozenset[str]:
+    if repack is None:
+        return repacks()
+    if isinstance(repack, bool):
+        return frozenset({"Q4_0"}) if repack else frozenset()
+    return repack
 
 
 def estimate_memory(
@@ -108,7 +118,7 @@ def estimate_memory(
     *,
     n_ctx: int = 4096,
     n_batch: int = 512,
-    repack: bool | None = None,
+    repack: Repack = None,
 ) -> MemoryEstimate:
     """Estimate the peak RSS of a one-image chat with these files at ``n_ctx``."""
 
@@ -120,8 +130,10 @@ def estimate_memory(
     kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
     l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
     n_layer = int(lm.get(f"{arch}.block_count") or 0)
-    repack = repacks() if repack is None else repack
-    repacked = sum(t.nbytes for t in lm.tensors.values() if t.ggml_type == GGML_Q4_0) if repack else 0
+    quants = _quants(repack)  # the input embedding is never repacked (llama.cpp reads it by rows)
+    repacked = sum(
+        t.nbytes for n, t in lm.tensors.items() if GGML_TYPES.get(t.ggml_type) in quants and n != "token_embd.weight"
+    )
     projector = vision = 0
     if mmproj_path is not None:
         proj = read_summary(mmproj_path, "mmproj")
@@ -144,14 +156,14 @@ _BYTES_PER_WEIGHT = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}
 
 
 def estimate_spec(
-    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
+    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: Repack = False
 ) -> MemoryEstimate:
     """Estimate a one-image chat from a catalog model's published shapes (no files needed)."""
     embd = arch.n_vocab * arch.n_embd
     vision = arch.vision_params > 0
     return MemoryEstimate(
         weights=int(arch.lm_params * _BYTES_PER_WEIGHT[quant]),
-        repacked=int((arch.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
+        repacked=int((arch.lm_params - embd) * _BYTES_PER_WEIGHT[quant]) if quant in _quants(repack) else 0,
         # the projector: F16 with an F16 model, the Q8_0 one otherwise
         projector=int(arch.vision_params * (2.0 if quant == "F16" else 1.0625)),
         kv_cache=_kv(arch.n_attn, arch.kv_dim, n_ctx),
@@ -177,23 +189,6 @@ DECODE_EFFICIENCY = 0.6
 MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choice that fits
 
 
-def memory_bandwidth() -> float:
-    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
-    what a decode step, which reads every weight once, is bound by on a CPU."""
-    import time
-
-    import numpy as np
-
-    src = np.ones(8 * MIB, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
 def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
     """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
     return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
@@ -203,7 +198,7 @@ def recommend(
     available: int,
     *,
     n_ctx: int = 4096,
-    repack: bool = False,
+    repack: Repack = False,
     cpu_only: bool = False,
     bandwidth: float | None = None,
 ) -> dict[str, Any]:
@@ -330,11 +325,11 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     check: cpu.CpuCheck | None
     if here:
         check = cpu.check()
-        repack, repack_basis = q4_0_repack(simd_features())
+        repack, repack_basis = repacked_quants(simd_features())
     else:
         same_arch = cpu.build_features(machine=machine) and machine == platform.machine()
         check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
-        repack, repack_basis = q4_0_repack(native_features(dev.simd))
+        repack, repack_basis = repacked_quants(native_features(dev.simd))
         repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
     if gpus:
         bandwidth, speed_basis = None, "a GPU: no CPU-bandwidth estimate"
@@ -364,7 +359,7 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
         "cpu_simd": dev.simd,
         "device": dev.to_dict(),
         "build_check": check.to_dict() if check is not None else None,
-        "repack_q4_0": {"repacked": repack, "basis": repack_basis},
+        "repack": {"quants": sorted(repack), "basis": repack_basis},
         "ram_total_mib": total // MIB,
         "ram_available_mib": available // MIB,
         "gpus": [
@@ -396,7 +391,7 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
             if check
             else []
         ),
-        ("Q4_0 repack", report["repack_q4_0"]["basis"]),
+        ("repack", report["repack"]["basis"]),
         ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
         ("GPUs", gpus),
         ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
@@ -428,7 +423,7 @@ def model_estimate(
     """The memory estimate for ``ref``: from its files when they are here (or ``download``),
     else from the catalog's published shapes, without a download; for the CPU a ``cpuinfo``
     text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one."""
-    repack = repacks() if cpuinfo is None else q4_0_repack(native_features(describe_device(cpuinfo).simd))[0]
+    repack = repacks() if cpuinfo is None else repacked_quants(native_features(describe_device(cpuinfo).simd))[0]
 
     parsed = parse_ref(ref)
     cached = parsed.is_local or hub._cached_choice(parsed) is not None
