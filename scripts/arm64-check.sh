@@ -451,7 +451,7 @@ stage_suite() {
         fast) sel=(-m "not slow") ;;
         full) sel=() ;;
         # a few minutes: the model, images, doctor and the CLI on the real pipeline
-        smoke) sel=(-m "not slow" tests/test_model.py tests/test_images.py tests/test_doctor.py tests/test_cli.py) ;;
+        smoke) sel=(-m "not slow" tests/local/test_model.py tests/chat/test_images.py tests/local/test_arm.py tests/cli/test_cli.py) ;;
     esac
     local rc=0
     in_root QEMU_CPU="${CPU[$suite_libs]}" -- /bin/sh -c 'cd /src/lfm2-edge && exec "$0" "$@"' \

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,10 +31,16 @@ class StubFile:
     drop_after: int | None = None  # close the connection after this many bytes, once
     corrupt: bool = False  # flip one byte of what is sent
     fake_size: int | None = None  # advertise this size instead
+    stall_after: int | None = None  # send this many bytes, then hold the connection (a slow link)
+
+    _digest: tuple[bytes, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        """Hashed once per content (a 1.4 GB set of files took seconds per request)."""
+        if self._digest is None or self._digest[0] is not self.data:
+            self._digest = (self.data, hashlib.sha256(self.data).hexdigest())
+        return self._digest[1]
 
 
 @dataclass
@@ -164,6 +171,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(size)
             self._send(200, b"", headers, body=False)
             return
+        if f.stall_after is not None:
+            headers["Content-Length"] = str(len(data))
+            self._head(status, headers)
+            self.wfile.write(bytes(data[: f.stall_after]))
+            self.wfile.flush()
+            time.sleep(60)
+            self.close_connection = True
+            return
         if f.drop_after is not None and f.drop_after > start:
             cut = f.drop_after - start
             f.drop_after = None
@@ -197,12 +212,17 @@ def main() -> None:
     args = parser.parse_args()
     name = args.repo.split("/")[1].removesuffix("-GGUF")
     files = {}
-    for path in sorted(args.dir.glob("*.gguf")):
+    paths = sorted(args.dir.glob("*.gguf"))
+    size = sum(p.stat().st_size for p in paths)
+    print(f"reading and hashing {len(paths)} files ({size / 1e9:.1f} GB) from {args.dir}…", flush=True)
+    for path in paths:
         stem = path.stem  # model-Q4_0 / mmproj-F16
         kind, quant = stem.split("-", 1)
         files[f"{name}-{quant}.gguf" if kind == "model" else f"mmproj-{name}-{quant}.gguf"] = path.read_bytes()
     stub = HubStub()
-    stub.add_repo(args.repo, files)
+    repo = stub.add_repo(args.repo, files)
+    for f in repo.files.values():
+        f.sha256  # noqa: B018  (hashed now, not at the first request)
     stub.start(args.port)
     print(f"serving {args.repo} ({', '.join(files)}) at {stub.url}; HF_ENDPOINT={stub.url}", flush=True)
     threading.Event().wait()

@@ -173,7 +173,7 @@ def bare_decode(rt: Runtime, prompt: Sequence[int], sampler: Any, n: int) -> tup
     sample, decode one token), with none of the engine's per-token work: what ``bench``
     holds the engine's decode to. Evaluates ``prompt``, then up to ``n`` tokens after the
     first sampled one; returns how many and the seconds they took. Clears the context
-    before and after; the caller holds the engine's lock."""
+    before and after; run it on the engine's thread (``Engine.call``)."""
     mem = llama_cpp.llama_get_memory(rt.ctx)
     llama_cpp.llama_memory_clear(mem, True)
     try:

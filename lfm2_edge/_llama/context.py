@@ -20,11 +20,11 @@ import llama_cpp
 from lfm2_edge._llama import cpu
 from lfm2_edge._llama.caches import Item
 from lfm2_edge._llama.cuts import PromptCuts
-from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import Projector, PromptChunks
 from lfm2_edge._llama.sampler import Sampler, sampler_chain, token_logprobs
 from lfm2_edge._llama.segments import MarkerTable, token_runs
 from lfm2_edge._llama.state import SavedState
+from lfm2_edge._llama.threads import Busy, BusyProbe, env_threads, threads_for
 from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, token_piece, tokenize
 from lfm2_edge.chat.images import LoadedImage
 from lfm2_edge.chat.sampling import Sampling
@@ -60,7 +60,10 @@ class Runtime:
     ) -> None:
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
-        self.n_threads = n_threads or default_threads()
+        # the default threads: the cores others leave free, probed while the model loads
+        self.n_threads = n_threads or env_threads() or 0
+        self.busy: Busy | None = None
+        self._probe = BusyProbe() if not self.n_threads else None
         self.n_batch = n_batch
         self.verbose = verbose
         self._model: int | None = None
@@ -127,6 +130,9 @@ class Runtime:
             )
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
+        if self._probe is not None:
+            self.busy = self._probe.result()
+            self.n_threads = threads_for(self.busy)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
         cparams = llama_cpp.llama_context_default_params()

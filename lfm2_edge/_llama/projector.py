@@ -14,7 +14,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks on import)
 from lfm2_edge._llama.caches import EmbeddingCache, EmbeddingKey, Item
 from lfm2_edge.chat.images import LoadedImage
-from lfm2_edge.errors import GenerationError, ModelFileError
+from lfm2_edge.errors import GenerationError, InvalidParameterError, ModelFileError
 from lfm2_edge.prompt.tokens import IMAGE_MARKER
 
 __all__ = ["ChunkInfo", "Projector", "PromptChunks"]
@@ -131,6 +131,13 @@ class Projector:
         verbose: bool = False,
     ) -> None:
         self.path = Path(mmproj_path)
+        if image_min_tokens is not None and image_max_tokens is not None and image_min_tokens > image_max_tokens:
+            # mtmd refuses it with log lines that read as a broken projector: say what it is
+            raise InvalidParameterError(
+                f"image_min_tokens ({image_min_tokens}) is larger than image_max_tokens ({image_max_tokens}): "
+                "an image's token budget must run from the smaller to the larger",
+                param="image_min_tokens",
+            )
         self.budget = (image_min_tokens, image_max_tokens)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
         self.embeddings = EmbeddingCache(int(embedding_cache_mb * 2**20))

@@ -30,7 +30,16 @@ from PIL import Image, ImageOps
 
 from lfm2_edge.errors import ImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "ImagesArg", "LoadedImage", "is_single_image", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInput",
+    "ImagesArg",
+    "LoadedImage",
+    "is_single_image",
+    "load_image",
+    "pinned_connection",
+    "resolve_checked",
+]
 
 if TYPE_CHECKING:
     import numpy as np
@@ -172,6 +181,30 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = context.wrap_socket(sock, server_hostname=self.host)
 
 
+def pinned_connection(url: str, allow_private: bool, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to ``url``'s host (not yet opened) and the path to request: the host
+    resolved once and checked (never loopback, private or link-local unless
+    ``allow_private``), and that address used (no DNS rebinding). What fetch_url and the
+    live sources of :mod:`lfm2_edge.jobs.sources` connect through."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImageError(f"refusing to fetch {url}: only http(s) URLs with a host are fetched")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ip = _resolve(parts.hostname, port, url, allow_private)
+    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    conn = cls(parts.hostname, port, timeout=timeout)
+    conn.pinned_ip = ip
+    path = parts.path or "/"
+    if parts.query:
+        path += f"?{parts.query}"
+    return conn, path
+
+
+def resolve_checked(host: str, port: int, url: str, allow_private: bool) -> str:
+    """``host``'s address, checked as :func:`pinned_connection` checks it (for rtsp://)."""
+    return _resolve(host, port, url, allow_private)
+
+
 def fetch_url(url: str, allow_private: bool, hops: int = 5, deadline: float | None = None) -> bytes:
     """GET ``url`` (and up to ``hops`` redirects), each hop's host checked before connecting.
 
@@ -179,17 +212,7 @@ def fetch_url(url: str, allow_private: bool, hops: int = 5, deadline: float | No
     server that drips one byte at a time is cut off, not waited for.
     """
     deadline = deadline if deadline is not None else time.monotonic() + REMOTE_TIMEOUT_S
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ImageError(f"refusing to fetch {url}: only http(s) URLs with a host are fetched")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    ip = _resolve(parts.hostname, port, url, allow_private)
-    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(parts.hostname, port, timeout=max(0.1, deadline - time.monotonic()))
-    conn.pinned_ip = ip
-    path = parts.path or "/"
-    if parts.query:
-        path += f"?{parts.query}"
+    conn, path = pinned_connection(url, allow_private, max(0.1, deadline - time.monotonic()))
     try:
         conn.request("GET", path, headers={"User-Agent": "lfm2-edge", "Accept": "image/*"})
         response = conn.getresponse()

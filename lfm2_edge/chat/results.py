@@ -86,13 +86,15 @@ class TokenLogprob:
     reports by default), and the ``top_logprobs`` likeliest tokens there, best first.
 
     ``token`` is the token's text (invalid UTF-8 of a byte-level piece replaced by
-    U+FFFD), ``bytes`` its exact bytes.
+    U+FFFD), ``bytes`` its exact bytes; ``top_bytes`` the exact bytes of each of
+    ``top_logprobs``, in the same order (empty when not known, as from a remote server).
     """
 
     token: str
     logprob: float
     bytes: tuple[int, ...]
     top_logprobs: tuple[tuple[str, float], ...] = ()
+    top_bytes: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``chat`` (about images, locally or through ``--endpoint``), ``serve`` (an OpenAI-compatible
 server), ``pull``, ``models`` and ``rm`` (the hub cache), ``info`` (llama.cpp's backends
-and devices), ``doctor`` (this device, and the model that fits it) and ``bench``.
+and devices), ``doctor`` (this device, and the model that fits it), ``bench`` and ``batch`` (a
+folder or manifest of images, one answer each).
 
 Every user mistake ends in one line on stderr and exit code 2; ``--json`` gives one
 JSON object on stdout for scripts. A command module imports what loads llama.cpp or the
@@ -16,7 +17,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from lfm2_edge.cli import bench, chat, doctor, info, models, pull, rm, serve
+from lfm2_edge.cli import batch, bench, chat, doctor, info, models, pull, rm, serve, watch
 from lfm2_edge.cli._common import app, err
 
 __all__ = ["app", "main"]
@@ -25,10 +26,12 @@ app.command()(chat.chat)
 app.command()(info.info)
 app.command()(doctor.doctor)
 app.command()(serve.serve)
+app.command()(watch.watch)
 app.command()(pull.pull)
 app.command("models")(models.list_models)
 app.command("rm")(rm.remove)
 app.command()(bench.bench)
+app.command()(batch.batch)
 
 
 def main() -> None:

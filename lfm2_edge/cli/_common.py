@@ -17,6 +17,7 @@ from rich.console import Console
 
 from lfm2_edge import __version__
 from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.hub.catalog import presets
 from lfm2_edge.hub.download import Hub, RichProgress
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: "[default: 0.15]" is text, not a markup tag
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -84,13 +86,51 @@ MmprojOpt = Annotated[
 
 
 # Where a model runs: the same options on chat and serve.
-ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads [default: physical cores].")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        help="CPU threads [default: $LFM2_EDGE_THREADS, else the physical cores other programs leave free at load].",
+    ),
+]
 GpuLayersOpt = Annotated[
     Optional[str],
     typer.Option(help="Layers to offload: auto (all when a GPU backend is present), -1 (all) or N. [default: auto]"),
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")]
 MlockOpt = Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")]
+# The image-token budget: the same options on chat and serve.
+ImageMinTokensOpt = Annotated[
+    Optional[int],
+    typer.Option("--image-min-tokens", min=1, help="Fewest tokens an image is given [default: the card's, 64]."),
+]
+ImageMaxTokensOpt = Annotated[
+    Optional[int],
+    typer.Option("--image-max-tokens", min=1, help="Most tokens an image tile is given [default: the card's, 256]."),
+]
+
+
+def _check_image_budget(resolved: Any, min_tokens: int | None, max_tokens: int | None) -> dict[str, int]:
+    """The image-token options, checked against the model card's range before the
+    projector loads (mtmd refuses a floor above the ceiling with three log lines, which
+    would read as a broken projector); returns the VisionModel arguments given."""
+    card = presets(resolved.ref.entry, resolved.mmproj_path is not None)
+    lo, hi = card.get("image_min_tokens") or 64, card.get("image_max_tokens") or 256
+    whose = f"{resolved.ref.entry.name}'s card" if resolved.ref.entry is not None else "the LFM2-VL card"
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        fail(f"--image-min-tokens ({min_tokens}) is larger than --image-max-tokens ({max_tokens})")
+    if max_tokens is not None and min_tokens is None and max_tokens < lo:
+        fail(
+            f"--image-max-tokens {max_tokens} is below the fewest tokens an image is given, {lo} "
+            f"({whose}: {lo} to {hi}); give {lo} or more, or lower --image-min-tokens too"
+        )
+    if min_tokens is not None and max_tokens is None and min_tokens > hi:
+        fail(
+            f"--image-min-tokens {min_tokens} is above the most tokens an image tile is given, {hi} "
+            f"({whose}: {lo} to {hi}); give {hi} or less, or raise --image-max-tokens too"
+        )
+    given = {"image_min_tokens": min_tokens, "image_max_tokens": max_tokens}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _placement(

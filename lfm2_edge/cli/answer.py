@@ -17,9 +17,10 @@ __all__ = ["answer_once", "answer_stats"]
 
 
 def answer_stats(result: Any, wall_s: float, load_s: float | None = None) -> str:
-    """``ollama run --verbose``'s figures for one answer."""
+    """``ollama run --verbose``'s figures for one answer; as ollama's, the total
+    duration includes the load when ``load_s`` is given (the first answer)."""
     u, t = result.usage, result.timings
-    rows: list[tuple[str, str]] = [("total duration", f"{wall_s:.2f}s")]
+    rows: list[tuple[str, str]] = [("total duration", f"{wall_s + (load_s or 0.0):.2f}s")]
     if load_s is not None:
         rows.append(("load duration", f"{load_s:.2f}s"))
     evaluated = u.prompt_tokens - u.cached_tokens

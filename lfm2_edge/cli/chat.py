@@ -4,6 +4,7 @@ through ``--endpoint``."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,11 +16,14 @@ from lfm2_edge.chat.images import load_image, read_file
 from lfm2_edge.cli._common import (
     DeviceOpt,
     GpuLayersOpt,
+    ImageMaxTokensOpt,
+    ImageMinTokensOpt,
     MlockOpt,
     MmprojOpt,
     ModelOpt,
     RefArg,
     ThreadsOpt,
+    _check_image_budget,
     _either,
     _hub,
     _model_ref,
@@ -31,7 +35,7 @@ from lfm2_edge.cli._common import (
 from lfm2_edge.cli.activity import Activity
 from lfm2_edge.cli.answer import answer_once
 from lfm2_edge.cli.repl import interactive as _interactive
-from lfm2_edge.errors import Lfm2EdgeError
+from lfm2_edge.errors import Lfm2EdgeError, UnknownModelError
 
 
 def chat(
@@ -53,19 +57,17 @@ def chat(
     temperature: Annotated[
         Optional[float], typer.Option(min=0.0, help="[default: the card's, 0.1 VL / 0.3 text]")
     ] = None,
-    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
-    top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 1.0, off]")] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0, help="[default: 0, off]")] = None,
     min_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="[default: 0.15]")] = None,
     repetition_penalty: Annotated[
         Optional[float], typer.Option("--repetition-penalty", min=0.0, help="[default: 1.05]")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.")] = None,
-    min_image_tokens: Annotated[
-        Optional[int], typer.Option("--image-min-tokens", min=1, help="Fewest tokens an image is given [64].")
+    seed: Annotated[
+        Optional[int], typer.Option(help="Sampling seed, for repeatable answers [default: a new one each answer].")
     ] = None,
-    max_image_tokens: Annotated[
-        Optional[int], typer.Option("--image-max-tokens", min=1, help="Most tokens an image tile is given [256].")
-    ] = None,
+    min_image_tokens: ImageMinTokensOpt = None,
+    max_image_tokens: ImageMaxTokensOpt = None,
     # the old spellings, still accepted
     repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", min=0.0, hidden=True)] = None,
     old_min_image_tokens: Annotated[Optional[int], typer.Option("--min-image-tokens", min=1, hidden=True)] = None,
@@ -98,6 +100,9 @@ def chat(
 
     if as_json and prompt is None:
         fail("--json needs --prompt (the interactive session has no single answer to print)")
+    if ref is not None and prompt is None and len(ref.split()) > 1 and not Path(ref).expanduser().exists():
+        # `lfm2-edge chat "What is in this image?"`, as ollama and llm take a prompt
+        fail(f"{ref!r} is not a model name; to ask it, give it with -p: lfm2-edge chat -p {shlex.quote(ref)}")
     if prompt == "-":  # the prompt is stdin's text
         prompt = sys.stdin.read().strip()
         if not prompt:
@@ -105,7 +110,7 @@ def chat(
     repetition_penalty = _either(repetition_penalty, repeat_penalty)
     min_image_tokens = _either(min_image_tokens, old_min_image_tokens)
     max_image_tokens = _either(max_image_tokens, old_max_image_tokens)
-    if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:
+    if min_image_tokens and max_image_tokens and min_image_tokens > max_image_tokens:  # before any download
         fail(f"--image-min-tokens ({min_image_tokens}) is larger than --image-max-tokens ({max_image_tokens})")
     set_verbose(verbose >= 2)
     sampling: dict[str, Any] = {
@@ -122,11 +127,7 @@ def chat(
             "type": "json_schema",
             "json_schema": {"name": schema.stem, "schema": _schema(schema)},
         }
-    overrides = {
-        "system_prompt": system,
-        "image_min_tokens": min_image_tokens,
-        "image_max_tokens": max_image_tokens,
-    }
+    overrides: dict[str, Any] = {"system_prompt": system}
     with user_errors():
         images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
@@ -135,19 +136,27 @@ def chat(
             with RemoteModel(endpoint, model=_model_ref(ref, model), api_key=api_key, system_prompt=system) as remote:
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
-                    code = answer_once(remote, label, prompt, images, sampling, as_json, verbose=verbose > 0)
+                    code = answer_once(
+                        remote, label, prompt, images, sampling, as_json, verbose=verbose > 0, schema=schema
+                    )
                     if code:
                         raise typer.Exit(code)
                 else:
                     _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
             return
-        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        try:
+            resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        except UnknownModelError as exc:
+            if prompt is None and ref is not None and "did you mean" not in str(exc):
+                fail(f"{exc} (a question goes after -p: lfm2-edge chat -p {shlex.quote(ref)})")
+            raise
         label = _label(resolved)
         if images and resolved.mmproj_path is None:
             fail(
                 f"{resolved.ref.display} has no vision projector: give --mmproj, the mmproj GGUF that "
                 "belongs to the model, or use an LFM2-VL model"
             )
+        overrides.update(_check_image_budget(resolved, min_image_tokens, max_image_tokens))
         t_load = time.perf_counter()
         with Activity(err, show=err.is_terminal) as loading:
             loading.say(f"loading {label}…")
@@ -160,6 +169,8 @@ def chat(
                 vm.close()
                 raise typer.Exit(130)
         load_s = time.perf_counter() - t_load
+        if getattr(vm, "n_ctx", ctx) != ctx:  # llama.cpp sizes the context in blocks: say so, not silently
+            err.print(f"note: --ctx {ctx} is rounded up to {vm.n_ctx} tokens (llama.cpp's context grows in blocks)")
         if vm.gpu_notice and gpu_layers is not None:  # said only to who asked for a GPU
             err.print(f"note: {vm.gpu_notice}")
         with vm:

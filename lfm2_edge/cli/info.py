@@ -10,8 +10,10 @@ from rich.console import Console
 from lfm2_edge import __version__
 from lfm2_edge.cli._common import (
     MmprojOpt,
+    ModelOpt,
     _emit_json,
     _hub,
+    _model_ref,
     user_errors,
 )
 from lfm2_edge.hub.info import describe, report_lines
@@ -27,12 +29,14 @@ def info(
             show_default=False,
         ),
     ] = None,
+    model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the version, llama.cpp's build, its backends and devices, and the thread count;
     with MODEL, what its files are: architecture, layer pattern, quant types, vocabulary,
     chat template (and its hash), projector layout, the catalog's presets."""
+    ref = _model_ref(ref, model)
     if ref is not None:
         with user_errors():
             resolved = _hub().resolve(ref, mmproj=mmproj)

@@ -48,11 +48,11 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         for row in rows:
             sys.stdout.write("\t".join(row) + "\n")
         return
-    from rich.table import Table
-
-    table = Table("model", "size", "projector", "path", title=f"models in {hub.cache_dir}")
-    for row in rows:
-        table.add_row(*row)
-    for column in table.columns:
-        column.overflow = "fold"  # never "…": a path is copied from here
-    Console(highlight=False).print(table)
+    # at a terminal: one line per model (name, size, projector in aligned columns) and its
+    # path on the next, whole, so that the table reads at 80 columns and a path copies whole
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"[bold]models in {hub.cache_dir}[/]")
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    for label, shown_size, vision, path in rows:
+        out.print(f"{label:<{width[0]}}  {shown_size:>{width[1]}}  {vision}", markup=False)
+        out.print(f"  {path}", markup=False)

@@ -16,8 +16,16 @@ def pull(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Download a model and its vision projector into the hub cache (or check the cached copy)."""
+    name = _model_ref(ref, model)
     with user_errors():
-        resolved = _hub().pull(_model_ref(ref, model))
+        try:
+            resolved = _hub().pull(name)
+        except KeyboardInterrupt:
+            err.print(
+                f"\npull stopped; `lfm2-edge pull {name or ''}`".rstrip()
+                + " again resumes it (what arrived is kept in the cache)"
+            )
+            raise typer.Exit(130) from None
     files = [p for p in (resolved.model_path, resolved.mmproj_path) if p is not None]
     if as_json:
         _emit_json(

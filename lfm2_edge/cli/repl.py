@@ -24,6 +24,7 @@ import re
 import shlex
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -33,16 +34,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from lfm2_edge.chat.images import load_image
+from lfm2_edge.chat.sampling import check_value
 from lfm2_edge.chat.session import ChatSession
 from lfm2_edge.cli.activity import Activity
 from lfm2_edge.cli.answer import answer_stats
 from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 
-__all__ = ["HELP", "extract_image_paths", "interactive"]
+__all__ = ["HELP", "extract_image_paths", "find_image_paths", "interactive"]
 
 HELP = """Available commands:
   /image PATH...     Attach images to your next message (or type or drop a path into it)
   /set PARAM VALUE   Set temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens
+                     (also ollama's /set parameter PARAM VALUE)
   /set system TEXT   Set the system prompt (/set verbose, /set quiet: per-answer rates on or off)
   /show              Show the model, the conversation, the settings and the last answer's figures
   /clear             Forget the conversation and waiting images (also /reset)
@@ -66,9 +69,10 @@ _ALIASES = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens",
 
 _IMAGE_EXT = r"\.(?:jpe?g|png|webp|gif|bmp|tiff?|heic)"
 # a quoted path, or a run of non-space characters where "\ " is a space (how terminals
-# paste a dropped file), ending in an image extension
+# paste a dropped file), ending in an image extension, maybe followed by punctuation
+# that ends the sentence ("what is ~/cat.jpg?"); a file:// URI is one such run
 _PATH_RE = re.compile(
-    rf"""'([^']+{_IMAGE_EXT})'|"([^"]+{_IMAGE_EXT})"|((?:\\.|[^\s'"\\])+{_IMAGE_EXT})(?=\s|$)""",
+    rf"""'([^']+{_IMAGE_EXT})'|"([^"]+{_IMAGE_EXT})"|((?:\\.|[^\s'"\\])+?{_IMAGE_EXT})(?=[?!.,;:)\]]*(?:\s|$))""",
     re.IGNORECASE,
 )
 
@@ -81,23 +85,48 @@ def _expand(path: str) -> Path:
     return Path(os.path.expanduser(os.path.expandvars(path)))
 
 
-def extract_image_paths(text: str) -> tuple[str, list[Path]]:
-    """The message with the paths of existing image files taken out, and those paths.
+def _path_of(raw: str) -> str:
+    """A typed path as a file name: a ``file://`` URI decoded (``%20`` is a space)."""
+    if raw.lower().startswith("file://"):
+        parsed = urllib.parse.urlsplit(raw)
+        return urllib.parse.unquote(parsed.path)
+    return raw
 
-    Paths may be quoted, have ``\\ `` for spaces, or start with ``~``; a path-like word
-    that names no file stays in the text."""
+
+def _looks_like_path(raw: str) -> bool:
+    """Whether a word is meant as a file (``~/x.jpg``, ``./x.jpg``, ``/a/x.jpg``,
+    ``file://...``), not a file name talked about (``is photo.jpg or photo.png better?``)."""
+    return "/" in raw or raw.startswith("~")
+
+
+def find_image_paths(text: str) -> tuple[str, list[Path], list[str]]:
+    """The message with the paths of existing image files taken out, those paths, and
+    the words that look like image paths (with a ``/`` or a ``~``) but name no file."""
     found: list[Path] = []
+    missing: list[str] = []
 
     def take(m: re.Match[str]) -> str:
         raw = m.group(1) or m.group(2) or re.sub(r"\\(.)", r"\1", m.group(3))
-        path = _expand(raw)
+        path = _expand(_path_of(raw))
         if path.is_file():
             found.append(path)
             return ""
+        if _looks_like_path(raw):
+            missing.append(raw)
         return m.group(0)
 
     rest = _PATH_RE.sub(take, text)
-    return " ".join(rest.split()) if found else text, found
+    return (" ".join(rest.split()) if found else text), found, missing
+
+
+def extract_image_paths(text: str) -> tuple[str, list[Path]]:
+    """The message with the paths of existing image files taken out, and those paths.
+
+    Paths may be quoted, have ``\\ `` for spaces, start with ``~``, be ``file://`` URIs
+    or end a sentence (``~/cat.jpg?``); a path-like word that names no file stays in the
+    text (:func:`find_image_paths` also returns those)."""
+    rest, found, _ = find_image_paths(text)
+    return rest, found
 
 
 def _image_args(rest: str) -> list[str]:
@@ -199,8 +228,11 @@ class Repl:
                     self.err.print()
                     self.note(EXIT_HINT)
                     continue
-                if self.command(text.strip()) is False:
-                    return
+                try:
+                    if self.command(text.strip()) is False:
+                        return
+                except Lfm2EdgeError as exc:  # a bad command is one line; the session goes on
+                    self.error(str(exc))
         finally:
             reader.save()
 
@@ -247,6 +279,8 @@ class Repl:
 
     def set(self, rest: str) -> None:
         key, _, value = rest.partition(" ")
+        if key == "parameter":  # ollama's spelling: /set parameter temperature 0.5
+            key, _, value = value.strip().partition(" ")
         key = _ALIASES.get(key, key)
         value = value.strip()
         if key == "system":
@@ -262,13 +296,24 @@ class Repl:
             self.note(f"per-answer rates {'on' if self.verbose else 'off'}")
         elif key in _SETTABLE:
             try:
-                self.sampling[key] = _SETTABLE[key](value)
+                number = _SETTABLE[key](value)
             except ValueError:
                 self.error(f"/set {key} needs a number (got {value!r})")
+                return
+            try:  # the range and finiteness checks every chat call makes
+                self.sampling[key] = check_value(key, number)
+            except Lfm2EdgeError as exc:
+                self.error(f"/set {key}: {exc}; {key} stays {self._current(key)}")
                 return
             self.note(f"set {key} to {self.sampling[key]}")
         else:
             self.error(f"/set takes one of: {', '.join([*_SETTABLE, 'system', 'verbose', 'quiet'])}")
+
+    def _current(self, key: str) -> Any:
+        if self.sampling.get(key) is not None:
+            return self.sampling[key]
+        defaults = getattr(self.vm, "sampling", None)
+        return getattr(defaults, key, "the model's default")
 
     def show(self) -> None:
         vm = self.vm
@@ -300,12 +345,16 @@ class Repl:
             )
         if hasattr(vm, "image_encodes"):
             lines.append(("image encodes", f"{vm.image_encodes} tile(s) so far this session"))
+        shown_on = self.out if self.tty else self.err  # piped: stdout holds only answers
         for k, v in lines:
-            self.out.print(f"[bold]{k}[/]: {escape(v)}")
+            shown_on.print(f"[bold]{k}[/]: {escape(v)}")
 
     def message(self, text: str) -> None:
 
-        text, paths = extract_image_paths(text)
+        text, paths, missing = find_image_paths(text)
+        if missing:  # a typed path to no file: say so rather than send it as words
+            self.error(f"no image file at {missing[0]}; the message was not sent (check the path)")
+            return
         for path in paths:
             try:
                 self.pending.append(load_image(str(path), allow_private=True))

@@ -3,6 +3,7 @@ Registered on :data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -12,11 +13,14 @@ import typer
 from lfm2_edge.cli._common import (
     DeviceOpt,
     GpuLayersOpt,
+    ImageMaxTokensOpt,
+    ImageMinTokensOpt,
     MlockOpt,
     MmprojOpt,
     ModelOpt,
     RefArg,
     ThreadsOpt,
+    _check_image_budget,
     _hub,
     _model_ref,
     _placement,
@@ -68,6 +72,8 @@ def serve(
     state_cache_mb: Annotated[
         float, typer.Option(min=0, help="Conversation states kept per instance (LRU, MB; 0: none).")
     ] = 64,
+    image_min_tokens: ImageMinTokensOpt = None,
+    image_max_tokens: ImageMaxTokensOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -81,19 +87,28 @@ def serve(
         Optional[list[str]],
         typer.Option(help="Browser origin allowed to call the API besides localhost pages (repeatable; '*': any)."),
     ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Serve Prometheus metrics on /metrics (llama-server's names; needs the API key when one is set; "
+            "pip install 'lfm2-edge[metrics]')."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log and each request.")] = False,
 ) -> None:
-    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health).
+    """Serve the OpenAI chat-completions API (/v1/chat/completions, /v1/models, /health)
+    and Ollama's (/api/chat, /api/generate, /api/tags, ...) on one port.
 
     Once it accepts connections it writes one JSON line on stdout:
     {"event": "ready", "url": "http://127.0.0.1:PORT/v1", "port": PORT, "pid": PID}.
     """
     from lfm2_edge._llama.log import set_verbose
-    from lfm2_edge.local.engine import default_slots
     from lfm2_edge.local.model import VisionModel
-    from lfm2_edge.server.app import create_app
-    from lfm2_edge.server.config import ServerConfig
+    from lfm2_edge.local.placement import default_slots
+    from lfm2_edge.server import ServerConfig, create_app, run_server
 
+    if metrics and importlib.util.find_spec("prometheus_client") is None:
+        fail("--metrics needs prometheus_client: pip install 'lfm2-edge\\[metrics]'")  # rich markup: \\[ is a bracket
     try:
         limits = json.loads(limit_mm_per_prompt)
         max_images = int(limits.get("image", 1))
@@ -104,6 +119,7 @@ def serve(
     set_verbose(verbose)
     with user_errors():
         resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
+        budget = _check_image_budget(resolved, image_min_tokens, image_max_tokens)
         n_slots = slots or default_slots(threads)
         models = [
             VisionModel.from_resolved(
@@ -115,9 +131,12 @@ def serve(
                 allow_private_urls=allow_private_image_urls,
                 embedding_cache_mb=embedding_cache_mb,
                 state_cache_mb=state_cache_mb,
+                **budget,
             )
             for _ in range(n_parallel)
         ]
+    if models[0].n_ctx != ctx * n_slots:  # llama.cpp sizes the context in blocks: say so
+        err.print(f"note: --ctx {ctx} is rounded to {models[0].n_ctx // n_slots} tokens per slot (llama.cpp's blocks)")
     if models[0].gpu_notice and gpu_layers is not None:
         err.print(f"note: {models[0].gpu_notice}")
     names = served_model_name or _model_names(resolved)
@@ -129,6 +148,7 @@ def serve(
         max_queue=max_queue,
         default_max_tokens=max_tokens,
         allowed_origins=tuple(allowed_origins or ()),
+        metrics=metrics,
     )
     if warning := exposure_warning(host, api_key):
         err.print(f"[yellow]warning:[/] {warning}")
@@ -142,7 +162,6 @@ def serve(
             m.close()
 
     app_ = create_app(models, config, on_shutdown=close_models)
-    from lfm2_edge.server.sidecar import run_server
 
     with user_errors():
         capacity = f"{n_parallel} x {n_slots} slot(s)"

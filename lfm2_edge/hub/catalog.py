@@ -16,6 +16,7 @@ cache), so a renamed or newly added quant still resolves.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -221,9 +222,18 @@ def parse_ref(text: str | None) -> ModelRef:
     if _REPO_RE.match(name):
         return ModelRef(text, repo=name, quant=quant or None)
     known = ", ".join(e.name for e in CATALOG)
+    close = did_you_mean(name)
+    hint = f" (did you mean {close}?)" if close else ""
     raise UnknownModelError(
-        f"unknown model {name!r}: give a catalog name ({known}), a hub repo (ORG/NAME-GGUF) or a .gguf path"
+        f"unknown model {name!r}{hint}: give a catalog name ({known}), a hub repo (ORG/NAME-GGUF) or a .gguf path"
     )
+
+
+def did_you_mean(name: str) -> str | None:
+    """The catalog name closest to a mistyped ``name`` (``LFM2-VL-450`` → ``LFM2-VL-450M``), if any is close."""
+    names = {e.name.lower(): e.name for e in CATALOG}
+    close = difflib.get_close_matches(name.strip().lower(), list(names), n=1, cutoff=0.75)
+    return names[close[0]] if close else None
 
 
 _QUANT_RE = re.compile(r"(?:^|[-_.])((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)$", re.IGNORECASE)

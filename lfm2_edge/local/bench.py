@@ -36,7 +36,7 @@ from lfm2_edge.local.placement import choose_gpu_layers
 __all__ = ["DEFAULT_MODEL_DIR", "GET_MODELS", "BenchConfig", "BenchTarget", "run_bench"]
 
 # `make models` writes the benchmark's default models into the checkout (not the CWD).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "lfm2-vl-450m"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "lfm2-vl-450m"
 GET_MODELS = (
     "run `make models` in a checkout, or `python -m lfm2_edge.testing --shape lfm2-vl-450m --out DIR` "
     "and pass DIR/model-Q4_0.gguf as MODEL"
@@ -157,8 +157,12 @@ def _llama_cpp_decode(vm: Any, n: int) -> float:
     rt = vm._runtime
     prompt = rt.tokenize("<|startoftext|><|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n")
     greedy = Sampling(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-    with vm.engine.lock, rt.sampler(greedy) as sampler:
-        n_after, elapsed = bare_decode(rt, prompt, sampler, n)
+
+    def loop() -> tuple[int, float]:
+        with rt.sampler(greedy) as sampler:
+            return bare_decode(rt, prompt, sampler, n)
+
+    n_after, elapsed = vm.engine.call(loop)  # on the engine's own thread, as its decoding runs
     return n_after / elapsed if n_after and elapsed > 0 else 0.0
 
 

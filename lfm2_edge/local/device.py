@@ -11,19 +11,27 @@ thread on a little core holds every other one back at each barrier).
 
 from __future__ import annotations
 
+import os
+import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from lfm2_edge._llama.cpu import hwcap_simd
+from lfm2_edge.errors import Lfm2EdgeError
 
 __all__ = [
     "ARM_CORES",
     "DeviceInfo",
+    "copy_rate",
     "describe_device",
+    "device_from",
     "image_budget",
     "memory_bandwidth",
     "native_features",
     "parse_meminfo",
     "published_bandwidth",
+    "ram_of",
     "read_capacities",
     "read_cpuinfo",
     "read_dt_model",
@@ -390,3 +398,48 @@ def image_budget(dev: DeviceInfo, vision_params: float, *, seconds: float = 10.0
         + f"; at most {seconds:g} s"
     )
     return tokens, basis
+
+
+def device_from(cpuinfo: str | None) -> tuple[DeviceInfo, bool]:
+    """(the device, whether it is emulated): this one (``cpuinfo`` None: its /proc/cpuinfo,
+    device tree, capacities, and SIMD from the auxiliary vector, right under qemu-user
+    too), or the one a /proc/cpuinfo text describes."""
+    if cpuinfo is None:
+        dev = describe_device(
+            read_cpuinfo(), machine=platform.machine(), dt_model=read_dt_model(), capacities=read_capacities()
+        )
+        if (auxv := hwcap_simd()) is not None:
+            dev = replace(dev, simd=auxv)
+    else:
+        dev = describe_device(cpuinfo, machine="aarch64" if "CPU part" in cpuinfo else "x86_64")
+    return dev, any("emulation" in note for note in dev.notes)
+
+
+def ram_of(dev: DeviceInfo, meminfo: str | None, *, here: bool) -> tuple[int, int]:
+    """(total, available) bytes: from a /proc/meminfo text, this device's, or a Pi's
+    revision code (a fifth left to its OS)."""
+    if meminfo is not None:
+        return parse_meminfo(meminfo)
+    if here:
+        try:
+            return parse_meminfo(Path("/proc/meminfo").read_text())
+        except (OSError, KeyError, ValueError):
+            pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+            return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+    if dev.ram_mib_board:
+        return dev.ram_mib_board * 2**20, dev.ram_mib_board * 2**20 * 4 // 5
+    raise Lfm2EdgeError("this cpuinfo names no RAM size: give that device's /proc/meminfo with --meminfo")
+
+
+def copy_rate(dev: DeviceInfo, *, here: bool, emulated: bool, gpu: bool) -> tuple[float | None, str]:
+    """(bytes/s a memory copy reaches, its basis) for the decode-speed estimate: measured
+    on this device, the board's published figure when planning, none on a GPU or under
+    emulation."""
+    if gpu:
+        return None, "a GPU: no CPU-bandwidth estimate"
+    if emulated:
+        return None, "emulated CPU: no speed estimate means anything here"
+    if here:
+        rate = memory_bandwidth()
+        return rate, f"this device copies memory at {rate / 1e9:.1f} GB/s (measured now, 64 MiB)"
+    return published_bandwidth(dev) or (None, "no published memory figure for this board")

@@ -20,26 +20,26 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lfm2_edge._llama import cpu
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
-from lfm2_edge.errors import Lfm2EdgeError, ModelFileError
+from lfm2_edge._llama.threads import busy_cpus, threads_for
+from lfm2_edge.errors import Lfm2EdgeError, ModelFileError, UnknownQuantError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
 from lfm2_edge.local.device import (
+    copy_rate,
     describe_device,
+    device_from,
     image_budget,
     memory_bandwidth,
     native_features,
-    parse_meminfo,
-    published_bandwidth,
-    read_capacities,
+    ram_of,
     read_cpuinfo,
-    read_dt_model,
     repacked_quants,
 )
 
@@ -283,13 +283,22 @@ def measure_peak_rss(
     return int(lines[-1]), int(lines[0])
 
 
-def _meminfo() -> tuple[int, int]:
-    """(total, available) RAM in bytes."""
-    try:
-        return parse_meminfo(Path("/proc/meminfo").read_text())
-    except (OSError, KeyError, ValueError):
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+def busy_report() -> dict[str, Any]:
+    """How busy other programs keep this device's CPUs now (a short /proc/stat probe), and
+    the threads lfm2-edge would take for it (:mod:`lfm2_edge._llama.threads`)."""
+    busy = busy_cpus()
+    return {"cpus": busy.cpus, "busy_cpus": busy.busy, "source": busy.source, "threads": threads_for(busy)}
+
+
+def busy_line(load: dict[str, Any], cores: int) -> tuple[str, str] | None:
+    """doctor's "the device is busy" line, when others hold a quarter of a core or more."""
+    if load["busy_cpus"] < 0.25:
+        return None
+    return (
+        "busy",
+        f"the device is busy: other programs keep {load['busy_cpus']:.1f} of {load['cpus']} CPUs busy now, so a "
+        f"model loaded now takes {load['threads']} of {cores} threads (--threads or $LFM2_EDGE_THREADS sets it)",
+    )
 
 
 def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str | None = None) -> dict[str, Any]:
@@ -299,26 +308,9 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     from huggingface_hub import constants
 
     here = cpuinfo is None
-    text = read_cpuinfo() if cpuinfo is None else cpuinfo
-    machine = platform.machine() if here else ("aarch64" if "CPU part" in text else "x86_64")
-    dev = describe_device(
-        text,
-        machine=machine,
-        dt_model=read_dt_model() if here else None,
-        capacities=read_capacities() if here else None,
-    )
-    emulated = bool(dev.notes) and "emulation" in dev.notes[0]
-    if here and (auxv := cpu.hwcap_simd()) is not None:
-        dev = replace(dev, simd=auxv)  # the kernel's word, also under qemu-user (whose cpuinfo is the host's)
-    if meminfo is not None:
-        total, available = parse_meminfo(meminfo)
-    elif here:
-        total, available = _meminfo()
-    elif dev.ram_mib_board:
-        total = dev.ram_mib_board * MIB
-        available = total * 4 // 5  # the board's RAM from its revision code; a fifth left to its OS
-    else:
-        raise Lfm2EdgeError("this cpuinfo names no RAM size: give that device's /proc/meminfo with --meminfo")
+    dev, emulated = device_from(cpuinfo)
+    machine, text = dev.machine, read_cpuinfo() if cpuinfo is None else cpuinfo
+    total, available = ram_of(dev, meminfo, here=here)
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
     gpus = [d for d in list_devices() if d.is_gpu] if here else []
@@ -331,16 +323,7 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
         check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
         repack, repack_basis = repacked_quants(native_features(dev.simd))
         repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
-    if gpus:
-        bandwidth, speed_basis = None, "a GPU: no CPU-bandwidth estimate"
-    elif emulated:
-        bandwidth, speed_basis = None, "emulated CPU: no speed estimate means anything here"
-    elif here:
-        bandwidth = memory_bandwidth()
-        speed_basis = f"this device copies memory at {bandwidth / 1e9:.1f} GB/s (measured now, 64 MiB)"
-    else:
-        published = published_bandwidth(dev)
-        bandwidth, speed_basis = published if published else (None, "no published memory figure for this board")
+    bandwidth, speed_basis = copy_rate(dev, here=here, emulated=emulated, gpu=bool(gpus))
     rec = recommend(available, n_ctx=n_ctx, repack=repack, cpu_only=not gpus, bandwidth=bandwidth)
     rec["threads"] = default_threads() if here else dev.threads
     rec["speed_basis"] = (
@@ -370,6 +353,7 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
         "n_ctx": n_ctx,
         "planned_from_texts": not here,
         "recommendation": rec,
+        **({"load": busy_report()} if here else {}),
     }
 
 
@@ -408,6 +392,8 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     lines += [("note", note) for note in dev["notes"]]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
+    if "load" in report and (busy := busy_line(report["load"], report["cores_physical"])) is not None:
+        lines.append(busy)
     if "model" in report:
         m = report["model"]
         text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
@@ -415,6 +401,16 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
             text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
         lines.append((m["name"], text))
     return lines
+
+
+def _check_estimable(name: str, quant: str) -> None:
+    """An :class:`UnknownQuantError` for a quant the catalog's shapes cannot size."""
+    if quant not in _BYTES_PER_WEIGHT:
+        known = ", ".join(_BYTES_PER_WEIGHT)
+        raise UnknownQuantError(
+            f"unknown quant {quant} for {name}: doctor estimates {known} "
+            f"(or `lfm2-edge pull {name}:{quant}`, if the repo has it, and doctor reads its files)"
+        )
 
 
 def model_estimate(
@@ -437,6 +433,7 @@ def model_estimate(
         est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=repack)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
+    _check_estimable(parsed.entry.name, quant)
     est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repack)
     return {
         "name": f"{parsed.entry.name}:{quant}",

@@ -17,11 +17,10 @@ A job hears of its answer through typed events (:mod:`lfm2_edge.chat.events`): p
 :meth:`Job.stop` ends it with its partial result (a library stream closed, or ended by
 a newer chat); :attr:`Job.cancel` ends it without one (its client went away).
 
-State reuse: the model's :class:`StateCache` is shared by all sequences; a job loads
-the longest saved prefix of its prompt into its own sequence
-(``llama_state_seq_set_data``) and saves states at the save points of
-:class:`~lfm2_edge._llama.cuts.PromptCuts`. Units are cut where those points are, so a
-state continues bit for bit as a fresh context would.
+State reuse: a job loads the longest saved prefix of its prompt (the model's shared
+:class:`StateCache`) into its own sequence and saves states at the save points of
+:class:`~lfm2_edge._llama.cuts.PromptCuts`, where its units are cut: a state continues
+bit for bit as a fresh context would.
 """
 
 from __future__ import annotations
@@ -29,18 +28,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from lfm2_edge._llama.batch import Sequences, Unit, plan_units
 from lfm2_edge._llama.caches import Item, StateCache
 from lfm2_edge._llama.context import Runtime
-from lfm2_edge._llama.ggml import default_threads
 from lfm2_edge._llama.projector import PromptChunks
 from lfm2_edge._llama.sampler import Sampler
 from lfm2_edge._llama.state import SavedState
@@ -49,26 +47,13 @@ from lfm2_edge.chat.results import Timings, Usage
 from lfm2_edge.errors import ContextOverflowError, ModelClosedError
 from lfm2_edge.local.transcript import PreparedChat, Transcript
 
-__all__ = ["Engine", "Job", "default_slots", "restore_prefix"]
+__all__ = ["Engine", "Job", "restore_prefix"]
 
 #: ``on_progress(stage, done, total)``: ``("image", i, n)`` before tile i of n is
 #: encoded, ``("prefill", i, n)`` before a batch of prompt tokens; raising from it
 #: stops the job there (Ctrl-C between tiles).
 Progress = Callable[[str, int, int], None]
-
-
-def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
-    """``serve``'s default ``--slots``: two sequences per physical core (a CPU decode step
-    reads the weights once for the whole batch, so more sequences keep the cores busy
-    until compute, not memory bandwidth, is the limit), between 2 and 8, and at most one
-    per 256 MiB of available memory (a slot's KV stream, conv state and saved states)."""
-    cores = n_cores or default_threads()
-    if available_bytes is None:
-        try:
-            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available_bytes = 2**31
-    return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))
+_T = TypeVar("_T")
 
 
 def restore_prefix(
@@ -149,6 +134,7 @@ class Engine:
         self.lock = threading.Lock()
         self._free = list(range(self.n_slots))
         self._waiting: deque[Job] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._active: list[Job] = []
         self._cv = threading.Condition()
         self._closing: Literal["", "drain", "now"] = ""
@@ -184,6 +170,18 @@ class Engine:
             self._waiting.append(job)
             self._cv.notify()
 
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the engine's thread between two steps, under :attr:`lock`, and
+        return what it returns (``bench`` measures its bare loop there: the same
+        context, from the same thread as the engine's own decoding)."""
+        future: Future[_T] = Future()
+        with self._cv:
+            if self._closing:
+                raise ModelClosedError("the model has been closed; load it again to chat")
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return future.result()
+
     def close(self, *, drain: bool = False) -> None:
         """Stop the thread. Jobs waiting for a sequence fail (:class:`ModelClosedError`;
         with ``drain``, they are cancelled); with ``drain`` the jobs holding one finish
@@ -202,8 +200,10 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closing and not self._waiting and not self._active:
+                while not self._closing and not self._waiting and not self._active and not self._calls:
                     self._cv.wait()
+                calls = list(self._calls)
+                self._calls.clear()
                 for job in [j for j in self._waiting if j.cancel.is_set() or j.stopping.is_set()]:
                     self._waiting.remove(job)  # their clients left before they had a sequence
                     job.on_event(Cancelled())
@@ -223,6 +223,11 @@ class Engine:
                     job.seq = self._free.pop(0)
                     admit.append(job)
             with self.lock:
+                for fn, future in calls:
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # the caller's, raised there
+                        future.set_exception(exc)
                 for job in admit:
                     self._active.append(job)
                     self._guard(job, self._start)

@@ -297,7 +297,8 @@ class _LocalModel(ChatModel, Pretrained):
         if low >= rt.n_ctx_seq:
             raise ContextOverflowError(
                 f"the prompt needs at least {low} tokens ({len(messages)} messages, {n_images} image(s)) "
-                f"but the context holds {rt.n_ctx_seq}; raise --ctx or shorten the conversation",
+                f"but the context holds {rt.n_ctx_seq}; raise --ctx above {low} or shorten the conversation"
+                + (" or send fewer images" if n_images else ""),
                 context_tokens=rt.n_ctx_seq,
             )
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from lfm2_edge._llama.ggml import Device, list_devices
+from lfm2_edge._llama.ggml import Device, default_threads, list_devices
 from lfm2_edge.errors import Lfm2EdgeError
 
-__all__ = ["GpuChoice", "choose_gpu_layers"]
+__all__ = ["GpuChoice", "choose_gpu_layers", "default_slots"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,17 @@ def choose_gpu_layers(gpu_layers: str | int | None, device: str | None = None) -
     if gpu_layers != 0 and not gpus:
         return GpuChoice(0, None, "no GPU backend in this llama.cpp build: running on the CPU")
     return GpuChoice(int(gpu_layers), chosen or (gpus[0] if gpu_layers else None))
+
+
+def default_slots(n_cores: int | None = None, available_bytes: int | None = None) -> int:
+    """``serve``'s default ``--slots``: two sequences per physical core (a CPU decode step
+    reads the weights once for the whole batch, so more sequences keep the cores busy
+    until compute, not memory bandwidth, is the limit), between 2 and 8, and at most one
+    per 256 MiB of available memory (a slot's KV stream, conv state and saved states)."""
+    cores = n_cores or default_threads()
+    if available_bytes is None:
+        try:
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available_bytes = 2**31
+    return max(1, min(8, max(2, 2 * cores), available_bytes // 2**28))

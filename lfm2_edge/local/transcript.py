@@ -97,7 +97,8 @@ class Transcript:
         calls: tuple[ToolCall, ...] = ()
         if mode == "forced":
             calls = parse_answer(scanner.text, bare=True).tool_calls
-            tail = "" if calls else scanner.text
+            # a forced answer is a call: one cut by max_tokens is no text either, only finish "length"
+            tail = "" if calls or finish == "length" else scanner.text
         elif mode == "auto" and scanner.withheld_at is not None:
             parsed = parse_answer(scanner.rest)
             calls = parsed.tool_calls
@@ -123,5 +124,6 @@ def _entry(rt: Runtime, token: int, data: bytes, n_top: int, logits: Any) -> Tok
     """``token``'s :class:`TokenLogprob`, from the logits it was sampled from (see
     :meth:`Runtime.logprobs`)."""
     logprob, top = rt.logprobs(token, n_top, logits)
-    alts = tuple((rt.token_bytes(t).decode("utf-8", "replace"), lp) for t, lp in top)
-    return TokenLogprob(data.decode("utf-8", "replace"), logprob, tuple(data), alts)
+    raw = [rt.token_bytes(t) for t, _ in top]
+    alts = tuple((b.decode("utf-8", "replace"), lp) for b, (_, lp) in zip(raw, top, strict=True))
+    return TokenLogprob(data.decode("utf-8", "replace"), logprob, tuple(data), alts, tuple(tuple(b) for b in raw))

@@ -11,6 +11,7 @@ from typing import Any
 
 from lfm2_edge.chat.messages import ROLES, image_url_of
 from lfm2_edge.chat.sampling import Sampling
+from lfm2_edge.chat.video import DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_FRAMES
 from lfm2_edge.openai.errors import ApiError
 
 __all__ = [
@@ -135,6 +136,7 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
             "(start it with --limit-mm-per-prompt '{\"image\": N}')",
             param="messages",
         )
+    _share_video_frames(checked, limits.max_images - n_images)
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     options: dict[str, Any] = {}
@@ -289,14 +291,50 @@ def _check_message(raw: Any, index: int, limits: RequestLimits) -> dict[str, Any
         elif kind == "image_url":
             url = _check_image_url(image_url_of(part), param, limits)
             parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind == "video_url":
+            parts.append({"type": "video_url", "video_url": _check_video(part, param, limits)})
         else:
-            raise ApiError(400, f"{param} has a content part of type {kind!r}; use 'text' or 'image_url'", param=param)
+            raise ApiError(
+                400, f"{param} has a content part of type {kind!r}; use 'text', 'image_url' or 'video_url'", param=param
+            )
     return {"role": role, "content": parts, **extra}
 
 
-def _check_image_url(url: str | None, param: str, limits: RequestLimits) -> str:
+def _check_video(part: Mapping[str, Any], param: str, limits: RequestLimits) -> dict[str, Any]:
+    """A ``video_url`` part (vLLM's and llama-server's): its URL checked as an image's,
+    and our optional ``fps`` / ``max_frames`` beside it (see :mod:`lfm2_edge.chat.video`)."""
+    ref = part.get("video_url")
+    url = ref.get("url") if isinstance(ref, Mapping) else ref
+    checked: dict[str, Any] = {
+        "url": _check_image_url(url if isinstance(url, str) and url else None, param, limits, "video_url")
+    }
+    extra = ref if isinstance(ref, Mapping) else {}
+    checked["fps"] = _number(extra.get("fps", DEFAULT_VIDEO_FPS), "fps", float, (0.01, 60.0))
+    if extra.get("max_frames") is not None:
+        checked["max_frames"] = _number(extra["max_frames"], "max_frames", int, (1, 1 << 10))
+    return checked
+
+
+def _share_video_frames(messages: list[dict[str, Any]], places: int) -> None:
+    """Give each video its frames out of the image places the still images left: its
+    ``max_frames`` (default :data:`DEFAULT_VIDEO_FRAMES`), at most an equal share."""
+    videos = [p["video_url"] for m in messages for p in m["content"] if p.get("type") == "video_url"]
+    if not videos:
+        return
+    if places < len(videos):
+        raise ApiError(
+            400,
+            f"the request has {len(videos)} video(s) and room for {max(places, 0)} more image(s); each video's "
+            "frames are images of the prompt (start the server with --limit-mm-per-prompt '{\"image\": N}')",
+            param="messages",
+        )
+    for video in videos:
+        video["max_frames"] = min(video.get("max_frames", DEFAULT_VIDEO_FRAMES), places // len(videos))
+
+
+def _check_image_url(url: str | None, param: str, limits: RequestLimits, kind: str = "image_url") -> str:
     if url is None:
-        raise ApiError(400, f"{param}: image_url needs a 'url' string", param=param)
+        raise ApiError(400, f"{param}: {kind} needs a 'url' string", param=param)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return url
@@ -309,9 +347,7 @@ def _check_image_url(url: str | None, param: str, limits: RequestLimits) -> str:
                 param=param,
             )
         return url
-    raise ApiError(
-        400, f"{param}: image_url must be a data: URI or an http(s) URL, not {scheme or 'a path'}", param=param
-    )
+    raise ApiError(400, f"{param}: {kind} must be a data: URI or an http(s) URL, not {scheme or 'a path'}", param=param)
 
 
 def request_body(

@@ -20,12 +20,14 @@ __all__ = [
     "logprobs_body",
     "message_body",
     "sse",
+    "timings_body",
     "usage_body",
 ]
 
 
 def message_body(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    # refusal: required (nullable) in OpenAI's ChatCompletionResponseMessage; this model never refuses by API
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
     if result.tool_calls:
         message["content"] = result.text or None
         message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
@@ -38,6 +40,23 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def timings_body(usage: Usage, timings: Timings) -> dict[str, Any]:
+    """lfm2-edge's figures of one answer (not OpenAI's; llama-server sends a ``timings``
+    object too): milliseconds, token rates, image tokens and the image tiles encoded (0
+    when the encoder's cache or a saved state served the image). What ``-v`` prints."""
+    return {
+        "queue_ms": round(timings.queue_ms, 2),
+        "prompt_ms": round(timings.prompt_ms, 2),
+        "image_ms": round(timings.image_ms, 2),
+        "first_token_ms": round(timings.first_token_ms, 2),
+        "decode_ms": round(timings.decode_ms, 2),
+        "prompt_tok_s": round(timings.prompt_tok_s(usage), 2),
+        "decode_tok_s": round(timings.decode_tok_s(usage), 2),
+        "image_tokens": usage.image_tokens,
+        "image_encodes": usage.image_encodes,
     }
 
 
@@ -54,14 +73,20 @@ def logprobs_body(entries: Sequence[Any] | None) -> dict[str, Any] | None:
     content = []
     for entry in entries:
         token = str(getattr(entry, "token", ""))
+        alts = getattr(entry, "top_logprobs", ()) or ()
+        raw = getattr(entry, "top_bytes", ()) or ()
         content.append(
             {
                 "token": token,
                 "logprob": float(getattr(entry, "logprob", 0.0)),
                 "bytes": _token_bytes(token, getattr(entry, "bytes", None)),
                 "top_logprobs": [
-                    {"token": str(alt), "logprob": float(lp), "bytes": list(str(alt).encode("utf-8"))}
-                    for alt, lp in getattr(entry, "top_logprobs", ()) or ()
+                    {
+                        "token": str(alt),
+                        "logprob": float(lp),
+                        "bytes": _token_bytes(str(alt), raw[i] if i < len(raw) else None),
+                    }
+                    for i, (alt, lp) in enumerate(alts)
                 ],
             }
         )
@@ -75,7 +100,7 @@ def completion_body(result: ChatResult, completion_id: str, model: str, created:
         "logprobs": logprobs_body(getattr(result, "logprobs", None)),
         "finish_reason": result.finish_reason,
     }
-    return {
+    body = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
@@ -83,6 +108,10 @@ def completion_body(result: ChatResult, completion_id: str, model: str, created:
         "choices": [choice],
         "usage": usage_body(result.usage),
     }
+    timings = getattr(result, "timings", None)
+    if isinstance(timings, Timings):
+        body["timings"] = timings_body(result.usage, timings)
+    return body
 
 
 def chunk_body(
@@ -93,9 +122,11 @@ def chunk_body(
     finish: str | None = None,
     usage: Usage | None = None,
     logprobs: Sequence[Any] | None = None,
+    timings: Timings | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``: one delta (with the ``TokenLogprob`` entries of its
-    tokens, when logprobs were asked for), or (``delta=None``) the usage chunk."""
+    tokens, when logprobs were asked for), or (``delta=None``) the usage chunk, with the
+    answer's :func:`timings_body` when ``timings`` is given."""
     data: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
     choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
     if logprobs is not None:
@@ -103,6 +134,8 @@ def chunk_body(
     data["choices"] = [] if delta is None else [choice]
     if usage is not None:
         data["usage"] = usage_body(usage)
+        if timings is not None:
+            data["timings"] = timings_body(usage, timings)
     return data
 
 
@@ -208,13 +241,16 @@ def _entries(body: Any) -> list[TokenLogprob]:
     for item in body.get("content") or []:
         token = str(item.get("token", ""))
         data = item.get("bytes")
-        alts = tuple((str(a.get("token", "")), float(a.get("logprob", 0.0))) for a in item.get("top_logprobs") or [])
+        tops = item.get("top_logprobs") or []
+        alts = tuple((str(a.get("token", "")), float(a.get("logprob", 0.0))) for a in tops)
+        raw = tuple(tuple(a["bytes"]) if isinstance(a.get("bytes"), list) else () for a in tops)
         out.append(
             TokenLogprob(
                 token,
                 float(item.get("logprob", 0.0)),
                 tuple(data) if isinstance(data, list) else tuple(token.encode("utf-8")),
                 alts,
+                raw if all(raw) else (),
             )
         )
     return out

@@ -200,7 +200,8 @@ def _usage(result: ChatResult) -> dict[str, Any]:
     u = result.usage
     return {
         "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        # cache_write_tokens: required since 2026-07; a prompt-cache write is not billed or counted here
+        "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": u.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": u.total_tokens,
@@ -257,7 +258,14 @@ def response_body(
     body = _skeleton(req, response_id, created, "incomplete" if incomplete else "completed")
     output: list[dict[str, Any]] = []
     if result.text or not result.tool_calls:
-        output.append(_message_item(message_id or f"msg_{uuid.uuid4().hex}", result.text, _text_logprobs(result)))
+        output.append(
+            _message_item(
+                message_id or f"msg_{uuid.uuid4().hex}",
+                result.text,
+                _text_logprobs(result),
+                "incomplete" if incomplete else "completed",
+            )
+        )
     output += _call_items(result)
     body["output"] = output
     body["usage"] = _usage(result)
@@ -335,6 +343,7 @@ async def events(
                     yield event(
                         "response.function_call_arguments.done",
                         item_id=item["id"],
+                        name=item["name"],
                         arguments=item["arguments"],
                         **where_i,
                     )

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
+from lfm2_edge.chat.results import ChatResult
 from lfm2_edge.local.engine import Job
 from lfm2_edge.openai import ApiError, ChatRequest
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission", "Observer", "Ticket"]
+
+#: ``observer(outcome, result)`` for every request that ends ("served", with its result;
+#: "cancelled"; "failed") or is refused ("rejected": the queue was full): /metrics.
+Observer = Callable[[str, ChatResult | None], None]
 
 
 class Ticket:
@@ -25,12 +30,13 @@ class Ticket:
         self.admission = admission
         self.cancel = threading.Event()
         self.outcome = "failed"  # served, cancelled or failed
+        self.result: ChatResult | None = None
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.admission._release(self.outcome)
+            self.admission._release(self.outcome, self.result)
 
 
 class Admission:
@@ -46,6 +52,8 @@ class Admission:
         self._lock = threading.Lock()
         self.served = 0  # answers completed
         self.cancelled = 0  # requests stopped because their client went away
+        self._jobs: set[Job] = set()  # submitted and not ended
+        self.observers: list[Observer] = []
 
     @property
     def queued(self) -> int:
@@ -63,21 +71,29 @@ class Admission:
     def admit(self) -> Ticket:
         """A place in the queue, or a 429 when it is full."""
         with self._lock:
-            if self._pending >= self.max_queue:
-                raise ApiError(
-                    429,
-                    f"the server is busy ({self._pending} requests queued); retry shortly",
-                    type="rate_limit_error",
-                    code="queue_full",
-                )
-            self._pending += 1
+            full = self._pending >= self.max_queue
+            if not full:
+                self._pending += 1
+        if full:
+            self._notify("rejected", None)
+            raise ApiError(
+                429,
+                f"the server is busy ({self._pending} requests queued); retry shortly",
+                type="rate_limit_error",
+                code="queue_full",
+            )
         return Ticket(self)
 
-    def _release(self, outcome: str) -> None:
+    def _release(self, outcome: str, result: ChatResult | None) -> None:
         with self._lock:
             self._pending -= 1
             self.served += outcome == "served"
             self.cancelled += outcome == "cancelled"
+        self._notify(outcome, result)
+
+    def _notify(self, outcome: str, result: ChatResult | None) -> None:
+        for observer in self.observers:
+            observer(outcome, result)
 
     async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[Piece | Logprobs | Done]:
         """Yield the answer's :class:`Piece` and :class:`Logprobs` events (with
@@ -91,9 +107,10 @@ class Admission:
         model = min(self.models, key=lambda m: (m.engine.load - m.engine.n_slots, m.engine.load))
 
         def ended(event: Event) -> None:  # on the event loop
-            ticket.outcome = (
-                "served" if isinstance(event, Done) else "cancelled" if isinstance(event, Cancelled) else "failed"
-            )
+            if isinstance(event, Done):
+                ticket.outcome, ticket.result = "served", event.result
+            else:
+                ticket.outcome = "cancelled" if isinstance(event, Cancelled) else "failed"
             ticket.release()
             events.put_nowait(event)
 
@@ -109,7 +126,9 @@ class Admission:
         except BaseException:
             ticket.release()
             raise
-        model.engine.submit(Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel))
+        job = Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel)
+        self._jobs.add(job)
+        model.engine.submit(job)
         try:
             while True:
                 event = await events.get()
@@ -122,8 +141,11 @@ class Admission:
                     return
         finally:
             cancel.set()
+            self._jobs.discard(job)
 
     def shutdown(self) -> None:
-        """Finish the answers being generated, cancel those waiting for a slot."""
-        for model in self.models:
-            model.engine.close(drain=True)
+        """Cancel what this server still has on the engines (after the HTTP server's
+        graceful shutdown, nothing). The engines are the models': whoever owns the
+        models closes them (``serve`` does, after this)."""
+        for job in list(self._jobs):
+            job.cancel.set()

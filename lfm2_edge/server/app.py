@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lfm2_edge.chat.events import Done, Logprobs, Piece
 from lfm2_edge.chat.images import load_image
-from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
+from lfm2_edge.chat.video import video_frames
+from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
 from lfm2_edge.openai import (
     SSE_DONE,
     ApiError,
@@ -44,9 +45,11 @@ from lfm2_edge.openai import (
     responses,
     sse,
 )
+from lfm2_edge.server import metrics, ollama_routes
 from lfm2_edge.server.admission import Admission
-from lfm2_edge.server.config import ServerConfig
-from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, error_response, origin_matcher
+from lfm2_edge.server.config import ServerConfig, Serving
+from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, RequestId, error_response, origin_matcher
+from lfm2_edge.server.web import router as web_router
 
 __all__ = ["create_app"]
 
@@ -87,11 +90,32 @@ async def _load_images(req: ChatRequest, config: ServerConfig) -> None:
         budget[0] -= image.width * image.height
         return image
 
+    def load_video(video: dict[str, Any]) -> list[Any]:  # its sampled frames: images of the turn
+        frames = video_frames(
+            video["url"],
+            fps=video["fps"],
+            max_frames=video["max_frames"],
+            allow_remote=config.allow_remote_images,
+            allow_private=config.allow_private_image_urls,
+            max_pixels=min(config.max_image_pixels, budget[0]),
+            timeout=config.image_fetch_timeout_s,
+        )
+        budget[0] -= sum(f.width * f.height for f in frames)
+        if budget[0] < 0:
+            raise ImageError(f"the request's images and video frames are over {config.max_request_pixels:,} pixels")
+        return frames
+
     for message in req.messages:
-        for i, part in enumerate(message["content"]):
+        content: list[dict[str, Any]] = []
+        for part in message["content"]:
             if part.get("type") == "image_url":
-                image = await asyncio.to_thread(load, part["image_url"]["url"])
-                message["content"][i] = {"type": "image", "image": image}
+                content.append({"type": "image", "image": await asyncio.to_thread(load, part["image_url"]["url"])})
+            elif part.get("type") == "video_url":
+                frames = await asyncio.to_thread(load_video, part["video_url"])
+                content.extend({"type": "image", "image": frame} for frame in frames)
+            else:
+                content.append(part)
+        message["content"] = content
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -134,7 +158,8 @@ def create_app(
             message = f"{where}: method not allowed on this endpoint" + (f" (allowed: {allowed})" if allowed else "")
         else:
             message = str(exc.detail)
-        response = error_response(ApiError(exc.status_code, message, code=_CODES.get(exc.status_code)))
+        error = ApiError(exc.status_code, message, code=_CODES.get(exc.status_code))
+        response = error_response(error, request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -148,6 +173,12 @@ def create_app(
         app.add_middleware(KeyCheck, config=config)
     # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
     app.add_middleware(BrowserGuard, origins=origin_matcher(config.allowed_origins))
+    app.add_middleware(RequestId)  # outermost: every answer, refusals included, has x-request-id
+    serving = Serving(engine, models, config, _read_body, _load_images, _watch_disconnect, as_api_error)
+    app.include_router(metrics.router(serving))  # /slots; /metrics with config.metrics (wraps engine first)
+    app.include_router(ollama_routes.router(serving))  # Ollama's /api/*
+
+    app.include_router(web_router(models, config))  # GET / (the chat page), /camera, /web/*
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -167,6 +198,20 @@ def create_app(
                 {"id": n, "object": "model", "created": created, "owned_by": "lfm2-edge"} for n in config.model_names
             ],
         }
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Any:
+        if model_id not in config.model_names:
+            served = ", ".join(config.model_names)
+            return error_response(
+                ApiError(
+                    404,
+                    f"model {model_id!r} is not served here; this server serves {served}",
+                    code="model_not_found",
+                    param="model",
+                )
+            )
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "lfm2-edge"}
 
     async def start(
         request: Request, parse: Callable[[Any], ChatRequest]
@@ -229,7 +274,11 @@ def create_app(
     return app
 
 
-_ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models and GET /health"
+_ROUTES = (
+    "POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health, GET /slots, "
+    "Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps and /api/version, GET /metrics with --metrics, "
+    "and the pages GET / (chat) and GET /camera"
+)
 _CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
@@ -290,7 +339,7 @@ async def _sse(
                     )
                 yield chunk({}, result.finish_reason)
                 if req.include_usage:
-                    yield chunk(None, usage=result.usage)
+                    yield chunk(None, usage=result.usage, timings=result.timings)
                 break
             event = await events.__anext__()
         yield SSE_DONE

@@ -3,12 +3,14 @@ queue, its browser origins), given to :func:`lfm2_edge.server.app.create_app`.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from lfm2_edge.openai import RequestLimits
+from lfm2_edge.openai import ApiError, ChatRequest, RequestLimits
+from lfm2_edge.server.admission import Admission
 
-__all__ = ["ServerConfig"]
+__all__ = ["ServerConfig", "Serving"]
 
 
 @dataclass
@@ -20,6 +22,7 @@ class ServerConfig(RequestLimits):
     ``default_max_tokens``: for requests without max_tokens (None: until the context is full).
     ``allowed_origins``: browser origins allowed besides localhost ones ("*": any).
     ``context_size``: taken from the models' ``n_ctx`` when not given.
+    ``metrics``: serve ``/metrics`` (``serve --metrics``, as llama-server; off by default).
     """
 
     api_key: str | None = None
@@ -30,3 +33,21 @@ class ServerConfig(RequestLimits):
     max_request_pixels: int = 32_000_000  # all of a request's images together
     image_fetch_timeout_s: float = 20.0  # a remote image URL, fetched whole, redirects included
     allowed_origins: Sequence[str] = ()
+    metrics: bool = False
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a route module (:mod:`lfm2_edge.server.ollama_routes`, :mod:`lfm2_edge.server.metrics`)
+    takes from :func:`lfm2_edge.server.app.create_app`: the admission in front of the
+    engines, the models, the config, and the app's own steps of a request (the body read
+    within its limit, images loaded off the worker, a disconnect watched, an error in
+    OpenAI's terms), so that every API serves a request the same way."""
+
+    admission: Admission
+    models: Sequence[Any]
+    config: ServerConfig
+    read_body: Callable[[Any, int], Awaitable[bytes]]
+    load_images: Callable[[ChatRequest, ServerConfig], Awaitable[None]]
+    watch_disconnect: Callable[[Any, Any], Coroutine[Any, Any, None]]
+    as_api_error: Callable[[Exception, ChatRequest | None, ServerConfig], ApiError]

@@ -242,3 +242,21 @@ def test_llm_cli_with_an_attachment(url: str, tmp_path: Path) -> None:
         env={**os.environ, "LLM_USER_PATH": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr
+
+
+# -- ollama-python (Ollama's native API on the same port; Home Assistant's client) -----------
+
+
+def test_ollama_client_against_serve(url: str, tmp_path: Path) -> None:
+    ollama = pytest.importorskip("ollama")
+    from tests.helpers import noise_image
+
+    image = tmp_path / "cat.png"
+    noise_image(96, 64).save(image)
+    client = ollama.Client(host=url.removesuffix("/v1"))
+    assert [m.model for m in client.list().models] == ["m:latest"]
+    whole = client.chat(model="m", messages=[{"role": "user", "content": "What is this?", "images": [str(image)]}])
+    assert whole.done and whole.eval_count > 0 and isinstance(whole.message.content, str)
+    chunks = list(client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert chunks[-1].done and chunks[-1].done_reason in ("stop", "length")
+    assert "vision" in (client.show("m").capabilities or []) and client.ps().models

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import lfm2_edge
 from lfm2_edge import cli
 from lfm2_edge.cli import chat as chat_cli
 
@@ -88,5 +89,5 @@ def test_bench_outside_the_checkout_says_how_to_get_models(tmp_path: Path, monke
 def test_the_default_bench_models_live_in_the_checkout() -> None:
     from lfm2_edge.local.bench import DEFAULT_MODEL_DIR
 
-    checkout = Path(cli.__file__).resolve().parent.parent
+    checkout = Path(lfm2_edge.__file__).resolve().parent.parent
     assert checkout / "models" / "lfm2-vl-450m" == DEFAULT_MODEL_DIR

@@ -17,7 +17,7 @@ from lfm2_edge.prompt.template import ChatTemplate, template_of
 from lfm2_edge.prompt.tokens import BOS, IM_START, TEMPLATE_MARKERS
 from lfm2_edge.testing import LFM2_TOOLS_TEMPLATE, LFM2_VL_TEMPLATE, SHAPES, make_synthetic_model
 from tests.helpers import TOOLS, noise_image, png_bytes
-from tests.test_injection import FORGED
+from tests.prompt.test_injection import FORGED
 
 IMG = noise_image(64, 48)
 

@@ -17,6 +17,7 @@ from openai import OpenAI
 from lfm2_edge import VisionModel
 from lfm2_edge.chat.results import ChatResult, Timings, Usage
 from lfm2_edge.openai import ApiError, ChunkEvents, RequestLimits, chunk_body, completion_body, parse_chat_request, sse
+from lfm2_edge.prompt.tools import tool_plan
 from lfm2_edge.server.config import ServerConfig
 from tests.helpers import Running, data_uri, post, recipe_messages, start_server
 
@@ -66,7 +67,7 @@ def test_prompt_plus_max_tokens_over_the_context_is_openais_400(served: Running,
     response = post(served, {"model": "m", "messages": HI, "max_tokens": N_CTX - 3, "stream": stream})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error", error
     prompt = int(error["message"].split("(")[1].split(" ")[0])
     assert error["message"] == (
         f"This model's maximum context length is {N_CTX} tokens. However, you requested {prompt + N_CTX - 3} tokens "
@@ -190,7 +191,7 @@ def test_tool_choice_required_and_parallel_tool_calls_reach_the_model() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     req = parse(tools=tools, tool_choice="required", parallel_tool_calls=False)
     assert req.options["tool_choice"] == "required" and req.options["parallel_tool_calls"] is False
-    assert req.tool_mode == "required"
+    assert tool_plan(req.options["tools"], req.options["tool_choice"], None, None).mode == "forced"
     with pytest.raises(ApiError) as bad:
         parse(parallel_tool_calls="yes")
     assert bad.value.param == "parallel_tool_calls"

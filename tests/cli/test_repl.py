@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lfm2_edge.cli.repl import extract_image_paths
+from lfm2_edge.cli.repl import extract_image_paths, find_image_paths
 from lfm2_edge.testing import SHAPES, make_synthetic_model
 from tests.helpers import noise_image
 
@@ -80,6 +80,24 @@ def test_image_paths_are_found_however_they_are_pasted(pics: Path, monkeypatch: 
     assert extract_image_paths("is ~/missing.jpg a file?") == ("is ~/missing.jpg a file?", [])
 
 
+def test_image_paths_ending_a_sentence_and_file_uris(pics: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(pics))
+    cat = pics / "Pictures" / "my cat.jpg"
+    plain = pics / "Pictures" / "cat.jpg"
+    plain.write_bytes(cat.read_bytes())
+    assert find_image_paths("what is ~/Pictures/cat.jpg?") == ("what is ?", [plain], [])
+    assert find_image_paths("look at ~/Pictures/cat.jpg, then tell me.")[1] == [plain]
+    uri = "file://" + str(cat).replace(" ", "%20")  # how a file manager copies a file
+    assert find_image_paths(f"{uri} what is it?") == ("what is it?", [cat], [])
+    assert find_image_paths("is ~/Pictures/dog.jpg here?") == (
+        "is ~/Pictures/dog.jpg here?",
+        [],
+        ["~/Pictures/dog.jpg"],
+    )
+    # a file name talked about, not a path: no complaint
+    assert find_image_paths("is photo.jpg or photo.png better?") == ("is photo.jpg or photo.png better?", [], [])
+
+
 # -- piped stdin ------------------------------------------------------------------------
 
 
@@ -97,11 +115,39 @@ def test_piped_session_writes_only_answers_to_stdout(tiny: dict[str, Path], pics
     assert "is a directory" not in errs
     assert errs.count("image added (1 waiting") == 1
     assert "added image my cat.jpg" in errs
-    assert "/show" not in out and "last answer: prompt" in out and "image tokens" in out
+    assert "/show" not in out and "last answer: prompt" not in out  # /show is a remark: on stderr when piped
+    assert "last answer: prompt" in errs and "image tokens" in errs
     assert "/set temperature needs a number" in errs and "set max_tokens to 2" in errs
     assert "unknown command /bogus; /? lists the commands" in errs
     assert "conversation cleared" in errs
     assert "Traceback" not in errs
+
+
+def test_a_bad_set_is_one_line_and_the_session_goes_on(tiny: dict[str, Path]) -> None:
+    script = (
+        "/set temperature -1\n/show\n/set temperature 1e400\n/set top_k 2.5\n"
+        "/set parameter temperature 0.5\n/set parameter num_predict 3\n/show\nhi\n/bye\n"
+    )
+    proc = start(*session_args(tiny))
+    out, errs = proc.communicate(script, timeout=120)
+    assert proc.returncode == 0, errs
+    assert "Traceback" not in errs
+    assert "error: /set temperature: temperature must be between 0 and 2, not -1.0; temperature stays" in errs
+    assert "error: /set temperature: temperature must be a number between 0 and 2, not inf" in errs
+    assert "error: /set top_k needs a number (got '2.5')" in errs
+    assert "set temperature to 0.5" in errs and "set max_tokens to 3" in errs  # ollama's spelling
+    assert "temperature 0.5" in errs.rsplit("settings:", 1)[1]  # the last /show has it
+    assert out.strip()  # and "hi" was answered
+
+
+def test_a_typed_path_to_no_file_is_one_line(tiny: dict[str, Path], pics: Path) -> None:
+    script = "what is ~/Pictures/dog.jpg?\nwhat is ~/Pictures/my\\ cat.jpg?\n/bye\n"
+    proc = start(*session_args(tiny), env={**ENV, "HOME": str(pics)})
+    out, errs = proc.communicate(script, timeout=120)
+    assert proc.returncode == 0, errs
+    assert "error: no image file at ~/Pictures/dog.jpg; the message was not sent (check the path)" in errs
+    assert "added image my cat.jpg" in errs  # a path ending the question is an image
+    assert len(out.strip().splitlines()) >= 1
 
 
 def test_prompt_dash_reads_stdin(tiny: dict[str, Path]) -> None:
@@ -196,11 +242,11 @@ def test_ctrl_c_while_encoding_keeps_the_session(slow_vision: dict[str, Path]) -
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
-    out, errs = proc.communicate("hello\n/show\n/bye\n", timeout=120)
+    _out, errs = proc.communicate("hello\n/show\n/bye\n", timeout=120)
     assert proc.returncode == 0, errs
     assert time.monotonic() - t0 < 20
     assert "Exception ignored" not in errs and "(stopped)" in errs, errs
-    assert "conversation: 1 turn(s) kept" in out  # the stopped turn is not in the history
+    assert "conversation: 1 turn(s) kept" in errs  # the stopped turn is not in the history
 
 
 # -- at a terminal ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from lfm2_edge import ContextOverflowError, VisionModel
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 _PRELUDE = """
 import sys, threading, time

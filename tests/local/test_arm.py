@@ -19,7 +19,7 @@ from lfm2_edge._llama import cpu
 from lfm2_edge.errors import CpuMismatchError
 from lfm2_edge.local.device import describe_device, parse_meminfo
 
-DATA = Path(__file__).parent / "data" / "cpuinfo"
+DATA = Path(__file__).parent.parent / "data" / "cpuinfo"
 PI5_BUILD = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
 PI4_BUILD = "CPU : NEON = 1 | ARM_FMA = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
 
