@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -30,6 +31,19 @@ def doctor(
     mmproj: MmprojOpt = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context size to plan for.")] = 4096,
     measure: Annotated[bool, typer.Option(help="Run one image chat with MODEL and report its peak RSS.")] = False,
+    cpuinfo: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cpuinfo",
+            help="Plan for the device this /proc/cpuinfo text comes from (`ssh pi cat /proc/cpuinfo > pi.txt`) "
+            "instead of this one.",
+            dir_okay=False,
+        ),
+    ] = None,
+    meminfo: Annotated[
+        Optional[Path],
+        typer.Option("--meminfo", help="That device's /proc/meminfo text (with --cpuinfo).", dir_okay=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
@@ -38,6 +52,17 @@ def doctor(
     names = list(refs or [])
     if model is not None and model not in names:
         names.insert(0, model)
+    if meminfo is not None and cpuinfo is None:
+        fail("--meminfo describes another device: give its --cpuinfo too")
+    if measure and cpuinfo is not None:
+        fail("--measure runs here: it cannot measure the device --cpuinfo describes")
+    texts: dict[str, str] = {}
+    for name, path in (("cpuinfo", cpuinfo), ("meminfo", meminfo)):
+        if path is not None:
+            try:
+                texts[name] = path.read_text(errors="replace")
+            except OSError as exc:
+                fail(f"cannot read --{name} {path}: {exc.strerror or exc}")
     if measure and not names:
         fail("--measure needs a MODEL to run (lfm2-edge doctor LFM2-VL-450M --measure)")
     if len(names) > 1 and (measure or mmproj is not None):
@@ -45,7 +70,7 @@ def doctor(
     checked: list[dict[str, Any]] = []
     with user_errors():
         for ref in names:
-            one = model_estimate(_hub(), ref, mmproj, ctx, download=measure)
+            one = model_estimate(_hub(), ref, mmproj, ctx, download=measure, cpuinfo=texts.get("cpuinfo"))
             if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
                 resolved = _hub().resolve(ref, mmproj=mmproj)
                 est_total = one["estimate_mib"]["total"] * 2**20
@@ -53,7 +78,8 @@ def doctor(
                 one["measured_peak_rss_mib"] = round(rss / 2**20, 1)
                 one["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
             checked.append(one)
-    report = system_report(n_ctx=ctx)
+    with user_errors():
+        report = system_report(n_ctx=ctx, **texts)
     if len(checked) == 1:
         report["model"] = checked[0]
     elif checked:
