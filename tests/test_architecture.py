@@ -14,6 +14,8 @@ PACKAGE = Path(lfm2_edge.__file__).parent
 LONG_MODULES: dict[str, int] = {
     # the device report and its memory arithmetic (the board naming is local/device.py)
     "lfm2_edge.local.doctor": 480,
+    # reading an image from every source with its limits, and cutting it as transformers does
+    "lfm2_edge.chat.images": 470,
 }
 
 

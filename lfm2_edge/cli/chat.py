@@ -47,7 +47,9 @@ def chat(
         typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
     ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
+    system: Annotated[
+        Optional[str], typer.Option(help="System prompt [default: the model card's]; '' for none.")
+    ] = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -131,7 +133,8 @@ def chat(
             "type": "json_schema",
             "json_schema": {"name": schema.stem, "schema": _schema(schema)},
         }
-    overrides: dict[str, Any] = {"system_prompt": system}
+    # the card's system prompt unless --system is given; --system '': no system message at all
+    overrides: dict[str, Any] = {} if system is None else {"system_prompt": system or None}
     with user_errors():
         images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
@@ -177,7 +180,7 @@ def chat(
             vm = VisionModel.from_resolved(
                 resolved,
                 **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
-                **{k: v for k, v in overrides.items() if v is not None},
+                **overrides,
             )
             if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
                 vm.close()

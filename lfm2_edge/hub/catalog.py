@@ -69,9 +69,13 @@ class FamilyDefaults:
     system_prompt: str
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
+    # Lfm2VlImageProcessor's use_thumbnail and max_pixels_tolerance (processor_config.json)
+    image_thumbnail: bool = True
+    image_max_pixels_tolerance: float = 2.0
 
 
-# The LFM2-VL cards: low temperature, min_p 0.15, 64 to 256 tokens per image tile.
+# The LFM2-VL cards: low temperature, min_p 0.15, 64 to 256 tokens per image tile; the
+# image processor's defaults (a thumbnail with tiles; tiles past twice the budget).
 VL = FamilyDefaults(
     "vl",
     Sampling(),  # Sampling's own defaults are the LFM2-VL card's
@@ -143,6 +147,8 @@ class CatalogEntry:
     system_prompt: str | None  # None: no system message unless the caller gives one
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
+    image_thumbnail: bool = True
+    image_max_pixels_tolerance: float = 2.0
     default_quant: str = "Q4_0"
     arch: Arch | None = None
     recommend: tuple[str, ...] = ()
@@ -163,6 +169,8 @@ def catalog_entry(name: str, family: Family, **facts: Any) -> CatalogEntry:
         "system_prompt": defaults.system_prompt,
         "image_min_tokens": defaults.image_min_tokens,
         "image_max_tokens": defaults.image_max_tokens,
+        "image_thumbnail": defaults.image_thumbnail,
+        "image_max_pixels_tolerance": defaults.image_max_pixels_tolerance,
     }
     return CatalogEntry(name, family, **{**base, **facts})
 
@@ -181,8 +189,11 @@ def text_model(name: str, **facts: Any) -> CatalogEntry:
 # docs/models.md); the architectures are ones the vendored llama.cpp knows (lfm2,
 # lfm2moe; projector lfm2).
 CATALOG: tuple[CatalogEntry, ...] = (
-    vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M),
-    vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B),
+    # the image settings are the repos' processor_config.json (transformers reads them;
+    # llama.cpp always adds a thumbnail and tiles past 2x): the 450M without a thumbnail,
+    # the 1.6B tiling past 1.5x the budget
+    vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M, image_thumbnail=False),
+    vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B, image_max_pixels_tolerance=1.5),
     vl_model("LFM2-VL-3B", arch=_LFM2_VL_3B),  # the card: the VL family's sampling and 64..256 image tokens
     # the LFM2.5-VL-450M card lowers the image-token floor to 32 (llama.cpp hard-codes 64..256)
     vl_model("LFM2.5-VL-450M", arch=_LFM2_VL_450M, recommend=("Q8_0", "Q4_0"), image_min_tokens=32),
@@ -229,7 +240,12 @@ def presets(entry: CatalogEntry | None, has_mmproj: bool) -> dict[str, Any]:
         entry = vl_model("") if has_mmproj else text_model("")
     out: dict[str, Any] = {"sampling": entry.sampling, "system_prompt": entry.system_prompt}
     if entry.family == "vl":
-        out.update(image_min_tokens=entry.image_min_tokens, image_max_tokens=entry.image_max_tokens)
+        out.update(
+            image_min_tokens=entry.image_min_tokens,
+            image_max_tokens=entry.image_max_tokens,
+            image_thumbnail=entry.image_thumbnail,
+            image_max_pixels_tolerance=entry.image_max_pixels_tolerance,
+        )
     return out
 
 

@@ -41,6 +41,8 @@ def test_a_new_model_is_one_entry(with_new_model: None, tiny: dict[str, Path], t
         "system_prompt": VL.system_prompt,
         "image_min_tokens": 64,
         "image_max_tokens": 256,
+        "image_thumbnail": True,
+        "image_max_pixels_tolerance": 2.0,
     }
 
     # doctor: ranked first (the largest recommended model), estimated from the entry's shapes
@@ -110,6 +112,10 @@ def test_family_defaults_are_stated_once_and_the_cards_differences_are_exact() -
         own_min = card.get("image_min_tokens", family.image_min_tokens)
         assert (entry.image_min_tokens, entry.image_max_tokens) == (own_min, family.image_max_tokens)
         assert entry.arch is not None, entry.name  # doctor estimates every catalog model without its files
+        # the processor settings are per model too (their processor_config.json)
+        own_thumbnail = {"LFM2-VL-450M": False}.get(entry.name, family.image_thumbnail)
+        own_tolerance = {"LFM2-VL-1.6B": 1.5}.get(entry.name, family.image_max_pixels_tolerance)
+        assert (entry.image_thumbnail, entry.image_max_pixels_tolerance) == (own_thumbnail, own_tolerance)
     assert find_entry("LFM2-VL-450M") is not None and find_entry("LFM2-VL-450M").arch is not None  # type: ignore[union-attr]
 
 
