@@ -104,8 +104,8 @@ bench: models
 	$(BIN)/lfm2-edge bench --json
 
 # The container image built from nothing (a Debian base made by mmdebstrap, no image
-# registry) and run: /health and one chat on a synthetic model. Root, podman, ~30 min on
-# 2 cores; not part of `make test` (docs/deploy.md, "Containers").
+# registry) and run: /health and one chat on a synthetic model. Root, podman, ~50 min on
+# 2 busy cores; not part of `make test` (docs/deploy.md, "Containers").
 container-check:
 	bash scripts/container-check.sh
 

@@ -18,7 +18,7 @@
 # Figures (base and build seconds, image size) go to DIR/container-check.json.
 #
 # --reuse keeps the base and the storage of an earlier run, so an unchanged llama-cpp-python
-# layer is not compiled again (a run from nothing compiles it: about 20-30 minutes on 2 cores).
+# layer is not compiled again (a run from nothing compiles it: 52 minutes in all on 2 busy cores).
 # Needs root, podman and mmdebstrap or debootstrap (Debian: apt-get install podman mmdebstrap),
 # and network access to Debian's mirror and PyPI while it builds. Not part of `make test`:
 # `make container-check` runs it.
@@ -184,7 +184,7 @@ podman stop -t 60 lfm2-check-serve >>"$log" 2>&1
 code=$(podman inspect --format '{{.State.ExitCode}}' lfm2-check-serve)
 [ "$code" = 0 ] || { podman logs lfm2-check-serve >>"$log" 2>&1; fail "serve exited $code on SIGTERM"; }
 say "user: uid $uid; SIGTERM: exit 0"
-podman rm -f lfm2-check-serve >/dev/null
+podman rm -f lfm2-check-serve >>"$log" 2>&1  # (podman notes on stderr that it has no systemd timer to remove)
 
 # ---- 4. the compose example's flow: pull into the volume, then the default command offline
 say "compose flow: pull LFM2-VL-450M:Q4_0 from a stand-in hub into volume $volume, then the default serve"
