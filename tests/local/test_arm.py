@@ -9,6 +9,7 @@ libraries against this machine's CPU, which must pass (the suite runs on them).
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,13 @@ def test_doctor_plans_for_a_board_from_its_texts(
     )
     total, available = parse_meminfo(meminfo.read_text())
     assert (report["ram_total_mib"], report["ram_available_mib"]) == (total // 2**20, available // 2**20)
-    assert report["planned_from_texts"] and report["build_check"] is None  # x86 libraries: nothing to compare
+    assert report["planned_from_texts"]
+    check = report["build_check"]  # these libraries against that board: x86 ones (None), or this ARM build's
+    if platform.machine() != "aarch64":
+        assert check is None
+    else:
+        assert check["missing"] == [f for f in check["built_for"] if f not in check["cpu_has"]]
+        assert ("DOTPROD" in check["missing"]) == ("DOTPROD" in check["built_for"] and name == "raspberry-pi4")
 
 
 @pytest.mark.parametrize("quant", ["Q4_0", "Q8_0"])
