@@ -35,7 +35,7 @@ REF_BIN    := $(REF_VENV)/bin
 REF_PKGS   := torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 gguf==0.19.0 safetensors tokenizers sentencepiece protobuf numpy pillow
 REF_CONVERTER := $(REF_VENV)/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py
 
-.PHONY: install browser test interop lint models bench clean reference reference-venv reference-report
+.PHONY: install browser test interop lint models bench container-check clean reference reference-venv reference-report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ models:
 
 bench: models
 	$(BIN)/lfm2-edge bench --json
+
+# The container image built from nothing (a Debian base made by mmdebstrap, no image
+# registry) and run: /health and one chat on a synthetic model. Root, podman, ~50 min on
+# 2 busy cores; not part of `make test` (docs/deploy.md, "Containers").
+container-check:
+	bash scripts/container-check.sh
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

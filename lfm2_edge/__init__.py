@@ -44,6 +44,7 @@ _LAZY: dict[str, str] = {
     "ChatSession": "lfm2_edge.chat.session",
     "ChatStream": "lfm2_edge.chat.results",
     "ContextOverflowError": "lfm2_edge.errors",
+    "CpuMismatchError": "lfm2_edge.errors",
     "DownloadError": "lfm2_edge.errors",
     "GenerationError": "lfm2_edge.errors",
     "HubError": "lfm2_edge.errors",
@@ -76,6 +77,7 @@ __all__ = [
     "ChatSession",
     "ChatStream",
     "ContextOverflowError",
+    "CpuMismatchError",
     "DownloadError",
     "GenerationError",
     "HubError",
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from lfm2_edge.errors import (
         AccessDeniedError,
         ContextOverflowError,
+        CpuMismatchError,
         DownloadError,
         GenerationError,
         HubError,

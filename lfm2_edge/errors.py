@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "ContextOverflowError",
+    "CpuMismatchError",
     "DownloadError",
     "GenerationError",
     "HubError",
@@ -46,6 +47,11 @@ class Lfm2EdgeError(Exception):
 
 class ModelClosedError(Lfm2EdgeError):
     """The model was closed (``close()``, or the end of its ``with`` block); load it again."""
+
+
+class CpuMismatchError(Lfm2EdgeError):
+    """This CPU lacks an instruction set llama.cpp's libraries were built for (a Pi 5
+    build on a Pi 4: ``dotprod``); raised before llama.cpp runs, instead of a SIGILL."""
 
 
 class ModelFileError(Lfm2EdgeError):

@@ -27,6 +27,17 @@ from lfm2_edge.server.app import create_app
 from lfm2_edge.server.config import ServerConfig
 
 
+def emulated() -> str | None:
+    """Why this process runs under emulation (qemu-user: an aarch64 process on an x86 host,
+    whose /proc/cpuinfo is the host's), or None on real hardware."""
+    import platform
+
+    from lfm2_edge.local.device import describe_device, read_cpuinfo
+
+    notes = describe_device(read_cpuinfo(), machine=platform.machine()).notes
+    return next((n for n in notes if "emulation" in n), None)
+
+
 def noise_image(width: int, height: int, seed: int = 1) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))

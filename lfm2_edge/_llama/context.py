@@ -17,6 +17,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from lfm2_edge._llama import cpu
 from lfm2_edge._llama.caches import Item
 from lfm2_edge._llama.cuts import PromptCuts
 from lfm2_edge._llama.projector import Projector, PromptChunks
@@ -73,6 +74,7 @@ class Runtime:
         self._projector: Projector | None = None
         # a NULL-terminated device list for llama_model_params.devices; kept alive with the model
         self._devices = (ctypes.c_void_p * 2)(device, None) if device else None
+        cpu.require()  # a CPU without the build's instructions: one line here, not a SIGILL later
         llama_cpp.llama_backend_init()
         try:
             self._load(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfm2_edge._llama._private import load_shared_library
+from lfm2_edge._llama.cpu import CpuCheck, check
 
 __all__ = [
     "BuildInfo",
@@ -111,10 +112,25 @@ def simd_features() -> list[str]:
     return [part.split("=")[0].strip() for part in parts if part.strip().endswith("= 1")]
 
 
+def _big_cores(cpus: list[int]) -> list[int]:
+    """On a big.LITTLE SoC (a phone, an RK3588), the CPUs whose ``cpu_capacity`` is over
+    half the largest: a thread on a little core holds the others back at every barrier
+    of a decode step. All of ``cpus`` where the kernel gives no capacities, or one."""
+    caps = {}
+    for cpu in cpus:
+        try:
+            caps[cpu] = int(Path(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity").read_text())
+        except (OSError, ValueError):
+            return cpus
+    top = max(caps.values(), default=0)
+    return [cpu for cpu in cpus if caps[cpu] * 2 > top] or cpus
+
+
 def default_threads() -> int:
-    """Physical cores available to this process: llama.cpp gains nothing from SMT siblings."""
+    """Physical cores available to this process, the big ones only on a big.LITTLE SoC:
+    llama.cpp gains nothing from SMT siblings and loses on little cores."""
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = _big_cores(sorted(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, (os.cpu_count() or 2) // 2)
     cores: set[tuple[str, str]] = set()
@@ -137,6 +153,7 @@ class BuildInfo:
     system_info: str
     gpu_offload: bool
     default_threads: int
+    cpu: CpuCheck  # the CPU features the libraries were built for, against this CPU's
 
 
 def build_info() -> BuildInfo:
@@ -147,4 +164,5 @@ def build_info() -> BuildInfo:
         system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
         default_threads=default_threads(),
+        cpu=check(),
     )

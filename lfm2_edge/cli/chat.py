@@ -82,6 +82,10 @@ def chat(
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
+    hide_thinking: Annotated[
+        bool,
+        typer.Option("--hide-thinking", help="Leave out a thinking model's reasoning (shown dimmed on stderr)."),
+    ] = False,
     verbose: Annotated[
         int,
         typer.Option(
@@ -140,12 +144,22 @@ def chat(
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
                     code = answer_once(
-                        remote, label, prompt, images, sampling, as_json, verbose=verbose > 0, schema=schema
+                        remote,
+                        label,
+                        prompt,
+                        images,
+                        sampling,
+                        as_json,
+                        verbose=verbose > 0,
+                        hide_thinking=hide_thinking,
+                        schema=schema,
                     )
                     if code:
                         raise typer.Exit(code)
                 else:
-                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
+                    _interactive(
+                        remote, images, sampling, label=label, verbose=verbose > 0, hide_thinking=hide_thinking
+                    )
             return
         try:
             resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
@@ -179,12 +193,23 @@ def chat(
         with vm:
             if prompt is not None:
                 code = answer_once(
-                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                    vm,
+                    label,
+                    prompt,
+                    images,
+                    sampling,
+                    as_json,
+                    verbose=verbose > 0,
+                    load_s=load_s,
+                    schema=schema,
+                    hide_thinking=hide_thinking,
                 )
                 if code:
                     raise typer.Exit(code)
             else:
-                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+                _interactive(
+                    vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s, hide_thinking=hide_thinking
+                )
 
 
 def _label(resolved: Any) -> str:

@@ -51,6 +51,7 @@ def info(
     from lfm2_edge._llama.ggml import build_info, list_backends, list_devices
 
     b = build_info()
+    cpu = b.cpu
     devices = list_devices()
     data = {
         "lfm2_edge": __version__,
@@ -63,13 +64,19 @@ def info(
         ],
         "threads": b.default_threads,
         "system_info": b.system_info,
+        "cpu_check": cpu.to_dict(),
     }
     if as_json:
         _emit_json(data)
         return
     out = Console(highlight=False)
     for key, value in data.items():
-        if key == "devices":
+        if key == "cpu_check":
+            have = " ".join(cpu.cpu_has) if cpu.cpu_has is not None else f"unknown ({cpu.source})"
+            value = f"built for {' '.join(cpu.built_for) or 'no CPU feature'}; this CPU has {have}" + (
+                f"; MISSING {' '.join(cpu.missing)}: llama.cpp would stop with SIGILL here" if cpu.missing else ""
+            )
+        elif key == "devices":
             value = "; ".join(f"{d.name} ({d.type}, {d.description}, {d.memory_total // 2**20} MiB)" for d in devices)
         elif isinstance(value, list):
             value = ", ".join(value)

@@ -6,7 +6,8 @@ The models it may recommend, their order and their shapes are the catalog's
 synthetic models. A one-image chat holds:
 
 * the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
-  whose llama.cpp repacks weights (``REPACK = 1``), a repacked copy of its matrices;
+  whose llama.cpp repacks them (AVX2; NEON with dotprod or i8mm, which repacks Q8_0 too;
+  not a Pi 4: :func:`~lfm2_edge.local.device.repacked_quants`), a copy of its matrices;
 * the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
   10 short-convolution layers keep only a few columns of recurrent state;
 * llama.cpp's compute buffer, dominated by a batch of logits (``n_batch x n_vocab``);
@@ -23,18 +24,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lfm2_edge._llama import cpu
 from lfm2_edge._llama.ggml import default_threads, list_devices, simd_features
 from lfm2_edge._llama.threads import busy_cpus, threads_for
 from lfm2_edge.errors import Lfm2EdgeError, ModelFileError, UnknownQuantError
 from lfm2_edge.hub import catalog
 from lfm2_edge.hub.catalog import Arch, CatalogEntry, parse_ref
 from lfm2_edge.hub.gguf import read_summary
+from lfm2_edge.local.device import (
+    copy_rate,
+    describe_device,
+    device_from,
+    image_budget,
+    memory_bandwidth,
+    native_features,
+    ram_of,
+    read_cpuinfo,
+    repacked_quants,
+)
 
 __all__ = [
     "MemoryEstimate",
     "estimate_memory",
     "estimate_spec",
     "expected_tok_s",
+    "fit_together",
     "measure_peak_rss",
     "memory_bandwidth",
     "model_estimate",
@@ -47,7 +61,8 @@ __all__ = [
 MIB = 2**20
 RUNTIME_BYTES = 80 * MIB  # Python, numpy, Pillow, llama.cpp's code, a chat's buffers (measured: 46 MiB at import)
 LOGITS_RESIDENT = 0.65  # share of the logits buffer a prompt batch touches (measured on the 450M shape)
-GGML_Q4_0 = 2
+GGML_TYPES = {2: "Q4_0", 8: "Q8_0", 10: "Q2_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 39: "MXFP4"}
+Repack = bool | frozenset[str] | None  # True: Q4_0 (x86's AVX2 rule); a set: those quants; None: this CPU's
 
 
 @dataclass(frozen=True)
@@ -83,10 +98,19 @@ def _vision_compute(n_patches: int, n_ff: int) -> int:
     return int(n_patches * n_ff * 4 * 1.75)
 
 
-def repacks() -> bool:
-    """Whether this llama.cpp repacks Q4_0 weights for its CPU kernels (a copy in RAM)."""
+def repacks() -> frozenset[str]:
+    """The quants this llama.cpp repacks for its CPU kernels (a copy in RAM): ``REPACK = 1``
+    alone does not say it, the CPU features it was built with do."""
 
-    return "REPACK" in simd_features()
+    return repacked_quants(simd_features())[0]
+
+
+def _quants(repack: Repack) -> frozenset[str]:
+    if repack is None:
+        return repacks()
+    if isinstance(repack, bool):
+        return frozenset({"Q4_0"}) if repack else frozenset()
+    return repack
 
 
 def estimate_memory(
@@ -95,7 +119,7 @@ def estimate_memory(
     *,
     n_ctx: int = 4096,
     n_batch: int = 512,
-    repack: bool | None = None,
+    repack: Repack = None,
 ) -> MemoryEstimate:
     """Estimate the peak RSS of a one-image chat with these files at ``n_ctx``."""
 
@@ -107,8 +131,10 @@ def estimate_memory(
     kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
     l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
     n_layer = int(lm.get(f"{arch}.block_count") or 0)
-    repack = repacks() if repack is None else repack
-    repacked = sum(t.nbytes for t in lm.tensors.values() if t.ggml_type == GGML_Q4_0) if repack else 0
+    quants = _quants(repack)  # the input embedding is never repacked (llama.cpp reads it by rows)
+    repacked = sum(
+        t.nbytes for n, t in lm.tensors.items() if GGML_TYPES.get(t.ggml_type) in quants and n != "token_embd.weight"
+    )
     projector = vision = 0
     if mmproj_path is not None:
         proj = read_summary(mmproj_path, "mmproj")
@@ -131,14 +157,14 @@ _BYTES_PER_WEIGHT = {"F16": 2.0, "Q8_0": 1.0625, "Q4_0": 0.5625}
 
 
 def estimate_spec(
-    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: bool = False
+    arch: Arch, quant: str, *, n_ctx: int = 4096, n_batch: int = 512, repack: Repack = False
 ) -> MemoryEstimate:
     """Estimate a one-image chat from a catalog model's published shapes (no files needed)."""
     embd = arch.n_vocab * arch.n_embd
     vision = arch.vision_params > 0
     return MemoryEstimate(
         weights=int(arch.lm_params * _BYTES_PER_WEIGHT[quant]),
-        repacked=int((arch.lm_params - embd) * 0.5625) if repack and quant == "Q4_0" else 0,
+        repacked=int((arch.lm_params - embd) * _BYTES_PER_WEIGHT[quant]) if quant in _quants(repack) else 0,
         # the projector: F16 with an F16 model, the Q8_0 one otherwise
         projector=int(arch.vision_params * (2.0 if quant == "F16" else 1.0625)),
         kv_cache=_kv(arch.n_attn, arch.kv_dim, n_ctx),
@@ -164,33 +190,17 @@ DECODE_EFFICIENCY = 0.6
 MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choice that fits
 
 
-def memory_bandwidth() -> float:
-    """Bytes per second this device copies memory at (the best of a few 64 MiB copies):
-    what a decode step, which reads every weight once, is bound by on a CPU."""
-    import time
-
-    import numpy as np
-
-    src = np.ones(8 * MIB, dtype=np.float64)  # 64 MiB: past the caches, little for a Pi
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
 def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
-    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
-    return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
+    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth
+    (of a mixture of experts, the active ones only)."""
+    return DECODE_EFFICIENCY * bandwidth / (arch.read_per_token * _BYTES_PER_WEIGHT[quant])
 
 
 def recommend(
     available: int,
     *,
     n_ctx: int = 4096,
-    repack: bool = False,
+    repack: Repack = False,
     cpu_only: bool = False,
     bandwidth: float | None = None,
 ) -> dict[str, Any]:
@@ -275,26 +285,6 @@ def measure_peak_rss(
     return int(lines[-1]), int(lines[0])
 
 
-def _meminfo() -> tuple[int, int]:
-    """(total, available) RAM in bytes."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def busy_report() -> dict[str, Any]:
     """How busy other programs keep this device's CPUs now (a short /proc/stat probe), and
     the threads lfm2-edge would take for it (:mod:`lfm2_edge._llama.threads`)."""
@@ -313,24 +303,48 @@ def busy_line(load: dict[str, Any], cores: int) -> tuple[str, str] | None:
     )
 
 
-def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
-    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them."""
+def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str | None = None) -> dict[str, Any]:
+    """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them: of this
+    device, or of the one a ``cpuinfo`` (and ``meminfo``) text describes, to plan for a
+    board from its kernel's texts (``ssh pi cat /proc/cpuinfo``)."""
     from huggingface_hub import constants
 
-    total, available = _meminfo()
+    here = cpuinfo is None
+    dev, emulated = device_from(cpuinfo)
+    machine, text = dev.machine, read_cpuinfo() if cpuinfo is None else cpuinfo
+    total, available = ram_of(dev, meminfo, here=here)
     cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else next((p for p in cache.parents if p.exists()), Path("/"))
-    gpus = [d for d in list_devices() if d.is_gpu]
-    rec = recommend(
-        available, n_ctx=n_ctx, repack=repacks(), cpu_only=not gpus, bandwidth=None if gpus else memory_bandwidth()
+    gpus = [d for d in list_devices() if d.is_gpu] if here else []
+    check: cpu.CpuCheck | None
+    if here:
+        check = cpu.check()
+        repack, repack_basis = repacked_quants(simd_features())
+    else:
+        same_arch = cpu.build_features(machine=machine) and machine == platform.machine()
+        check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
+        repack, repack_basis = repacked_quants(native_features(dev.simd))
+        repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
+    bandwidth, speed_basis = copy_rate(dev, here=here, emulated=emulated, gpu=bool(gpus))
+    rec = recommend(available, n_ctx=n_ctx, repack=repack, cpu_only=not gpus, bandwidth=bandwidth)
+    rec["threads"] = default_threads() if here else dev.threads
+    rec["speed_basis"] = (
+        f"decode reads every weight once a token at {DECODE_EFFICIENCY:g} of the copy rate; {speed_basis}"
     )
-    rec["threads"] = default_threads()
+    entry = catalog.find_entry(rec["model"].split(":")[0])
+    if entry is not None and entry.arch is not None and entry.arch.vision_params and "asimd" in dev.simd:
+        rec["image_max_tokens"], rec["image_basis"] = image_budget(dev, entry.arch.vision_params)
+        rec["command"] += f" --image-max-tokens {rec['image_max_tokens']}"
     return {
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "cores_logical": os.cpu_count(),
-        "cores_physical": default_threads(),
-        "simd": simd_features(),
+        "cpu": dev.display_name(platform.processor()),
+        "machine": machine,
+        "cores_logical": os.cpu_count() if here else len(dev.cores),
+        "cores_physical": default_threads() if here else dev.threads,
+        "simd": simd_features() if here else native_features(dev.simd),
+        "cpu_simd": dev.simd,
+        "device": dev.to_dict(),
+        "build_check": check.to_dict() if check is not None else None,
+        "repack": {"quants": sorted(repack), "basis": repack_basis},
         "ram_total_mib": total // MIB,
         "ram_available_mib": available // MIB,
         "gpus": [
@@ -339,8 +353,33 @@ def system_report(*, n_ctx: int = 4096) -> dict[str, Any]:
         "cache": str(cache),
         "disk_free_mib": shutil.disk_usage(probe).free // MIB,
         "n_ctx": n_ctx,
+        "planned_from_texts": not here,
         "recommendation": rec,
-        "load": busy_report(),
+        **({"load": busy_report()} if here else {}),
+    }
+
+
+def fit_together(models: list[dict[str, Any]], available: int) -> dict[str, Any]:
+    """Whether the models (:func:`model_estimate`'s dicts) fit in ``available`` bytes at
+    once, as one ``serve`` holds them: one process, so the runtime is counted once, and
+    the reserve :func:`recommend` keeps. ``models_max`` is the most of them that fit
+    whichever are loaded (the largest ones together), the ``--models-max`` to give
+    ``serve`` when not all of them do."""
+    reserve = max(available // 4, 512 * MIB)
+    runtime = RUNTIME_BYTES / MIB
+    sizes = sorted((m["estimate_mib"]["total"] for m in models), reverse=True)
+
+    def total(n: int) -> float:
+        return sum(sizes[:n]) - runtime * max(n - 1, 0)
+
+    models_max = max((n for n in range(len(sizes) + 1) if total(n) * MIB + reserve <= available), default=0)
+    return {
+        "models": [m["name"] for m in models],
+        "total_mib": round(total(len(sizes)), 1),
+        "available_mib": available // MIB,
+        "reserve_mib": reserve // MIB,
+        "fit": models_max == len(sizes),
+        "models_max": models_max,
     }
 
 
@@ -348,13 +387,21 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     """``doctor``'s report as (label, text) lines for a terminal."""
     rec = report["recommendation"]
     gpus = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["gpus"]) or "none"
+    dev, check = report["device"], report["build_check"]
+    where = "there" if report["planned_from_texts"] else "here"
     lines = [
+        ("CPU", f"{report['cpu']} ({report['machine']}), {report['cores_logical']} cores"),
+        ("threads", f"{dev['threads']}: {dev['threads_basis']}"),
         (
-            "CPU",
-            f"{report['cpu']} ({report['machine']}), {report['cores_physical']} physical / "
-            f"{report['cores_logical']} logical cores",
+            "SIMD",
+            f"this CPU: {' '.join(report['cpu_simd']) or 'none'}; llama.cpp built with: {' '.join(report['simd'])}",
         ),
-        ("SIMD", " ".join(report["simd"])),
+        *(
+            [("build", "runs on this CPU" if not check["missing"] else f"MISSING {' '.join(check['missing'])}")]
+            if check
+            else []
+        ),
+        ("repack", report["repack"]["basis"]),
         ("RAM", f"{report['ram_available_mib']} MiB available of {report['ram_total_mib']} MiB"),
         ("GPUs", gpus),
         ("cache", f"{report['cache']} ({report['disk_free_mib']} MiB free)"),
@@ -362,21 +409,33 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
             "recommended",
             f"{rec['model']} with {rec['threads']} threads and --ctx {rec.get('n_ctx', ctx)}: "
             f"~{rec['estimate_mib']['total']:.0f} MiB"
-            + (f", about {rec['expected_tok_s']:g} tokens/s here" if "expected_tok_s" in rec else "")
+            + (f", about {rec['expected_tok_s']:g} tokens/s {where}" if "expected_tok_s" in rec else "")
             + f" ({rec['reserve_mib']} MiB of RAM kept in reserve for the rest of the system)",
         ),
+        ("basis", rec["speed_basis"] + (f"; image: {rec['image_basis']}" if "image_basis" in rec else "")),
         ("try", rec["command"] + " -i photo.jpg"),
     ]
+    lines += [("note", note) for note in dev["notes"]]
     if "warning" in rec:
         lines.append(("warning", rec["warning"]))
     if "load" in report and (busy := busy_line(report["load"], report["cores_physical"])) is not None:
         lines.append(busy)
-    if "model" in report:
-        m = report["model"]
+    for m in report.get("models") or ([report["model"]] if "model" in report else []):
         text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
         if "measured_peak_rss_mib" in m:
             text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
         lines.append((m["name"], text))
+    if "together" in report:
+        t = report["together"]
+        text = f"~{t['total_mib']:.0f} MiB for all {len(t['models'])} in one serve"
+        text += f", of {t['available_mib']} MiB available"
+        if t["fit"]:
+            text += f": they fit together ({t['reserve_mib']} MiB kept in reserve)"
+        elif t["models_max"]:
+            text += f": not all at once; serve them with --models-max {t['models_max']} (any {t['models_max']} fit)"
+        else:
+            text += ": not even the largest one fits beside the reserve; lower --ctx or pick smaller quants"
+        lines.append(("together", text))
     return lines
 
 
@@ -390,9 +449,13 @@ def _check_estimable(name: str, quant: str) -> None:
         )
 
 
-def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool) -> dict[str, Any]:
+def model_estimate(
+    hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool, cpuinfo: str | None = None
+) -> dict[str, Any]:
     """The memory estimate for ``ref``: from its files when they are here (or ``download``),
-    else from the catalog's published shapes, without a download."""
+    else from the catalog's published shapes, without a download; for the CPU a ``cpuinfo``
+    text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one."""
+    repack = repacks() if cpuinfo is None else repacked_quants(native_features(describe_device(cpuinfo).simd))[0]
 
     parsed = parse_ref(ref)
     cached = parsed.is_local or hub._cached_choice(parsed) is not None
@@ -403,11 +466,11 @@ def model_estimate(hub: Any, ref: str, mmproj: Path | None, ctx: int, *, downloa
                 f"`lfm2-edge pull {parsed.display}` first, or add --measure"
             )
         resolved = hub.resolve(parsed, mmproj=mmproj)
-        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=repack)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
     _check_estimable(parsed.entry.name, quant)
-    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repacks())
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repack)
     return {
         "name": f"{parsed.entry.name}:{quant}",
         "estimate_mib": est.to_dict(),

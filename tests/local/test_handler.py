@@ -53,8 +53,8 @@ def test_handler_sends_lfm2_chatml_and_matches_vision_model(
         {"role": "assistant", "content": "They differ."},
         {"role": "user", "content": "How?"},
     ]
-    # no repetition penalty: llama-cpp-python's counts the last 64 tokens, VisionModel's the
-    # whole prompt and answer (as transformers and vLLM)
+    # no penalty: llama-cpp-python's counts the last 64 tokens, VisionModel's the prompt and the
+    # answer (as transformers); the claim here is the prompt and the greedy pipeline
     response = llama.create_chat_completion(messages=messages, temperature=0, max_tokens=10, repeat_penalty=1.0)
     assert handler.last_prompt == (
         "<|startoftext|><|im_start|>system\nBe brief.<|im_end|>\n"
