@@ -110,7 +110,10 @@ def test_a_static_60s_video_costs_one_encoder_run(vm: Any, tmp_path: Path) -> No
 
 def test_realtime_video_the_latest_frame_wins(vm: Any, tmp_path: Path) -> None:
     video = write_video(tmp_path / "rt.mp4", [(RED, 1.5), (BLUE, 1.5)])
-    events = list(watch(vm, str(video), "What?", min_change=0.0, **FAST))
+    # each answer takes longer than a frame (120 tokens, no end token: ~80 ms here): frames arrive meanwhile
+    slow = {"max_tokens": 120, "temperature": 0.0, "stop": []}
+    slow["logit_bias"] = {t: -100.0 for t in range(vm._runtime.n_vocab) if vm._runtime.is_end(t)}
+    events = list(watch(vm, str(video), "What?", min_change=0.0, **slow))
     got = answers(events)
     frames = [e.frame for e in got]
     assert frames == sorted(set(frames)) and len(got) >= 2
