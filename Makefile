@@ -26,7 +26,16 @@ ifeq ($(filter $(BACKEND),cpu cuda metal vulkan),)
 $(error BACKEND must be one of cpu, cuda, metal, vulkan (got '$(BACKEND)'))
 endif
 
-.PHONY: install browser test interop lint models bench clean
+# The reference (tests/reference, scripts/reference): transformers' LFM2-VL in a venv of its
+# own, never a dependency of lfm2-edge. torch 2.14.1 / torchvision 0.29.1 wheels for
+# Python 3.11; llama-cpp-python 0.3.36's sdist for its convert_hf_to_gguf.py.
+REF_VENV   ?= .ref-venv
+REF_PYBASE ?= python3.11
+REF_BIN    := $(REF_VENV)/bin
+REF_PKGS   := torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 gguf==0.19.0 safetensors tokenizers sentencepiece protobuf numpy pillow
+REF_CONVERTER := $(REF_VENV)/src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py
+
+.PHONY: install browser test interop lint models bench container-check clean reference reference-venv reference-report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +70,32 @@ lint:
 	$(BIN)/ruff check lfm2_edge tests scripts
 	$(BIN)/mypy
 
+# Installs the reference venv; where torch cannot be installed the reference tests skip
+# with one line saying so.
+reference-venv: $(REF_CONVERTER)
+
+$(REF_BIN)/python:
+	$(REF_PYBASE) -m venv $(REF_VENV)
+
+$(REF_CONVERTER): $(REF_BIN)/python
+	$(REF_BIN)/pip install --quiet $(REF_PKGS)
+	$(REF_BIN)/pip download --quiet --no-binary :all: --no-deps llama-cpp-python==0.3.36 -d $(REF_VENV)/src
+	tar xzf $(REF_VENV)/src/llama_cpp_python-0.3.36.tar.gz -C $(REF_VENV)/src \
+		llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-0.3.36/vendor/llama.cpp/conversion \
+		llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py
+
+# lfm2-edge against transformers on a small random LFM2-VL (docs/fidelity.md): the tests;
+# `make reference-report` prints the whole table (and writes reference-report.json).
+REF_ENV = LFM2_REF_PYTHON=$(abspath $(REF_BIN))/python LFM2_REF_CONVERTER=$(abspath $(REF_CONVERTER))
+
+reference: $(BIN)/python
+	-$(MAKE) reference-venv
+	$(REF_ENV) $(BIN)/pytest -q tests/reference
+
+reference-report: $(BIN)/python reference-venv
+	$(REF_ENV) $(BIN)/python scripts/reference/compare.py --json reference-report.json
+
 models:
 	$(BIN)/python -m lfm2_edge.testing --shape tiny --out models/tiny
 	$(BIN)/python -m lfm2_edge.testing --shape lfm2-vl-450m --out models/lfm2-vl-450m
@@ -68,5 +103,11 @@ models:
 bench: models
 	$(BIN)/lfm2-edge bench --json
 
+# The container image built from nothing (a Debian base made by mmdebstrap, no image
+# registry) and run: /health and one chat on a synthetic model. Root, podman, ~50 min on
+# 2 busy cores; not part of `make test` (docs/deploy.md, "Containers").
+container-check:
+	bash scripts/container-check.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(REF_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -287,6 +287,7 @@ def main() -> None:
         else:
             run["llama_server_webcam_demo"] = "not run: give --llama-server PATH"
         report["runs"][name] = run
+        sys.stderr.write(f"{name}: {json.dumps(run)}\n")  # each budget as it ends (a long run on a slow box)
     report["load_avg_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     sys.stdout.write(text + "\n")

@@ -10,8 +10,13 @@ from pathlib import Path
 import lfm2_edge
 
 PACKAGE = Path(lfm2_edge.__file__).parent
-# Modules allowed past 450 lines, each one job and the reason beside it (none today).
-LONG_MODULES: dict[str, int] = {}
+# Modules allowed past 450 lines, each one job and the reason beside it.
+LONG_MODULES: dict[str, int] = {
+    # the device report and its memory arithmetic (the board naming is local/device.py)
+    "lfm2_edge.local.doctor": 480,
+    # reading an image from every source with its limits, and cutting it as transformers does
+    "lfm2_edge.chat.images": 470,
+}
 
 
 def _module_name(path: Path) -> str:

@@ -29,7 +29,7 @@ from lfm2_edge._llama.vocab import longest_token_bytes, partial_utf8_tokens, tok
 from lfm2_edge.chat.images import LoadedImage
 from lfm2_edge.chat.sampling import Sampling
 from lfm2_edge.errors import ModelClosedError, ModelFileError
-from lfm2_edge.prompt.tokens import IM_END, IM_START, SPECIAL_TOOL_TOKENS
+from lfm2_edge.prompt.tokens import IM_END, IM_START, IMAGE_MARKER, SPECIAL_TOOL_TOKENS
 
 __all__ = ["Runtime", "SavedState"]
 
@@ -54,6 +54,8 @@ class Runtime:
         flash_attn: bool | None = None,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         embedding_cache_mb: float = 0,
         verbose: bool = False,
         n_seq_max: int = 1,
@@ -83,6 +85,8 @@ class Runtime:
                 flash_attn=flash_attn,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                image_thumbnail=image_thumbnail,
+                image_max_pixels_tolerance=image_max_pixels_tolerance,
                 embedding_cache_mb=embedding_cache_mb,
                 n_seq_max=n_seq_max,
             )
@@ -114,6 +118,8 @@ class Runtime:
         image_min_tokens: int | None,
         image_max_tokens: int | None,
         embedding_cache_mb: float,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         n_seq_max: int = 1,
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
@@ -165,6 +171,8 @@ class Runtime:
                 flash_attn_type=cparams.flash_attn_type,
                 image_min_tokens=image_min_tokens,
                 image_max_tokens=image_max_tokens,
+                use_thumbnail=image_thumbnail,
+                max_pixels_tolerance=image_max_pixels_tolerance,
                 embedding_cache_mb=embedding_cache_mb,
                 verbose=self.verbose,
             )
@@ -224,9 +232,8 @@ class Runtime:
 
     @property
     def min_image_tokens(self) -> int:
-        """The fewest positions one image takes (the projector's minimum, else 1)."""
-        low = self._projector.budget[0] if self._projector is not None else None
-        return max(1, low or 1)
+        """A lower bound of the positions one image takes (see Projector.min_image_tokens)."""
+        return self._projector.min_image_tokens if self._projector is not None else 1
 
     def _partial_utf8_tokens(self) -> list[int]:
         """Tokens whose text is not valid UTF-8 on its own (byte-level pieces); cached."""
@@ -285,10 +292,25 @@ class Runtime:
 
     # -- sampling ----------------------------------------------------------------
 
-    def sampler(self, params: Sampling, *, grammar: str | None = None) -> AbstractContextManager[Sampler]:
-        """A :class:`Sampler` for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`)."""
+    def sampler(
+        self, params: Sampling, *, grammar: str | None = None, items: Sequence[Item] = ()
+    ) -> AbstractContextManager[Sampler]:
+        """A :class:`Sampler` for ``params`` on this model (see :func:`lfm2_edge._llama.sampler.sampler_chain`),
+        its repetition penalty counting the prompt ``items`` (:meth:`prompt_items`) as
+        transformers counts its ``input_ids``: each text token, each image position as
+        the ``<image>`` token."""
         params.check_vocabulary(self.n_vocab)
-        return sampler_chain(self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar)
+        prompt: list[int] = []
+        if params.repetition_penalty != 1.0:
+            image = self.token_id(IMAGE_MARKER)
+            for it in items:
+                if isinstance(it, int):
+                    prompt.append(it)
+                elif image is not None:
+                    prompt.append(image)  # one is enough: the penalty counts presence
+        return sampler_chain(
+            self.vocab, self.n_vocab, self._partial_utf8_tokens, params, grammar=grammar, prompt=prompt
+        )
 
     def logprobs(
         self, token: int, n_top: int, logits: ctypes.Array[ctypes.c_float] | None = None

@@ -1,4 +1,14 @@
-"""The mtmd side of a VL model: its projector, and prompts tokenized into chunks."""
+"""The mtmd side of a VL model: its projector, and prompts tokenized into chunks.
+
+An image is cut the way transformers' ``Lfm2VlImageProcessor`` cuts it
+(:mod:`lfm2_edge.prompt.vision`: one piece, or 512x512 tiles of the image stretched to its
+grid and a thumbnail), by lfm2-edge, before mtmd sees it: each piece goes to mtmd as its own
+bitmap at its final size, a multiple of 32 px within the limits the mtmd context is given,
+so mtmd neither resizes nor tiles it again (its own LFM2 path rounds sizes with C++
+``std::round`` and letterboxes tiles; transformers stretches them). The markers between the
+pieces (``<|image_start|>``, ``<|img_row_R_col_C|>``, ``<|img_thumbnail|>``,
+``<|image_end|>``) are written here, as the processor writes them.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +22,16 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 
 from lfm2_edge._llama import log as _log  # noqa: F401  (routes mtmd's log sinks on import)
-from lfm2_edge._llama.caches import EmbeddingCache, EmbeddingKey, Item
-from lfm2_edge.chat.images import LoadedImage
+from lfm2_edge._llama.caches import ByteLRU, EmbeddingCache, EmbeddingKey, Item
+from lfm2_edge._llama.vocab import tokenize as _tokenize
+from lfm2_edge.chat.images import LoadedImage, image_pieces
 from lfm2_edge.errors import GenerationError, InvalidParameterError, ModelFileError
-from lfm2_edge.prompt.tokens import IMAGE_MARKER
+from lfm2_edge.prompt.tokens import IMAGE_END, IMAGE_MARKER, IMAGE_START
+from lfm2_edge.prompt.vision import ImagePlan, ImageProcessing, plan_image
 
 __all__ = ["ChunkInfo", "Projector", "PromptChunks"]
+
+PIECE_CACHE_BYTES = 24 * 2**20  # a 4x2-tile photo's pieces are 6.6 MB
 
 
 @dataclass(frozen=True)
@@ -31,14 +45,16 @@ class PromptChunks:
     """A tokenized prompt: runs of text tokens and image chunks, in order.
 
     Text runs are tokenized by lfm2-edge (control tokens only where the template put
-    them); each image is tokenized by mtmd on its own, so its chunks (the image tiles and
-    the markers around them) are exactly mtmd's. A context manager, like mtmd's own
+    them), the image markers included; each piece of an image is one image chunk, made by
+    mtmd from that piece alone. ``pieces`` names each image chunk's image (its pixels'
+    digest) and its place in that image's plan. A context manager, like mtmd's own
     ``input_chunks_ptr``: ``with rt.tokenize_prompt(...) as chunks:`` frees mtmd's chunks
     at the end of the block.
     """
 
     def __init__(self) -> None:
         self.info: list[ChunkInfo] = []
+        self.pieces: dict[int, tuple[str, int]] = {}  # image chunk index -> (digest, piece index)
         self._parts: list[list[int] | int] = []  # a text run's tokens, or an mtmd_input_chunk*
         self._handles: list[int] = []  # mtmd_input_chunks* to free
 
@@ -55,19 +71,25 @@ class PromptChunks:
             self._parts.append(list(tokens))
             self.info.append(ChunkInfo(False, len(tokens), len(tokens)))
 
-    def add_mtmd(self, handle: int) -> None:
-        """Append the chunks of an ``mtmd_input_chunks*`` (freed with this object)."""
+    def add_image_chunk(self, handle: int, digest: str, piece: int) -> ChunkInfo:
+        """Append the one image chunk of an ``mtmd_input_chunks*`` (freed with this
+        object): piece ``piece`` of the image ``digest``. mtmd's own marker text around
+        it is left out (the caller writes the markers)."""
         self._handles.append(handle)
-        for i in range(mtmd.mtmd_input_chunks_size(handle)):
-            chunk = mtmd.mtmd_input_chunks_get(handle, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n = ctypes.c_size_t()
-                ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                self.add_text([ptr[j] for j in range(n.value)] if ptr else [])
-            else:
-                self._parts.append(chunk)
-                n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                self.info.append(ChunkInfo(True, n_tokens, mtmd.mtmd_input_chunk_get_n_pos(chunk)))
+        images = [
+            chunk
+            for i in range(mtmd.mtmd_input_chunks_size(handle))
+            if mtmd.mtmd_input_chunk_get_type(chunk := mtmd.mtmd_input_chunks_get(handle, i))
+            != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
+        ]
+        if len(images) != 1:
+            raise GenerationError(f"mtmd made {len(images)} image chunks of one image piece; expected 1")
+        chunk = images[0]
+        info = ChunkInfo(True, mtmd.mtmd_input_chunk_get_n_tokens(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk))
+        self.pieces[len(self.info)] = (digest, piece)
+        self._parts.append(chunk)
+        self.info.append(info)
+        return info
 
     def text_tokens(self, index: int) -> list[int]:
         """The token ids of a text chunk."""
@@ -114,7 +136,10 @@ class Projector:
 
     Shared by :class:`Runtime` and :class:`lfm2_edge.local.handler.Lfm2VlChatHandler`, so
     both write images into the prompt the same way: decoded by Pillow, identified by
-    the digest of their pixels, placed where the prompt has :data:`IMAGE_MARKER`.
+    the digest of their pixels, placed where the prompt has :data:`IMAGE_MARKER`, cut as
+    transformers' processor cuts them (``image_min_tokens`` / ``image_max_tokens``: its
+    token budget, default 64..256; ``use_thumbnail``, ``max_pixels_tolerance``: its
+    settings of those names, see :class:`lfm2_edge.prompt.vision.ImageProcessing`).
     """
 
     def __init__(
@@ -127,19 +152,37 @@ class Projector:
         flash_attn_type: int = -1,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        use_thumbnail: bool = True,
+        max_pixels_tolerance: float = 2.0,
         embedding_cache_mb: float = 0,
         verbose: bool = False,
     ) -> None:
         self.path = Path(mmproj_path)
-        if image_min_tokens is not None and image_max_tokens is not None and image_min_tokens > image_max_tokens:
-            # mtmd refuses it with log lines that read as a broken projector: say what it is
+        defaults = ImageProcessing()
+        self.processing = ImageProcessing(
+            min_image_tokens=image_min_tokens if image_min_tokens is not None else defaults.min_image_tokens,
+            max_image_tokens=image_max_tokens if image_max_tokens is not None else defaults.max_image_tokens,
+            use_thumbnail=use_thumbnail,
+            max_pixels_tolerance=max_pixels_tolerance,
+        )
+        low, high = self.processing.min_image_tokens, self.processing.max_image_tokens
+        if not 0 < low <= high:
             raise InvalidParameterError(
-                f"image_min_tokens ({image_min_tokens}) is larger than image_max_tokens ({image_max_tokens}): "
-                "an image's token budget must run from the smaller to the larger",
+                f"image_min_tokens ({low}) is larger than image_max_tokens ({high}): "
+                "an image's token budget must run from the smaller to the larger"
+                if low > high
+                else f"image_min_tokens must be at least 1, not {low}",
                 param="image_min_tokens",
             )
-        self.budget = (image_min_tokens, image_max_tokens)
+        self.budget = (low, high)
+        # the largest piece mtmd is set up for: a 512 px tile, or a one-piece image at the budget
+        tile = self.processing.tile_size // (self.processing.encoder_patch_size * self.processing.downsample_factor)
+        self.max_piece_tokens = max(tile * tile, high)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._marker_ids: dict[str, list[int]] = {}
+        # the pixels of the last images' pieces: a conversation about one photo cuts it once
+        self._pieces: ByteLRU[tuple[str, ImagePlan], list[LoadedImage]] = ByteLRU(PIECE_CACHE_BYTES)
         self.embeddings = EmbeddingCache(int(embedding_cache_mb * 2**20))
         self.encodes = 0  # vision-encoder runs, for tests and the benchmark
         self._no_callback = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
@@ -149,10 +192,10 @@ class Projector:
         p.n_threads = n_threads
         p.media_marker = IMAGE_MARKER.encode()
         p.flash_attn_type = flash_attn_type
-        if image_min_tokens is not None:
-            p.image_min_tokens = image_min_tokens
-        if image_max_tokens is not None:
-            p.image_max_tokens = image_max_tokens
+        # Pieces arrive at their final size: mtmd's limits only have to let every one
+        # through unchanged (from one 32x32 block up to the largest piece).
+        p.image_min_tokens = 1
+        p.image_max_tokens = self.max_piece_tokens
         handle = mtmd.mtmd_init_from_file(str(self.path).encode(), model, p)
         if not handle:
             raise ModelFileError(
@@ -169,34 +212,71 @@ class Projector:
             mtmd.mtmd_free(self.handle)
             self.handle = None
 
+    @property
+    def min_image_tokens(self) -> int:
+        """A lower bound of the tokens one image takes: the budget's minimum, or a quarter
+        of its maximum less one (a side floored to whole 32 px blocks loses under half)."""
+        p = self.processing
+        return max(1, min(p.min_image_tokens, p.max_image_tokens // 4 - 1))
+
+    def plan(self, image: LoadedImage) -> ImagePlan:
+        """How ``image`` is cut (:func:`lfm2_edge.prompt.vision.plan_image`); an image with
+        a piece larger than the vision encoder is set up for raises ImageError."""
+        return plan_image(image.width, image.height, self.processing, max_piece_tokens=self.max_piece_tokens)
+
+    def _markers(self, text: str) -> list[int]:
+        ids = self._marker_ids.get(text)
+        if ids is None:
+            ids = self._marker_ids[text] = _tokenize(self._vocab, text, special=True) if text else []
+        return ids
+
     def tokenize(self, runs: Sequence[list[int]], images: Sequence[LoadedImage]) -> PromptChunks:
         """The prompt's chunks: ``runs`` are its text tokens cut at the image markers
-        (one more than there are images); each image becomes mtmd's chunks for it."""
+        (one more than there are images); each image becomes its markers and pieces."""
         if not self.handle:
             raise GenerationError("the projector has been closed")
         if len(runs) != len(images) + 1:
             raise GenerationError(
                 f"the prompt has {len(runs) - 1} image markers for {len(images)} images; they must match"
             )
+        plans = [self.plan(image) for image in images]  # an image refused here refuses the prompt first
         out = PromptChunks()
         try:
             out.add_text(runs[0])
-            for image, run in zip(images, runs[1:], strict=True):
-                out.add_mtmd(self._tokenize_image(image))
+            for image, plan, run in zip(images, plans, runs[1:], strict=True):
+                self._add_image(out, image, plan)
                 out.add_text(run)
         except BaseException:
             out.close()
             raise
         return out
 
-    def _tokenize_image(self, image: LoadedImage) -> int:
-        """An ``mtmd_input_chunks*`` holding one image (and mtmd's markers around it)."""
-        data = ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8))  # no copy: mtmd copies
-        bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
+    def _add_image(self, out: PromptChunks, image: LoadedImage, plan: ImagePlan) -> None:
+        key = (image.digest, plan)
+        pieces = self._pieces.get(key)
+        if pieces is None:
+            pieces = image_pieces(image, plan.canvas, [(p.width, p.height, p.box) for p in plan.pieces])
+            self._pieces.put(key, pieces, sum(len(p.rgb) for p in pieces))
+        out.add_text(self._markers(IMAGE_START))
+        for index, (spec, piece) in enumerate(zip(plan.pieces, pieces, strict=True)):
+            out.add_text(self._markers(spec.marker))
+            info = out.add_image_chunk(self._tokenize_piece(piece), image.digest, index)
+            if info.n_tokens != spec.n_tokens:
+                raise GenerationError(
+                    f"mtmd made {info.n_tokens} tokens of a {spec.width}x{spec.height} image piece, "
+                    f"not {spec.n_tokens}: {self.path.name} is not an LFM2-VL projector of 16 px patches "
+                    "merged 2x2"
+                )
+        out.add_text(self._markers(IMAGE_END))
+
+    def _tokenize_piece(self, piece: LoadedImage) -> int:
+        """An ``mtmd_input_chunks*`` holding one image piece (and mtmd's markers around it)."""
+        data = ctypes.cast(ctypes.c_char_p(piece.rgb), ctypes.POINTER(ctypes.c_uint8))  # no copy: mtmd copies
+        bitmap = mtmd.mtmd_bitmap_init(piece.width, piece.height, data)
         if not bitmap:
             raise GenerationError("mtmd could not create a bitmap for an image")
         try:
-            mtmd.mtmd_bitmap_set_id(bitmap, image.digest.encode())
+            mtmd.mtmd_bitmap_set_id(bitmap, piece.digest.encode())
             text = mtmd.mtmd_input_text()
             raw = IMAGE_MARKER.encode()
             text.text = raw
@@ -214,31 +294,18 @@ class Projector:
             raise GenerationError(f"mtmd could not tokenize an image: {why}")
         return int(chunks)
 
-    def prompt_items(self, chunks: PromptChunks, digests: Sequence[str]) -> list[Item]:
-        """The prompt as a flat list: a token id per text token, a tuple per image tile
-        (see :meth:`lfm2_edge._llama.context.Runtime.prompt_items`)."""
-        occurrences = {d: digests.count(d) for d in digests}
-        ids = {i: self._chunk_id(chunks, i) for i, info in enumerate(chunks.info) if info.is_image}
-        per_id: dict[str, int] = {}
-        for cid in ids.values():
-            per_id[cid] = per_id.get(cid, 0) + 1
-        seen: dict[str, int] = {}
+    def prompt_items(self, chunks: PromptChunks, digests: Sequence[str] = ()) -> list[Item]:
+        """The prompt as a flat list: a token id per text token, ``("img", digest, piece,
+        n_pos)`` per image piece (see :meth:`lfm2_edge._llama.context.Runtime.prompt_items`).
+        The chunks know their images' digests; ``digests`` is not needed."""
         items: list[Item] = []
         for i, info in enumerate(chunks.info):
             if info.is_image:
-                cid = ids[i]
-                tiles = max(1, per_id[cid] // max(1, occurrences.get(cid, 1)))
-                tile = seen.get(cid, 0) % tiles
-                seen[cid] = seen.get(cid, 0) + 1
-                items.append(("img", cid, tile, info.n_pos))
+                digest, piece = chunks.pieces[i]
+                items.append(("img", digest, piece, info.n_pos))
             else:
                 items.extend(chunks.text_tokens(i))
         return items
-
-    @staticmethod
-    def _chunk_id(chunks: PromptChunks, index: int) -> str:
-        raw = mtmd.mtmd_input_chunk_get_id(chunks.chunk(index))
-        return (raw or b"").decode("ascii", "replace")
 
     def eval_image(
         self,

@@ -4,8 +4,7 @@ when that picks the same token), sampling from saved logits, and log-probabiliti
 from __future__ import annotations
 
 import ctypes
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,32 +23,49 @@ class Sampler:
     them (no logit bias):
 
     - the repetition penalty: llama.cpp's looks up every one of the vocabulary's 65,536
-      candidates in a hash map of the last ``penalty_last_n`` tokens (0.15 ms a token on
-      a 2-core x86, most of a greedy step's sampling); here only those tokens' logits
-      are scaled, and put back after the pick, so the logits stay the model's own (for
-      log-probabilities and saved states);
+      candidates in a hash map of the tokens it counts (0.15 ms a token on a 2-core x86,
+      most of a greedy step's sampling); here only those tokens' logits are scaled, and
+      put back after the pick, so the logits stay the model's own (for log-probabilities
+      and saved states). It counts what transformers' ``RepetitionPenaltyLogitsProcessor``
+      and vLLM count: every token of the prompt (``prompt``) and of the answer so far;
     - greedy decoding (no grammar, no presence or frequency penalty): the first largest
       logit, as ``llama_sampler_init_greedy`` picks it, without copying the vocabulary
       into a candidate array (and without the penalty's work when the pick is not a
       token it would lower).
     """
 
-    def __init__(self, chain: int, n_vocab: int, params: Sampling, *, grammar: bool, penalty_last_n: int) -> None:
+    def __init__(
+        self, chain: int, n_vocab: int, params: Sampling, *, grammar: bool, prompt: Sequence[int] = ()
+    ) -> None:
         self.chain = chain
         self.n_vocab = n_vocab
         local = not params.logit_bias
         with np.errstate(over="ignore", under="ignore"):
             rp = np.float32(params.repetition_penalty)  # llama.cpp's is a float too
         # one that is 0 or infinite as a float32 makes NaN logits: that is left to llama.cpp
-        self.penalty = rp if local and rp != 1 and 0 < rp < np.inf and penalty_last_n > 0 else None
+        self.penalty = rp if local and rp != 1 and 0 < rp < np.inf else None
         self.greedy = (
             local
             and params.temperature <= 0
             and not grammar
             and not (params.frequency_penalty or params.presence_penalty)
         )
-        self._recent: deque[int] = deque(maxlen=max(1, penalty_last_n))
+        # the tokens the penalty counts: a flag per vocabulary entry, and their ids
+        self._seen = np.zeros(n_vocab if self.penalty is not None else 0, dtype=bool)
+        self._seen_ids: list[int] = []
+        self._seen_arr: Any = None
+        self.remember(prompt)
         self._local = self.penalty is not None or self.greedy  # else the chain does it all
+
+    def remember(self, tokens: Iterable[int]) -> None:
+        """Count ``tokens`` for the repetition penalty (the prompt's, then each pick)."""
+        if self.penalty is None:
+            return
+        for t in tokens:
+            if 0 <= t < self.n_vocab and not self._seen[t]:
+                self._seen[t] = True
+                self._seen_ids.append(t)
+                self._seen_arr = None
 
     def sample(self, ctx: int, row: int = -1) -> int:
         """Pick (and accept) a token from row ``row`` of the last decode's logits (-1: its
@@ -71,13 +87,14 @@ class Sampler:
             # a penalty >= 1 only lowers logits: when the first largest logit's token is not
             # one it lowers, it is still the first largest after it
             token = _first_largest(logits)
-            if token >= 0 and (self.penalty is None or token not in self._recent):
-                if self.penalty is not None:
-                    self._recent.append(token)
+            if token >= 0 and (self.penalty is None or not self._seen[token]):
+                self.remember((token,))
                 return token
         ids = kept = None
-        if self.penalty is not None and self._recent:
-            ids = np.fromiter(set(self._recent), dtype=np.intp)
+        if self.penalty is not None and self._seen_ids:
+            if self._seen_arr is None:
+                self._seen_arr = np.array(self._seen_ids, dtype=np.intp)
+            ids = self._seen_arr
             kept = logits[ids]
             # llama_sampler_penalties_apply, in float32: logit <= 0 ? logit * p : logit / p
             with np.errstate(over="ignore", invalid="ignore"):  # as in C: inf, NaN
@@ -89,8 +106,7 @@ class Sampler:
         finally:
             if ids is not None:
                 logits[ids] = kept
-        if self.penalty is not None:
-            self._recent.append(token)
+        self.remember((token,))
         return token
 
 
@@ -128,8 +144,8 @@ def sampler_chain(
     partial_utf8: Callable[[], list[int]],
     params: Sampling,
     *,
-    penalty_last_n: int = 64,
     grammar: str | None = None,
+    prompt: Sequence[int] = (),
 ) -> Iterator[Sampler]:
     """A :class:`Sampler` for ``params``: a llama.cpp sampler chain, in the order llama.cpp's own tools use:
     logit biases, a GBNF ``grammar`` (rule ``root``; only tokens it allows survive),
@@ -137,14 +153,16 @@ def sampler_chain(
 
     ``params.logit_bias`` is added to the logits; -100 bans the token outright (-inf).
     ``partial_utf8`` lists the tokens that are not whole UTF-8 text (asked for only
-    with a grammar). The repetition penalty looks at the last ``penalty_last_n`` tokens
-    sampled, the presence and frequency penalties at the whole answer (up to
-    ``params.max_tokens``), as OpenAI's do; neither looks at the prompt.
+    with a grammar). The repetition penalty counts every token of ``prompt`` (the prompt's
+    token ids, an image's positions as its ``<image>`` id) and of the answer, as
+    transformers and vLLM do (the cards' 1.05 is theirs); the presence and frequency
+    penalties look at the whole answer (up to ``params.max_tokens``) and not the prompt,
+    as OpenAI's do.
     """
     chain = llama_cpp.llama_sampler_chain_init(_chain_params())
     add = llama_cpp.llama_sampler_chain_add
     try:
-        sampler = Sampler(chain, n_vocab, params, grammar=grammar is not None, penalty_last_n=penalty_last_n)
+        sampler = Sampler(chain, n_vocab, params, grammar=grammar is not None, prompt=prompt)
         biases = {t: (float("-inf") if b <= -100 else b) for t, b in params.logit_bias}
         if grammar is not None:
             # llama.cpp's grammar does not check UTF-8 continuation bytes, so byte-level
@@ -162,10 +180,12 @@ def sampler_chain(
                 raise GenerationError("llama.cpp rejected the grammar (run with --verbose for its reason)")
             add(chain, constraint)
         if params.repetition_penalty != 1.0 and sampler.penalty is None:
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(n_vocab, penalty_last_n, params.repetition_penalty, 0.0, 0.0),
-            )
+            # llama.cpp's, over a window holding the whole prompt and answer
+            window = len(prompt) + max(1, params.max_tokens)
+            penalty = llama_cpp.llama_sampler_init_penalties(n_vocab, window, params.repetition_penalty, 0.0, 0.0)
+            for t in prompt:
+                llama_cpp.llama_sampler_accept(penalty, t)
+            add(chain, penalty)
         if params.frequency_penalty or params.presence_penalty:
             window = max(1, params.max_tokens)
             penalties = llama_cpp.llama_sampler_init_penalties(

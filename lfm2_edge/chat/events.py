@@ -2,7 +2,8 @@
 (:mod:`lfm2_edge.local.engine`) and its front ends (a library stream, the OpenAI and
 Ollama writers of ``serve``).
 
-An answer is zero or more :class:`Logprobs` / :class:`Piece` events (only when it
+An answer is zero or more :class:`Reasoning` events (a thinking model's thought, all
+before the first piece), then :class:`Logprobs` / :class:`Piece` events (only when it
 streams), then exactly one of :class:`Done` (the :class:`ChatResult`, its tool calls
 parsed once), :class:`Failed` or :class:`Cancelled`. A piece's tokens' log-probabilities
 come just before it. The pieces of a finished answer join to its ``result.text``: text
@@ -16,12 +17,22 @@ from typing import Union
 
 from lfm2_edge.chat.results import ChatResult, TokenLogprob
 
-__all__ = ["Cancelled", "Done", "Event", "Failed", "Logprobs", "Piece"]
+__all__ = ["Cancelled", "Done", "Event", "Failed", "Logprobs", "Piece", "Reasoning"]
 
 
 @dataclass(frozen=True)
 class Piece:
     """Text safe to show now."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """Reasoning safe to show now: a thinking model's ``<think>`` block, apart from the
+    answer (:mod:`lfm2_edge.prompt.reasoning`). It all comes before the first
+    :class:`Piece`, and joins to the result's ``reasoning``; OpenAI's writer sends it as
+    ``reasoning_content``, Ollama's as ``thinking``."""
 
     text: str
 
@@ -54,5 +65,6 @@ class Cancelled:
     """The request was cancelled (its client went away); it has no result."""
 
 
+# Reasoning joins this union when the engine sends it (server/admission.py's yield type with it)
 Event = Union[Piece, Logprobs, Done, Failed, Cancelled]
 END_EVENTS = (Done, Failed, Cancelled)

@@ -2,8 +2,12 @@
 
 mtmd can decode files itself (stb_image), but lfm2-edge decodes with Pillow first:
 it applies EXIF orientation, takes the first frame of an animation, converts CMYK,
-palette, 16-bit and alpha images to RGB, and refuses decompression bombs and
+palette, 16-bit and alpha images to RGB (an alpha channel is dropped, the stored colour
+kept, as transformers' ``load_image`` does), and refuses decompression bombs and
 unreadable data with one clear line instead of a crash inside C code.
+
+:func:`image_pieces` makes the pixels of the pieces an image is cut into
+(:mod:`lfm2_edge.prompt.vision` says which), so that mtmd gets each at its final size.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import http.client
 import io
 import ipaddress
+import math
 import os
 import socket
 import ssl
@@ -35,9 +40,11 @@ __all__ = [
     "ImageInput",
     "ImagesArg",
     "LoadedImage",
+    "image_pieces",
     "is_single_image",
     "load_image",
     "pinned_connection",
+    "resize_like_transformers",
     "resolve_checked",
 ]
 
@@ -54,7 +61,6 @@ ImageInput = Union[
 ImagesArg = Union[ImageInput, Sequence[Any]]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; larger is a decompression bomb, not a photo
-MAX_ASPECT_RATIO = 32  # a 32:1 strip is already a degenerate tile grid
 REMOTE_TIMEOUT_S = 20.0  # for the whole fetch, redirects included, not per read
 REMOTE_MAX_BYTES = 50 * 1024 * 1024
 FILE_MAX_BYTES = 256 * 1024 * 1024  # a larger "image" file is not a photo
@@ -83,11 +89,9 @@ class LoadedImage:
             image = ImageOps.exif_transpose(image)
             check_size(image.width, image.height, max_pixels)
             if image.mode != "RGB":
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    image = image.convert("RGBA")
-                    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                    image = Image.alpha_composite(background, image)
-                elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # transparency is dropped, the stored colour kept: what transformers'
+                # load_image (``convert("RGB")``) gives the processor
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     image = image.point(lambda v: v / 256).convert("L")
                 image = image.convert("RGB")
             rgb = image.tobytes()
@@ -100,13 +104,105 @@ class LoadedImage:
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
-    """Refuse an image by its dimensions alone (read from its header before decoding)."""
+    """Refuse an image by its dimensions alone (read from its header before decoding).
+
+    Any aspect ratio passes here, as in transformers: a strip too narrow for the vision
+    encoder is refused where it is cut (:func:`lfm2_edge.prompt.vision.plan_image`)."""
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ImageError(f"the image is {width}x{height}, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop it")
     if width * height > max_pixels:
         raise ImageError(f"the image is {width}x{height}, over the {max_pixels:,}-pixel limit; downscale it first")
+
+
+PieceShape = tuple[int, int, "tuple[int, int, int, int] | None"]
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[Any, Any, int]:
+    """The taps of an antialiased bilinear resample of one axis, as torch computes them
+    for uint8 images: for each output index its first input index, its int16 weights
+    (the float weights normalised, then scaled by ``2**precision`` and rounded), and
+    the precision (the most bits that keep the largest weight under 2**15)."""
+    import numpy as np
+
+    scale = n_in / n_out
+    support = scale if scale >= 1.0 else 1.0  # the triangle filter's reach, widened when shrinking
+    taps = math.ceil(support) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(n_out, dtype=np.float64) + 0.5)
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # truncated, as a C cast
+    count = np.clip(np.minimum((center + support + 0.5).astype(np.int64), n_in) - first, 0, taps)
+    j = np.arange(taps, dtype=np.float64)
+    w = np.maximum(0.0, 1.0 - np.abs((j[None, :] + first[:, None] - center[:, None] + 0.5) * invscale))
+    w[j[None, :] >= count[:, None]] = 0.0
+    total = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0.0)
+    largest = float(w.max())
+    precision = 0
+    while precision < 22 and int(0.5 + largest * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    return first, np.trunc(0.5 + w * (1 << precision)).astype(np.int32), precision
+
+
+def _resample_rows(a: Any, n_out: int) -> Any:
+    """Resample axis 0 of a uint8 array to ``n_out``: integer sums of int16 weights times
+    pixels, rounded by adding half of ``2**precision``, shifted back, clipped to 0..255."""
+    import numpy as np
+
+    n_in = a.shape[0]
+    first, weights, precision = _axis_weights(n_in, n_out)
+    flat = a.reshape(n_in, -1)
+    acc = np.full((n_out, flat.shape[1]), 1 << (precision - 1), dtype=np.int32)
+    term = np.empty_like(acc)
+    for k in range(weights.shape[1]):
+        column = weights[:, k]
+        if column.any():
+            np.multiply(flat[np.minimum(first + k, n_in - 1)], column[:, None], out=term)
+            acc += term
+    np.right_shift(acc, precision, out=acc)
+    np.clip(acc, 0, 255, out=acc)
+    return acc.astype(np.uint8).reshape((n_out, *a.shape[1:]))
+
+
+def resize_like_transformers(pixels: Any, width: int, height: int) -> Any:
+    """An (H, W, 3) uint8 array resized to ``width`` x ``height`` as transformers'
+    ``Lfm2VlImageProcessor`` resizes it: torchvision's antialiased bilinear ``resize`` of a
+    uint8 tensor (torch's integer kernel: the width first, then the height, uint8 in
+    between), bit for bit. Pillow's bilinear filter is the same triangle with 22-bit
+    weights; torch's 15-bit ones round differently, by a grey level here and there, and
+    that moved the reference model's first-token log-probabilities by up to 0.017
+    (docs/fidelity.md)."""
+    import numpy as np
+
+    a = pixels
+    if a.shape[1] != width:
+        a = _resample_rows(np.ascontiguousarray(a.transpose(1, 0, 2)), width).transpose(1, 0, 2)
+    if a.shape[0] != height:
+        a = _resample_rows(np.ascontiguousarray(a), height)
+    return np.ascontiguousarray(a)
+
+
+def image_pieces(image: LoadedImage, canvas: tuple[int, int] | None, shapes: Sequence[PieceShape]) -> list[LoadedImage]:
+    """The pixels of an image's pieces, ``(width, height, box)`` each: a piece with a
+    ``box`` is cut from the image stretched to ``canvas`` (its tile grid), one without is
+    the whole image resized to ``width`` x ``height`` (:func:`resize_like_transformers`).
+    Each keeps the image's digest."""
+    import numpy as np
+
+    pixels = np.frombuffer(image.rgb, dtype=np.uint8).reshape(image.height, image.width, 3)
+    stretched = None
+    out = []
+    for width, height, box in shapes:
+        if box is not None:
+            if stretched is None:
+                assert canvas is not None, "a tile needs the canvas it is cut from"
+                stretched = resize_like_transformers(pixels, *canvas)
+            left, top, right, bottom = box
+            piece = stretched[top:bottom, left:right]
+        else:
+            piece = resize_like_transformers(pixels, width, height)
+        assert piece.shape == (height, width, 3), (piece.shape, width, height)
+        out.append(LoadedImage(width, height, piece.tobytes(), image.digest))
+    return out
 
 
 def _decode(data: bytes, what: str, max_pixels: int) -> LoadedImage:

@@ -22,12 +22,25 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Message:
-    """One chat turn. ``images`` holds anything :func:`lfm2_edge.chat.images.load_image` takes."""
+    """One chat turn. ``images`` holds anything :func:`lfm2_edge.chat.images.load_image` takes.
+
+    ``parts`` is the order the turn's content was given in: a ``str`` for a text part, an
+    ``int`` for ``images[i]``; ``None`` (a message built from text and images, as the CLI's
+    ``-i ... -p ...``) puts the images first, then the text, as the model cards' examples.
+    ``text`` is always the text parts joined.
+    """
 
     role: str
     text: str = ""
     images: list[Any] = field(default_factory=list)
     tool_calls: list[Any] = field(default_factory=list)  # an assistant turn's calls, OpenAI shape
+    parts: list[str | int] | None = None
+
+    def content(self) -> list[str | int]:
+        """The turn's content in prompt order: text (``str``) and image indexes (``int``)."""
+        if self.parts is None:
+            return [*range(len(self.images)), *([self.text] if self.text else [])]
+        return list(self.parts)
 
 
 MessageInput = Union[Message, Mapping[str, Any]]
@@ -56,7 +69,8 @@ def _image_of(part: Mapping[str, Any]) -> Any:
 
 def _to_message(raw: MessageInput) -> Message:
     if isinstance(raw, Message):
-        return Message(raw.role, raw.text, list(raw.images), list(raw.tool_calls))
+        parts = list(raw.parts) if raw.parts is not None else None
+        return Message(raw.role, raw.text, list(raw.images), list(raw.tool_calls), parts)
     role = raw.get("role")
     if role not in ROLES:
         raise InvalidParameterError(f"message role must be one of {', '.join(ROLES)}, got {role!r}", param="messages")
@@ -72,19 +86,37 @@ def _to_message(raw: MessageInput) -> Message:
         raise InvalidParameterError("message content must be a string or a list of content parts", param="messages")
     texts: list[str] = []
     images: list[Any] = []
+    order: list[str | int] = []  # the parts as given: text as is, images by index
     for part in content:
         if not isinstance(part, Mapping):
             raise InvalidParameterError("each content part must be an object with a 'type'", param="messages")
         kind = part.get("type")
         if kind == "text":
             texts.append(str(part.get("text", "")))
+            order.append(texts[-1])
         elif kind in ("image_url", "image"):
+            order.append(len(images))
             images.append(_image_of(part))
         else:
             raise InvalidParameterError(
                 f"unsupported content part type {kind!r}; use 'text' or 'image_url'", param="messages"
             )
-    return Message(role, "".join(texts), images, list(calls))
+    return Message(role, "".join(texts), images, list(calls), order)
+
+
+def _attach(message: Message, images: Sequence[Any]) -> None:
+    """Put ``images`` at the start of ``message``'s turn, after the images already there."""
+    if message.parts is None:
+        message.images = [*message.images, *images]
+        return
+    lead = 0
+    while lead < len(message.parts) and isinstance(message.parts[lead], int):
+        lead += 1
+    n = len(images)
+    # images keeps prompt order: the leading images, the new ones, then the rest
+    shifted = [p + n if isinstance(p, int) and p >= lead else p for p in message.parts[lead:]]
+    message.parts = [*message.parts[:lead], *range(lead, lead + n), *shifted]
+    message.images = [*message.images[:lead], *images, *message.images[lead:]]
 
 
 def normalize_messages(
@@ -95,6 +127,7 @@ def normalize_messages(
 
     ``images`` given beside the messages join the last user turn, ahead of its text:
     one image (a path, bytes, a PIL image, a numpy array, a file object) or a sequence.
+    Content parts keep the order they were given in (``Message.parts``).
     """
     if images is not None and is_single_image(images):
         images = [images]
@@ -108,7 +141,7 @@ def normalize_messages(
         users = [m for m in messages if m.role == "user"]
         if not users:
             raise InvalidParameterError("images need a user message to attach to", param="messages")
-        users[-1].images = [*users[-1].images, *images]
+        _attach(users[-1], images)
     for m in messages:
         if m.images and m.role != "user":
             raise InvalidParameterError(

@@ -1,5 +1,5 @@
-"""What a chat returns: :class:`ChatResult` (text, usage, timings, tool calls) and
-:class:`ChatStream`, an iterator of text pieces that ends with one.
+"""What a chat returns: :class:`ChatResult` (text, reasoning, usage, timings, tool calls)
+and :class:`ChatStream`, an iterator of text pieces that ends with one.
 
 Every model class (:class:`lfm2_edge.chat.contract.ChatModel`: local
 :class:`lfm2_edge.VisionModel` / :class:`lfm2_edge.TextModel` and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ __all__ = [
     "ChatStream",
     "FinishReason",
     "StreamClosed",
+    "Thought",
     "Timings",
     "TokenLogprob",
     "ToolCall",
@@ -105,6 +106,9 @@ class ChatResult:
     timings: Timings
     tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made, when tools were given
     logprobs: tuple[TokenLogprob, ...] | None = None  # per generated token, when asked for
+    # a thinking model's <think> block (prompt/reasoning.py), never part of ``text``;
+    # None: the model did not think ("" is an empty block)
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the derived token rates."""
@@ -114,6 +118,12 @@ class ChatResult:
         data["timings"]["prompt_tok_s"] = round(self.timings.prompt_tok_s(self.usage), 2)
         data["timings"]["decode_tok_s"] = round(self.timings.decode_tok_s(self.usage), 2)
         return data
+
+
+class Thought(str):
+    """A piece of a thinking model's reasoning, as a stream's ``steps`` yield it among the
+    answer's pieces. :class:`ChatStream` never hands one out as a piece: it goes to
+    :attr:`ChatStream.on_thought`, so the pieces still join to ``result.text``."""
 
 
 class StreamClosed(Exception):
@@ -128,7 +138,13 @@ class ChatStream:
     With ``logprobs`` asked for, :attr:`logprobs` is a list that ``steps`` fills: one
     entry per token, those of a piece's tokens added before the piece is yielded (a
     piece may cover several tokens, a token held back may come with a later piece).
+
+    A thinking model's reasoning comes as :class:`Thought` items of ``steps``, before the
+    answer's pieces; set :attr:`on_thought` to see them as they come (the CLI draws them
+    dimmed), else they are only in ``result.reasoning``.
     """
+
+    on_thought: Callable[[str], None] | None = None
 
     def __init__(
         self, steps: Generator[str, None, ChatResult | None], logprobs: list[TokenLogprob] | None = None
@@ -136,6 +152,13 @@ class ChatStream:
         self._steps: Generator[str, None, ChatResult | None] | None = steps
         self.result: ChatResult | None = None
         self.logprobs = logprobs
+        self._pass_thoughts = False
+
+    def with_thoughts(self) -> ChatStream:
+        """This stream, handing out its :class:`Thought` pieces too: for a stream that
+        wraps another one (a session's) and passes the thoughts on to its own listener."""
+        self._pass_thoughts = True
+        return self
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -144,7 +167,16 @@ class ChatStream:
         if self._steps is None:
             raise StopIteration
         try:
-            return next(self._steps)
+            while True:
+                piece = next(self._steps)
+                if not isinstance(piece, Thought) or self._pass_thoughts:
+                    return piece
+                if self.on_thought is not None:
+                    try:
+                        self.on_thought(str(piece))
+                    except BaseException:  # the listener stops it (Ctrl-C): stop generating first
+                        self.close()
+                        raise
         except StopIteration as done:
             self._finish(done.value)
             raise StopIteration from None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Literal, overload
 
 from lfm2_edge.chat.contract import ChatModel
-from lfm2_edge.chat.results import ChatResult, ChatStream, StreamClosed
+from lfm2_edge.chat.results import ChatResult, ChatStream, StreamClosed, Thought
 from lfm2_edge.errors import ContextOverflowError
 
 __all__ = ["ChatSession"]
@@ -105,23 +105,25 @@ class ChatSession:
         self, turn: dict[str, Any], inner: ChatStream, sampling: dict[str, Any]
     ) -> Generator[str, None, ChatResult | None]:
         history, new = list(self.messages), turn
+        inner.with_thoughts()  # a thinking model's thoughts go on to this stream's listener
         while True:
             try:
                 first = next(inner)
             except ContextOverflowError as exc:
                 history, new = self._trimmed_or_raise(exc, history, new)
-                inner = self.model.chat([*history, new], stream=True, **sampling)
+                inner = self.model.chat([*history, new], stream=True, **sampling).with_thoughts()
                 continue
             except StopIteration:  # an empty answer
                 first = None
             break
         self._accept(history)
         try:
-            pieces = [] if first is None else [first]
+            pieces = [] if first is None or isinstance(first, Thought) else [first]
             if first is not None:
                 yield first
             for piece in inner:
-                pieces.append(piece)
+                if not isinstance(piece, Thought):  # the history keeps the answer, not the thought
+                    pieces.append(piece)
                 yield piece
         except StreamClosed:
             inner.close()

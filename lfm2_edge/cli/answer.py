@@ -1,5 +1,9 @@
 """One answer at the terminal (``lfm2-edge chat --prompt``), and the figures
-``--verbose`` prints after each answer (``ollama run --verbose``'s)."""
+``--verbose`` prints after each answer (``ollama run --verbose``'s).
+
+A thinking model's reasoning is drawn dimmed on stderr as it comes, framed as
+``ollama run`` frames it ("Thinking..." / "...done thinking."), so stdout carries the
+answer alone; ``--hide-thinking`` leaves it out, ``--json`` puts it in ``"reasoning"``."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from rich.console import Console
 
 from lfm2_edge.cli.activity import Activity
 
-__all__ = ["answer_once", "answer_stats"]
+__all__ = ["ThoughtBlock", "answer_once", "answer_stats"]
 
 
 def answer_stats(result: Any, wall_s: float, load_s: float | None = None) -> str:
@@ -43,6 +47,32 @@ def answer_stats(result: Any, wall_s: float, load_s: float | None = None) -> str
     return "\n".join(f"{k + ':':<22}{v}" for k, v in rows)
 
 
+class ThoughtBlock:
+    """Draws a stream's reasoning (:attr:`ChatStream.on_thought`) dimmed on ``console``
+    (stderr): a header before the first piece, a footer once the answer begins."""
+
+    def __init__(self, console: Console, activity: Activity | None = None, *, show: bool = True) -> None:
+        self.console, self.activity, self.show = console, activity, show
+        self.open = False
+
+    def write(self, text: str) -> None:
+        if self.activity is not None:
+            self.activity.done()
+            self.activity.check()  # Ctrl-C while it thinks
+        if not self.show:
+            return
+        if not self.open:
+            self.console.print("Thinking...", style="dim", markup=False, highlight=False)
+            self.open = True
+        # the model's text is data: no markup, no highlighting
+        self.console.print(text, style="dim", end="", markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.open:
+            self.console.print("\n...done thinking.\n", style="dim", markup=False, highlight=False)
+            self.open = False
+
+
 def answer_once(
     vm: Any,
     label: str,
@@ -54,10 +84,12 @@ def answer_once(
     verbose: bool = False,
     load_s: float | None = None,
     schema: Path | None = None,
+    hide_thinking: bool = False,
 ) -> int:
     """Answer ``prompt`` once (``lfm2-edge chat --prompt``): streamed to stdout, or as
     one JSON object. Returns the exit code: 130 when Ctrl-C stopped the answer (also while
-    an image is encoded), 1 when a ``schema`` answer was cut short (not valid JSON)."""
+    an image is encoded or the model thinks), 1 when a ``schema`` answer was cut short (not
+    valid JSON). A thinking model's reasoning goes to stderr, dimmed, unless ``hide_thinking``."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     activity = Activity(err, show=err.is_terminal)
     if hasattr(vm, "on_progress"):
@@ -67,10 +99,13 @@ def answer_once(
     stopped = False
     with activity:
         activity.say("thinking…")
+        thought = ThoughtBlock(err, activity, show=not (hide_thinking or as_json))
         try:
             stream = vm.chat(prompt, images=images, stream=True, **sampling)
+            stream.on_thought = thought.write
             for piece in stream:
                 activity.done()
+                thought.close()
                 if not as_json:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
@@ -79,6 +114,7 @@ def answer_once(
             stopped = True
             if stream is not None:
                 stream.close()
+        thought.close()  # an answer that was all thought (cut short by --max-tokens or Ctrl-C)
     result = stream.result if stream is not None else None
     if not as_json and (result is not None or stopped):
         sys.stdout.write("\n")

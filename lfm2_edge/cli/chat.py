@@ -47,7 +47,9 @@ def chat(
         typer.Option("--image", "-i", help="Image path, data: URI or http(s) URL; repeat for more."),
     ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt [default: the model card's].")] = None,
+    system: Annotated[
+        Optional[str], typer.Option(help="System prompt [default: the model card's]; '' for none.")
+    ] = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
@@ -80,6 +82,10 @@ def chat(
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LFM2_EDGE_API_KEY", help="API key for --endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (needs --prompt).")] = False,
+    hide_thinking: Annotated[
+        bool,
+        typer.Option("--hide-thinking", help="Leave out a thinking model's reasoning (shown dimmed on stderr)."),
+    ] = False,
     verbose: Annotated[
         int,
         typer.Option(
@@ -127,7 +133,8 @@ def chat(
             "type": "json_schema",
             "json_schema": {"name": schema.stem, "schema": _schema(schema)},
         }
-    overrides: dict[str, Any] = {"system_prompt": system}
+    # the card's system prompt unless --system is given; --system '': no system message at all
+    overrides: dict[str, Any] = {} if system is None else {"system_prompt": system or None}
     with user_errors():
         images = [load_image(ref, allow_private=True) for ref in image or []]  # the user's own URLs
         if endpoint is not None:
@@ -137,12 +144,22 @@ def chat(
                 label = _model_ref(ref, model) or remote.endpoint
                 if prompt is not None:
                     code = answer_once(
-                        remote, label, prompt, images, sampling, as_json, verbose=verbose > 0, schema=schema
+                        remote,
+                        label,
+                        prompt,
+                        images,
+                        sampling,
+                        as_json,
+                        verbose=verbose > 0,
+                        hide_thinking=hide_thinking,
+                        schema=schema,
                     )
                     if code:
                         raise typer.Exit(code)
                 else:
-                    _interactive(remote, images, sampling, label=label, verbose=verbose > 0)
+                    _interactive(
+                        remote, images, sampling, label=label, verbose=verbose > 0, hide_thinking=hide_thinking
+                    )
             return
         try:
             resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
@@ -163,7 +180,7 @@ def chat(
             vm = VisionModel.from_resolved(
                 resolved,
                 **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
-                **{k: v for k, v in overrides.items() if v is not None},
+                **overrides,
             )
             if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway
                 vm.close()
@@ -176,12 +193,23 @@ def chat(
         with vm:
             if prompt is not None:
                 code = answer_once(
-                    vm, label, prompt, images, sampling, as_json, verbose=verbose > 0, load_s=load_s, schema=schema
+                    vm,
+                    label,
+                    prompt,
+                    images,
+                    sampling,
+                    as_json,
+                    verbose=verbose > 0,
+                    load_s=load_s,
+                    schema=schema,
+                    hide_thinking=hide_thinking,
                 )
                 if code:
                     raise typer.Exit(code)
             else:
-                _interactive(vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s)
+                _interactive(
+                    vm, images, sampling, label=label, verbose=verbose > 0, load_s=load_s, hide_thinking=hide_thinking
+                )
 
 
 def _label(resolved: Any) -> str:

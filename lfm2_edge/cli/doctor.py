@@ -13,18 +13,18 @@ from lfm2_edge.cli._common import (
     ModelOpt,
     _emit_json,
     _hub,
-    _model_ref,
     fail,
     user_errors,
 )
 
 
 def doctor(
-    ref: Annotated[
-        Optional[str],
+    refs: Annotated[
+        Optional[list[str]],
         typer.Argument(
-            metavar="[MODEL]",
-            help="Also estimate this model's memory (from the catalog or the cache: nothing is downloaded).",
+            metavar="[MODEL]...",
+            help="Also estimate these models' memory (from the catalog or the cache: nothing is downloaded); "
+            "several: whether one serve can hold them together.",
         ),
     ] = None,
     model: ModelOpt = None,
@@ -47,9 +47,11 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
-    from lfm2_edge.local.doctor import measure_peak_rss, model_estimate, report_lines, system_report
+    from lfm2_edge.local.doctor import MIB, fit_together, measure_peak_rss, model_estimate, report_lines, system_report
 
-    ref = _model_ref(ref, model)
+    names = list(refs or [])
+    if model is not None and model not in names:
+        names.insert(0, model)
     if meminfo is not None and cpuinfo is None:
         fail("--meminfo describes another device: give its --cpuinfo too")
     if measure and cpuinfo is not None:
@@ -61,22 +63,28 @@ def doctor(
                 texts[name] = path.read_text(errors="replace")
             except OSError as exc:
                 fail(f"cannot read --{name} {path}: {exc.strerror or exc}")
-    if measure and ref is None:
+    if measure and not names:
         fail("--measure needs a MODEL to run (lfm2-edge doctor LFM2-VL-450M --measure)")
-    checked: dict[str, Any] | None = None
-    if ref is not None:
-        with user_errors():
-            checked = model_estimate(_hub(), ref, mmproj, ctx, download=measure, cpuinfo=texts.get("cpuinfo"))
+    if len(names) > 1 and (measure or mmproj is not None):
+        fail("--measure and --mmproj take one MODEL; several models are estimated from the catalog or the cache")
+    checked: list[dict[str, Any]] = []
+    with user_errors():
+        for ref in names:
+            one = model_estimate(_hub(), ref, mmproj, ctx, download=measure, cpuinfo=texts.get("cpuinfo"))
             if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
                 resolved = _hub().resolve(ref, mmproj=mmproj)
-                est_total = checked["estimate_mib"]["total"] * 2**20
+                est_total = one["estimate_mib"]["total"] * 2**20
                 rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
-                checked["measured_peak_rss_mib"] = round(rss / 2**20, 1)
-                checked["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
+                one["measured_peak_rss_mib"] = round(rss / 2**20, 1)
+                one["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
+            checked.append(one)
     with user_errors():
         report = system_report(n_ctx=ctx, **texts)
-    if checked is not None:
-        report["model"] = checked
+    if len(checked) == 1:
+        report["model"] = checked[0]
+    elif checked:
+        report["models"] = checked
+        report["together"] = fit_together(checked, report["ram_available_mib"] * MIB)
     if as_json:
         _emit_json(report)
         return

@@ -37,7 +37,7 @@ from lfm2_edge.chat.images import load_image
 from lfm2_edge.chat.sampling import check_value
 from lfm2_edge.chat.session import ChatSession
 from lfm2_edge.cli.activity import Activity
-from lfm2_edge.cli.answer import answer_stats
+from lfm2_edge.cli.answer import ThoughtBlock, answer_stats
 from lfm2_edge.errors import ContextOverflowError, Lfm2EdgeError
 
 __all__ = ["HELP", "extract_image_paths", "find_image_paths", "interactive"]
@@ -191,9 +191,18 @@ class _Reader:
 
 class Repl:
     def __init__(
-        self, vm: Any, images: list[Any], sampling: dict[str, Any], *, label: str, verbose: bool, load_s: float | None
+        self,
+        vm: Any,
+        images: list[Any],
+        sampling: dict[str, Any],
+        *,
+        label: str,
+        verbose: bool,
+        load_s: float | None,
+        hide_thinking: bool = False,
     ) -> None:
         self.vm = vm
+        self.hide_thinking = hide_thinking
         self.label = label
         self.sampling = dict(sampling)
         self.verbose = verbose
@@ -381,18 +390,23 @@ class Repl:
         try:
             with activity:
                 activity.say("thinking…")
+                thought = ThoughtBlock(self.err, activity, show=not self.hide_thinking)
                 try:
                     stream = self.session.send(text, images, stream=True, **self.sampling)
+                    stream.on_thought = thought.write
                     for piece in stream:
                         activity.done()
+                        thought.close()
                         sys.stdout.write(piece)
                         sys.stdout.flush()
                         wrote = True
                         activity.check()
+                    thought.close()  # an answer that was all thought
                 except KeyboardInterrupt:
                     if stream is not None:
                         stream.close()
                     activity.done()
+                    thought.close()
                     sys.stdout.write("\n")
                     sys.stdout.flush()
                     self.note("(stopped)")
@@ -427,6 +441,7 @@ def interactive(
     label: str = "lfm2-edge",
     verbose: bool = False,
     load_s: float | None = None,
+    hide_thinking: bool = False,
 ) -> None:
     """Chat with ``vm`` from stdin until ``/bye`` or end of input."""
-    Repl(vm, images, sampling, label=label, verbose=verbose, load_s=load_s).run()
+    Repl(vm, images, sampling, label=label, verbose=verbose, load_s=load_s, hide_thinking=hide_thinking).run()

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_TEXT_SYSTEM_PROMPT",
     "DEFAULT_VL_SYSTEM_PROMPT",
     "FAMILIES",
+    "LFM25_TEXT_SAMPLING",
     "TEXT",
     "TEXT_SAMPLING",
     "VL",
@@ -68,9 +69,13 @@ class FamilyDefaults:
     system_prompt: str
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
+    # Lfm2VlImageProcessor's use_thumbnail and max_pixels_tolerance (processor_config.json)
+    image_thumbnail: bool = True
+    image_max_pixels_tolerance: float = 2.0
 
 
-# The LFM2-VL cards: low temperature, min_p 0.15, 64 to 256 tokens per image tile.
+# The LFM2-VL cards: low temperature, min_p 0.15, 64 to 256 tokens per image tile; the
+# image processor's defaults (a thumbnail with tiles; tiles past twice the budget).
 VL = FamilyDefaults(
     "vl",
     Sampling(),  # Sampling's own defaults are the LFM2-VL card's
@@ -81,6 +86,13 @@ VL = FamilyDefaults(
 # The LFM2 text cards: a little more temperature than the VL card.
 TEXT = FamilyDefaults("text", VL.sampling.updated(temperature=0.3), "You are a helpful assistant trained by Liquid AI.")
 FAMILIES: dict[Family, FamilyDefaults] = {"vl": VL, "text": TEXT}
+
+# The LFM2.5 text cards sample otherwise: top_k 50 and no min_p. Each model's own card
+# is in its entry below; docs/models.md lists every source.
+#   LFM2.5-1.2B-Instruct card, and Liquid's docs ("Recommended settings ... for LFM2.5 text
+#   models"): temperature 0.1, top_k 50, top_p 0.1, repetition_penalty 1.05
+LFM25_TEXT_SAMPLING = TEXT.sampling.updated(temperature=0.1, top_k=50, top_p=0.1, min_p=0.0)
+_GREEDY = TEXT.sampling.updated(temperature=0.0)  # the Liquid Nanos' recipe (Extract, RAG, Tool)
 
 VL_SAMPLING, TEXT_SAMPLING = VL.sampling, TEXT.sampling
 DEFAULT_VL_SYSTEM_PROMPT, DEFAULT_TEXT_SYSTEM_PROMPT = VL.system_prompt, TEXT.system_prompt
@@ -99,10 +111,26 @@ class Arch:
     vision_params: float = 0.0  # 0: no vision tower
     vision_ff: int = 0
     vision_patch: int = 16
+    active_params: float = 0.0  # a mixture of experts: the weights one token reads; 0: all of them
+
+    @property
+    def read_per_token(self) -> float:
+        """The language-model weights a decode step reads (all of them, unless experts)."""
+        return self.active_params or self.lm_params
 
 
+# The published shapes (model cards' parameter counts and layer splits, the configs'
+# widths: 8 KV heads of 64 everywhere, so kv_dim 512). Sources: docs/models.md.
+_LFM2_350M = Arch(354_483_968, 1024, 6, 16, 512, 65536)
+_LFM2_700M = Arch(742_489_344, 1536, 6, 16, 512, 65536)
+_LFM2_1_2B = Arch(1_170_340_608, 2048, 6, 16, 512, 65536)
+_LFM2_2_6B = Arch(2_569_272_320, 2048, 8, 30, 512, 65536)  # 30 layers: 22 conv + 8 attention
+_LFM2_8B_A1B = Arch(8.3e9, 2048, 6, 24, 512, 65536, active_params=1.5e9)  # 18 conv + 6 attention, 32 experts
+_LFM25_230M = Arch(230e6, 1024, 6, 14, 512, 65536)  # 14 layers: 8 conv + 6 attention
+_LFM25_8B_A1B = Arch(8.3e9, 2048, 6, 24, 512, 128000, active_params=1.5e9)  # a 128K vocabulary
 _LFM2_VL_450M = Arch(354e6, 1024, 6, 16, 512, 65536, 86e6, 3072)
 _LFM2_VL_1_6B = Arch(1.17e9, 2048, 6, 16, 512, 65536, 400e6, 4304)
+_LFM2_VL_3B = Arch(2_569_272_320, 2048, 8, 30, 512, 65536, 400e6, 4304)  # LFM2-2.6B + the 1.6B's tower
 
 
 @dataclass(frozen=True)
@@ -116,13 +144,17 @@ class CatalogEntry:
     name: str
     family: Family
     sampling: Sampling
-    system_prompt: str
+    system_prompt: str | None  # None: no system message unless the caller gives one
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
+    image_thumbnail: bool = True
+    image_max_pixels_tolerance: float = 2.0
     default_quant: str = "Q4_0"
     arch: Arch | None = None
     recommend: tuple[str, ...] = ()
     repo_id: str | None = None  # default: LiquidAI/NAME-GGUF
+    # a thinking model: its answers open with a <think> block (prompt/reasoning.py splits it off)
+    thinking: bool = False
 
     @property
     def repo(self) -> str:
@@ -137,6 +169,8 @@ def catalog_entry(name: str, family: Family, **facts: Any) -> CatalogEntry:
         "system_prompt": defaults.system_prompt,
         "image_min_tokens": defaults.image_min_tokens,
         "image_max_tokens": defaults.image_max_tokens,
+        "image_thumbnail": defaults.image_thumbnail,
+        "image_max_pixels_tolerance": defaults.image_max_pixels_tolerance,
     }
     return CatalogEntry(name, family, **{**base, **facts})
 
@@ -151,17 +185,49 @@ def text_model(name: str, **facts: Any) -> CatalogEntry:
     return catalog_entry(name, "text", **facts)
 
 
-# Adding a model is one line here.
+# Adding a model is one line here. Every entry's facts are its model card's (sources in
+# docs/models.md); the architectures are ones the vendored llama.cpp knows (lfm2,
+# lfm2moe; projector lfm2).
 CATALOG: tuple[CatalogEntry, ...] = (
-    vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M),
-    vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B),
+    # the image settings are the repos' processor_config.json (transformers reads them;
+    # llama.cpp always adds a thumbnail and tiles past 2x): the 450M without a thumbnail,
+    # the 1.6B tiling past 1.5x the budget
+    vl_model("LFM2-VL-450M", arch=_LFM2_VL_450M, image_thumbnail=False),
+    vl_model("LFM2-VL-1.6B", arch=_LFM2_VL_1_6B, image_max_pixels_tolerance=1.5),
+    vl_model("LFM2-VL-3B", arch=_LFM2_VL_3B),  # the card: the VL family's sampling and 64..256 image tokens
     # the LFM2.5-VL-450M card lowers the image-token floor to 32 (llama.cpp hard-codes 64..256)
     vl_model("LFM2.5-VL-450M", arch=_LFM2_VL_450M, recommend=("Q8_0", "Q4_0"), image_min_tokens=32),
     vl_model("LFM2.5-VL-1.6B", arch=_LFM2_VL_1_6B, recommend=("Q8_0", "Q4_0")),
-    text_model("LFM2-350M"),
-    text_model("LFM2-700M"),
-    text_model("LFM2-1.2B"),
-    text_model("LFM2.5-1.2B-Instruct"),
+    text_model("LFM2-350M", arch=_LFM2_350M),
+    text_model("LFM2-700M", arch=_LFM2_700M),
+    text_model("LFM2-1.2B", arch=_LFM2_1_2B),
+    text_model("LFM2-2.6B", arch=_LFM2_2_6B),
+    text_model("LFM2-8B-A1B", arch=_LFM2_8B_A1B),  # lfm2moe: 8.3B weights, 1.5B read per token
+    # Liquid Nanos: the docs' recipes are greedy decoding and the task's own system prompt
+    # (a schema, documents, tools), so none is set here
+    text_model("LFM2-1.2B-Extract", arch=_LFM2_1_2B, sampling=_GREEDY, system_prompt=None),
+    text_model("LFM2-350M-Extract", arch=_LFM2_350M, sampling=_GREEDY, system_prompt=None),
+    text_model("LFM2-1.2B-RAG", arch=_LFM2_1_2B, sampling=_GREEDY, system_prompt=None),
+    text_model("LFM2-1.2B-Tool", arch=_LFM2_1_2B, sampling=_GREEDY),
+    text_model("LFM2.5-230M", arch=_LFM25_230M, sampling=LFM25_TEXT_SAMPLING),
+    # the LFM2.5-350M card: temperature 0.1, top_k 50, repetition_penalty 1.05
+    text_model("LFM2.5-350M", arch=_LFM2_350M, sampling=LFM25_TEXT_SAMPLING.updated(top_p=1.0)),
+    text_model("LFM2.5-1.2B-Instruct", arch=_LFM2_1_2B, sampling=LFM25_TEXT_SAMPLING),
+    text_model("LFM2.5-1.2B-JP", arch=_LFM2_1_2B, sampling=LFM25_TEXT_SAMPLING),
+    # the LFM2.5-1.2B-Thinking card: temperature 0.05, top_k 50, repetition_penalty 1.05
+    text_model(
+        "LFM2.5-1.2B-Thinking",
+        arch=_LFM2_1_2B,
+        sampling=LFM25_TEXT_SAMPLING.updated(temperature=0.05, top_p=1.0),
+        thinking=True,
+    ),
+    # the LFM2.5-8B-A1B card: a reasoning-only model; temperature 0.2, top_k 80, repetition_penalty 1.05
+    text_model(
+        "LFM2.5-8B-A1B",
+        arch=_LFM25_8B_A1B,
+        sampling=LFM25_TEXT_SAMPLING.updated(temperature=0.2, top_k=80, top_p=1.0),
+        thinking=True,
+    ),
 )
 
 DEFAULT_REF = "LFM2-VL-450M:Q4_0"
@@ -174,7 +240,12 @@ def presets(entry: CatalogEntry | None, has_mmproj: bool) -> dict[str, Any]:
         entry = vl_model("") if has_mmproj else text_model("")
     out: dict[str, Any] = {"sampling": entry.sampling, "system_prompt": entry.system_prompt}
     if entry.family == "vl":
-        out.update(image_min_tokens=entry.image_min_tokens, image_max_tokens=entry.image_max_tokens)
+        out.update(
+            image_min_tokens=entry.image_min_tokens,
+            image_max_tokens=entry.image_max_tokens,
+            image_thumbnail=entry.image_thumbnail,
+            image_max_pixels_tolerance=entry.image_max_pixels_tolerance,
+        )
     return out
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "estimate_memory",
     "estimate_spec",
     "expected_tok_s",
+    "fit_together",
     "measure_peak_rss",
     "memory_bandwidth",
     "model_estimate",
@@ -188,8 +189,9 @@ MIN_TOK_S = 8.0  # slower than this feels stuck in a chat: prefer a faster choic
 
 
 def expected_tok_s(arch: Arch, quant: str, bandwidth: float) -> float:
-    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth."""
-    return DECODE_EFFICIENCY * bandwidth / (arch.lm_params * _BYTES_PER_WEIGHT[quant])
+    """Decode tokens/s to expect: the weights read once per token at the device's bandwidth
+    (of a mixture of experts, the active ones only)."""
+    return DECODE_EFFICIENCY * bandwidth / (arch.read_per_token * _BYTES_PER_WEIGHT[quant])
 
 
 def recommend(
@@ -355,6 +357,30 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     }
 
 
+def fit_together(models: list[dict[str, Any]], available: int) -> dict[str, Any]:
+    """Whether the models (:func:`model_estimate`'s dicts) fit in ``available`` bytes at
+    once, as one ``serve`` holds them: one process, so the runtime is counted once, and
+    the reserve :func:`recommend` keeps. ``models_max`` is the most of them that fit
+    whichever are loaded (the largest ones together), the ``--models-max`` to give
+    ``serve`` when not all of them do."""
+    reserve = max(available // 4, 512 * MIB)
+    runtime = RUNTIME_BYTES / MIB
+    sizes = sorted((m["estimate_mib"]["total"] for m in models), reverse=True)
+
+    def total(n: int) -> float:
+        return sum(sizes[:n]) - runtime * max(n - 1, 0)
+
+    models_max = max((n for n in range(len(sizes) + 1) if total(n) * MIB + reserve <= available), default=0)
+    return {
+        "models": [m["name"] for m in models],
+        "total_mib": round(total(len(sizes)), 1),
+        "available_mib": available // MIB,
+        "reserve_mib": reserve // MIB,
+        "fit": models_max == len(sizes),
+        "models_max": models_max,
+    }
+
+
 def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
     """``doctor``'s report as (label, text) lines for a terminal."""
     rec = report["recommendation"]
@@ -392,12 +418,22 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
         lines.append(("warning", rec["warning"]))
     if "load" in report and (busy := busy_line(report["load"], report["cores_physical"])) is not None:
         lines.append(busy)
-    if "model" in report:
-        m = report["model"]
+    for m in report.get("models") or ([report["model"]] if "model" in report else []):
         text = f"~{m['estimate_mib']['total']:.0f} MiB estimated at --ctx {ctx} ({m['source']})"
         if "measured_peak_rss_mib" in m:
             text += f", {m['measured_peak_rss_mib']:.0f} MiB measured ({m['estimate_error_pct']:+.1f}%)"
         lines.append((m["name"], text))
+    if "together" in report:
+        t = report["together"]
+        text = f"~{t['total_mib']:.0f} MiB for all {len(t['models'])} in one serve"
+        text += f", of {t['available_mib']} MiB available"
+        if t["fit"]:
+            text += f": they fit together ({t['reserve_mib']} MiB kept in reserve)"
+        elif t["models_max"]:
+            text += f": not all at once; serve them with --models-max {t['models_max']} (any {t['models_max']} fit)"
+        else:
+            text += ": not even the largest one fits beside the reserve; lower --ctx or pick smaller quants"
+        lines.append(("together", text))
     return lines
 
 

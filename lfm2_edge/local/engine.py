@@ -282,7 +282,7 @@ class Engine:
         items = job.items = rt.prompt_items(job.chunks, [im.digest for im in chat.images])
         job.n_prompt, job.n_image_tokens = job.chunks.n_pos, job.chunks.n_image_tokens
         self._check_fits(job)
-        job.sampler = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar))
+        job.sampler = job.stack.enter_context(rt.sampler(chat.params, grammar=chat.plan.grammar, items=items))
         job.out = Transcript(rt, chat)
         start, resumed = restore_prefix(
             self.states, items, lambda state: self.seqs.load(state, job.seq), lambda: self.seqs.clear(job.seq)

@@ -89,6 +89,8 @@ class _LocalModel(ChatModel, Pretrained):
         verbose: bool = False,
         image_min_tokens: int | None = None,
         image_max_tokens: int | None = None,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         embedding_cache_mb: float = 0,
         allow_remote_images: bool = True,
         allow_private_urls: bool = False,
@@ -123,6 +125,8 @@ class _LocalModel(ChatModel, Pretrained):
             use_mlock=use_mlock,
             image_min_tokens=image_min_tokens,
             image_max_tokens=image_max_tokens,
+            image_thumbnail=image_thumbnail,
+            image_max_pixels_tolerance=image_max_pixels_tolerance,
             flash_attn=flash_attn,
             embedding_cache_mb=embedding_cache_mb,
             verbose=verbose,
@@ -310,6 +314,11 @@ class VisionModel(_LocalModel):
     one matching the model's quant, else F16), as the CLI does; with none there it chats
     in text only (a request with images is refused).
 
+    Images are cut as transformers' ``Lfm2VlImageProcessor`` cuts them: ``image_min_tokens``
+    / ``image_max_tokens`` are its token budget, ``image_thumbnail`` and
+    ``image_max_pixels_tolerance`` its ``use_thumbnail`` and ``max_pixels_tolerance``
+    (``from_pretrained`` takes all four from the model's processor config, see the catalog).
+
     >>> model = VisionModel("model-Q4_0.gguf", "mmproj-F16.gguf")
     >>> model.chat("What is in this image?", images=["cat.jpg"]).text
     """
@@ -321,6 +330,8 @@ class VisionModel(_LocalModel):
         *,
         image_min_tokens: int | None = 64,
         image_max_tokens: int | None = 256,
+        image_thumbnail: bool = True,
+        image_max_pixels_tolerance: float = 2.0,
         system_prompt: str | None = DEFAULT_VL_SYSTEM_PROMPT,
         sampling: Sampling = VL_SAMPLING,
         allow_remote_images: bool = True,
@@ -338,6 +349,8 @@ class VisionModel(_LocalModel):
             sampling=sampling,
             image_min_tokens=image_min_tokens,
             image_max_tokens=image_max_tokens,
+            image_thumbnail=image_thumbnail,
+            image_max_pixels_tolerance=image_max_pixels_tolerance,
             embedding_cache_mb=embedding_cache_mb,
             allow_remote_images=allow_remote_images,
             allow_private_urls=allow_private_urls,

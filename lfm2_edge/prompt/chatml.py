@@ -1,9 +1,10 @@
-"""The LFM2 ChatML prompt, with images always before the text of their turn.
+"""The LFM2 ChatML prompt, the content of each turn in the order it was given.
 
-LFM2-VL was trained with each image marker *before* the text of its user turn;
-quality drops when the marker follows the text (llama.cpp fixed this for its own CLI
-in PR 17616). Generic chat handlers keep the order the client sent, so lfm2-edge puts
-the image parts first itself. The prompt is the model file's own chat template
+A turn's text and image parts are written in the order the request gave them, as
+transformers' ``Lfm2VlProcessor`` (the reference) and llama-server do; a turn built from
+text and images without an order (the CLI's ``-i ... -p ...``, ``chat(prompt, images=...)``)
+puts its images first, as the model cards' examples (LFM2-VL was trained that way; llama.cpp's
+own CLI does the same since PR 17616). The prompt is the model file's own chat template
 (:mod:`lfm2_edge.prompt.template`) when it has one that renders; else this built-in ChatML::
 
     <|startoftext|><|im_start|>system
@@ -37,12 +38,12 @@ def render_prompt(
     tools: Sequence[Mapping[str, Any]] = (),
     chat_template: ChatTemplate | None = None,
 ) -> Prompt:
-    """Render the prompt with every image marker at the start of its turn.
+    """Render the prompt, each turn's parts in their order (:meth:`Message.content`).
 
     With ``chat_template`` (the model file's own, :func:`lfm2_edge.prompt.template.template_of`)
-    the prompt is that template's rendering, image parts first in their turn and every
-    content string kept as content; when the file has none or it cannot render this
-    conversation, the built-in LFM2 ChatML below is used (one notice when verbose).
+    the prompt is that template's rendering, every content string kept as content; when the
+    file has none or it cannot render this conversation, the built-in LFM2 ChatML below is
+    used (one notice when verbose).
 
     A conversation without a system message gets ``system_prompt`` (default: none, as
     transformers' template). With ``tools`` (function definitions) the system turn carries the tool list
@@ -75,13 +76,16 @@ def render_prompt(
     elif system_prompt is not None and not has_system:
         parts += [template(f"{IM_START}system\n"), system_prompt, template(f"{IM_END}\n")]
     for m in messages:
-        parts.append(template(f"{IM_START}{m.role}\n{IMAGE_MARKER * len(m.images)}"))
+        parts.append(template(f"{IM_START}{m.role}\n"))
         if m.tool_calls:
             parts.append(format_calls(m.tool_calls))
         if m.role == "tool":
-            parts += [template(TOOL_RESPONSE_START), m.text, template(TOOL_RESPONSE_END)]
+            parts += [template(IMAGE_MARKER * len(m.images)), template(TOOL_RESPONSE_START), m.text]
+            parts.append(template(TOOL_RESPONSE_END))
+        elif m.parts is None:
+            parts += [template(IMAGE_MARKER * len(m.images)), m.text]
         else:
-            parts.append(m.text)
+            parts += [template(IMAGE_MARKER) if isinstance(p, int) else p for p in m.parts]
         parts.append(template(f"{IM_END}\n"))
     if add_generation_prompt:
         parts.append(template(f"{IM_START}assistant\n"))

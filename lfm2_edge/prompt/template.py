@@ -12,8 +12,10 @@ segments of a :class:`~lfm2_edge.prompt.tokens.Prompt` (its markers are control 
 what it quoted becomes content segments (always plain text). A template that mangles a
 sentinel (``| tojson`` of a message, slicing) cannot be split that way and is not used.
 
-Image parts are given to the template first in their turn (LFM2-VL was trained with the
-image before the text), as ``{"type": "image"}`` parts.
+Image parts are given to the template as ``{"type": "image"}`` parts, in the order the
+turn's content was given (as transformers and llama-server do); a turn built from text and
+images without an order (the CLI's ``-i ... -p ...``) has its images first, as the cards'
+examples.
 
 When a template is absent, fails to render, writes a different number of image markers
 than there are images, or does not handle tools in a request that has them, the caller
@@ -161,8 +163,14 @@ class ChatTemplate:
             text: str | Prompt = Prompt.of(format_calls(m.tool_calls), m.text) if m.tool_calls else m.text
             if m.images:
                 n_images += len(m.images)
-                parts: list[dict[str, str]] = [{"type": "image"} for _ in m.images]
-                turns.append({"role": m.role, "content": [*parts, {"type": "text", "text": hide(text)}]})
+                parts: list[dict[str, str]]
+                if m.parts is None or m.tool_calls:  # images first, then the text
+                    parts = [*({"type": "image"} for _ in m.images), {"type": "text", "text": hide(text)}]
+                else:  # the order the parts were given in
+                    parts = [
+                        {"type": "image"} if isinstance(p, int) else {"type": "text", "text": hide(p)} for p in m.parts
+                    ]
+                turns.append({"role": m.role, "content": parts})
             else:
                 turns.append({"role": m.role, "content": hide(text)})
         hidden_tools = [hide(json.dumps(t, ensure_ascii=False)) for t in tools] if tools else None

@@ -100,7 +100,11 @@ def test_cancelling_the_task_stops_generation_and_the_model_stays_usable(vm: Vis
         assert stream.result is not None  # the generation had stopped when the cancel came through
         assert not _workers()
         # an awaited achat() cancelled too, mid-answer
-        long_task = asyncio.create_task(vm.achat("Tell a story.", **LONG))
+        # it cannot end by itself before the cancel comes (every end token biased off)
+        never_ends = {t: -100.0 for t in range(vm._runtime.n_vocab) if vm._runtime.is_end(t)}
+        long_task = asyncio.create_task(
+            vm.achat("Tell a story.", **{**LONG, "max_tokens": 4000}, logit_bias=never_ends)
+        )
         await asyncio.sleep(0.3)
         long_task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -92,6 +92,7 @@ def test_the_public_names_are_pinned() -> None:
         "ChatSession",
         "ChatStream",
         "ContextOverflowError",
+        "CpuMismatchError",
         "DownloadError",
         "GenerationError",
         "HubError",

@@ -350,3 +350,20 @@ def test_bench_takes_the_placement_and_reports_the_device(tiny: dict[str, Path])
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["results"]
     assert row["device"] == "CPU"
+
+
+def test_system_empty_sends_no_system_message(tmp_path_factory: pytest.TempPathFactory, photo: Path) -> None:
+    # the published LFM2-VL template adds no system turn of its own: what the CLI sends shows
+    files = make_synthetic_model(tmp_path_factory.mktemp("lfm2-vl"), "lfm2-vl", quants=[])
+    from lfm2_edge import VisionModel
+
+    with VisionModel(files["F16"], files["mmproj"], system_prompt=None) as vm:
+        bare = vm.chat("hi", images=[str(photo)], max_tokens=1).usage.prompt_tokens
+
+    def prompt_tokens(*extra: str) -> int:
+        args = ["chat", str(files["F16"]), "--mmproj", str(files["mmproj"]), "-i", str(photo), "-p", "hi"]
+        result = run(*args, "--max-tokens", "1", "--json", *extra)
+        assert result.returncode == 0, result.stderr
+        return int(json.loads(result.stdout)["usage"]["prompt_tokens"])
+
+    assert prompt_tokens("--system", "") == bare < prompt_tokens()  # the card's system prompt by default

@@ -41,6 +41,8 @@ def test_a_new_model_is_one_entry(with_new_model: None, tiny: dict[str, Path], t
         "system_prompt": VL.system_prompt,
         "image_min_tokens": 64,
         "image_max_tokens": 256,
+        "image_thumbnail": True,
+        "image_max_pixels_tolerance": 2.0,
     }
 
     # doctor: ranked first (the largest recommended model), estimated from the entry's shapes
@@ -75,16 +77,63 @@ def test_a_new_model_is_one_entry(with_new_model: None, tiny: dict[str, Path], t
     }
 
 
-def test_family_defaults_are_stated_once() -> None:
+# What the model cards (and Liquid's docs) say where they differ from the family's
+# defaults; every source is in docs/models.md. An entry not listed here has its family's.
+CARDS: dict[str, dict[str, object]] = {
+    "LFM2.5-VL-450M": {"image_min_tokens": 32},
+    "LFM2.5-230M": {"temperature": 0.1, "top_k": 50, "top_p": 0.1, "min_p": 0.0},
+    "LFM2.5-350M": {"temperature": 0.1, "top_k": 50, "top_p": 1.0, "min_p": 0.0},
+    "LFM2.5-1.2B-Instruct": {"temperature": 0.1, "top_k": 50, "top_p": 0.1, "min_p": 0.0},
+    "LFM2.5-1.2B-JP": {"temperature": 0.1, "top_k": 50, "top_p": 0.1, "min_p": 0.0},
+    "LFM2.5-1.2B-Thinking": {"temperature": 0.05, "top_k": 50, "top_p": 1.0, "min_p": 0.0, "thinking": True},
+    "LFM2.5-8B-A1B": {"temperature": 0.2, "top_k": 80, "top_p": 1.0, "min_p": 0.0, "thinking": True},
+    "LFM2-1.2B-Extract": {"temperature": 0.0, "system_prompt": None},
+    "LFM2-350M-Extract": {"temperature": 0.0, "system_prompt": None},
+    "LFM2-1.2B-RAG": {"temperature": 0.0, "system_prompt": None},
+    "LFM2-1.2B-Tool": {"temperature": 0.0},
+}
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p")
+
+
+def test_family_defaults_are_stated_once_and_the_cards_differences_are_exact() -> None:
     assert VL_SAMPLING is VL.sampling and TEXT_SAMPLING is TEXT.sampling
     assert TEXT.sampling.temperature == 0.3 and VL.sampling.temperature == 0.1
+    assert set(CARDS) <= {e.name for e in catalog.CATALOG}
     for entry in catalog.CATALOG:
         family = catalog.FAMILIES[entry.family]
-        assert (entry.sampling, entry.system_prompt) == (family.sampling, family.system_prompt)
-        # the image-token budget is per model: the family's, unless the card says otherwise
-        own_min = {"LFM2.5-VL-450M": 32}.get(entry.name, family.image_min_tokens)
+        card = CARDS.get(entry.name, {})
+        want = {f: card.get(f, getattr(family.sampling, f)) for f in SAMPLING_FIELDS}
+        assert {f: getattr(entry.sampling, f) for f in SAMPLING_FIELDS} == want, entry.name
+        # the rest of the sampling (repetition_penalty 1.05 on every card) is the family's
+        rest = entry.sampling.updated(**{f: getattr(family.sampling, f) for f in SAMPLING_FIELDS})
+        assert rest == family.sampling, entry.name
+        assert entry.system_prompt == card.get("system_prompt", family.system_prompt), entry.name
+        assert entry.thinking is card.get("thinking", False), entry.name
+        own_min = card.get("image_min_tokens", family.image_min_tokens)
         assert (entry.image_min_tokens, entry.image_max_tokens) == (own_min, family.image_max_tokens)
+        assert entry.arch is not None, entry.name  # doctor estimates every catalog model without its files
+        # the processor settings are per model too (their processor_config.json)
+        own_thumbnail = {"LFM2-VL-450M": False}.get(entry.name, family.image_thumbnail)
+        own_tolerance = {"LFM2-VL-1.6B": 1.5}.get(entry.name, family.image_max_pixels_tolerance)
+        assert (entry.image_thumbnail, entry.image_max_pixels_tolerance) == (own_thumbnail, own_tolerance)
     assert find_entry("LFM2-VL-450M") is not None and find_entry("LFM2-VL-450M").arch is not None  # type: ignore[union-attr]
+
+
+def test_the_family_in_the_catalog() -> None:
+    names = {e.name for e in catalog.CATALOG}
+    assert names >= {
+        "LFM2-2.6B", "LFM2-8B-A1B", "LFM2-VL-3B", "LFM2.5-350M", "LFM2.5-1.2B-Thinking", "LFM2.5-1.2B-JP",
+        "LFM2.5-8B-A1B",
+    }  # fmt: skip
+    assert find_entry("LFM2-VL-3B").family == "vl"  # type: ignore[union-attr]
+    assert find_entry("lfm2.5-8b-a1b").repo == "LiquidAI/LFM2.5-8B-A1B-GGUF"  # type: ignore[union-attr]
+    moe = find_entry("LFM2.5-8B-A1B").arch  # type: ignore[union-attr]
+    assert moe is not None and moe.read_per_token == 1.5e9 and moe.lm_params == 8.3e9 and moe.n_vocab == 128000
+    dense = find_entry("LFM2-2.6B").arch  # type: ignore[union-attr]
+    assert dense is not None and dense.read_per_token == dense.lm_params and (dense.n_layer, dense.n_attn) == (30, 8)
+    # decode reads the active experts only: the 8B mixture decodes like a 1.5B model, not an 8B one
+    fast = doctor.expected_tok_s(moe, "Q4_0", 10e9)
+    assert fast == pytest.approx(doctor.expected_tok_s(dense, "Q4_0", 10e9) * dense.lm_params / 1.5e9)
 
 
 def test_the_handler_and_the_synthetic_template_use_the_catalog() -> None:

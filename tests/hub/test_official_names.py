@@ -35,6 +35,17 @@ def official_repos(tiny: dict[str, Path]) -> dict[str, dict[str, bytes]]:
         repos[f"LiquidAI/{name}-GGUF"] = files
     for name in ("LFM2-350M", "LFM2-700M", "LFM2-1.2B", "LFM2.5-1.2B-Instruct"):
         repos[f"LiquidAI/{name}-GGUF"] = {f"{name}-{q}.gguf": lm for q in ("F16", "Q8_0", "Q4_0")}
+    # the family added since (docs/models.md): the LFM2 GGUF repos' six quants, the LFM2.5
+    # ones' seven (BF16 too), the VL-3B pair's projector in F16 and Q8_0 as the 1.6B's
+    lfm2 = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16")
+    nanos = ("LFM2-1.2B-Extract", "LFM2-350M-Extract", "LFM2-1.2B-RAG", "LFM2-1.2B-Tool")
+    for name in ("LFM2-2.6B", "LFM2-8B-A1B", *nanos):
+        repos[f"LiquidAI/{name}-GGUF"] = {f"{name}-{q}.gguf": lm for q in lfm2}
+    for name in ("LFM2.5-230M", "LFM2.5-350M", "LFM2.5-1.2B-JP", "LFM2.5-1.2B-Thinking", "LFM2.5-8B-A1B"):
+        repos[f"LiquidAI/{name}-GGUF"] = {f"{name}-{q}.gguf": lm for q in (*lfm2, "BF16")}
+    files = {f"LFM2-VL-3B-{q}.gguf": lm for q in ("F16", "Q8_0", "Q4_0")}
+    files |= {"mmproj-LFM2-VL-3B-F16.gguf": proj, "mmproj-LFM2-VL-3B-Q8_0.gguf": proj}
+    repos["LiquidAI/LFM2-VL-3B-GGUF"] = files
     return repos
 
 
@@ -65,6 +76,10 @@ def hub(stub: HubStub, tmp_path: Path) -> Hub:
         ("LiquidAI/LFM2.5-VL-1.6B-GGUF:Q4_0", "LFM2.5-VL-1.6B-Q4_0.gguf", "mmproj-LFM2.5-VL-1.6b-Q8_0.gguf"),
         ("LFM2-350M", "LFM2-350M-Q4_0.gguf", None),
         ("LFM2.5-1.2B-Instruct:Q8_0", "LFM2.5-1.2B-Instruct-Q8_0.gguf", None),
+        ("LFM2-VL-3B", "LFM2-VL-3B-Q4_0.gguf", "mmproj-LFM2-VL-3B-Q8_0.gguf"),
+        ("LFM2.5-1.2B-Thinking:Q4_K_M", "LFM2.5-1.2B-Thinking-Q4_K_M.gguf", None),
+        ("lfm2.5-8b-a1b", "LFM2.5-8B-A1B-Q4_0.gguf", None),
+        ("LFM2-8B-A1B:q6_k", "LFM2-8B-A1B-Q6_K.gguf", None),
     ],
 )
 def test_catalog_names_resolve_the_official_file_names(hub: Hub, ref: str, model: str, mmproj: str | None) -> None:

@@ -21,7 +21,7 @@ from lfm2_edge.local.doctor import (
     recommend,
 )
 from lfm2_edge.local.placement import choose_gpu_layers
-from tests.helpers import emulated
+from tests.helpers import emulated, run_cli
 
 pytestmark = pytest.mark.slow  # the command line in child processes: `pytest -m 'not slow'` skips it
 
@@ -133,3 +133,34 @@ def test_cli_gpu_layers_auto_on_a_cpu_build_is_one_notice(tiny: dict[str, Path])
     )
     assert proc.returncode == 0
     assert proc.stderr.strip().splitlines() == ["note: no GPU backend in this llama.cpp build: running on the CPU"]
+
+
+def test_fit_together_counts_one_runtime_and_the_largest_models_for_models_max() -> None:
+    from lfm2_edge.local.doctor import RUNTIME_BYTES, fit_together
+
+    runtime = RUNTIME_BYTES / MIB
+    models = [{"name": n, "estimate_mib": {"total": t}} for n, t in (("a", 400.0), ("b", 1000.0), ("c", 600.0))]
+    together = 2000 - 2 * runtime  # one process: the runtime once
+    roomy = fit_together(models, 3000 * MIB)  # reserve 750 MiB: 2250 MiB for models
+    assert (roomy["total_mib"], roomy["fit"], roomy["models_max"], roomy["reserve_mib"]) == (together, True, 3, 750)
+    tight = fit_together(models, 2400 * MIB)  # 1800 MiB for models: the two largest (1520), not all three
+    assert (tight["fit"], tight["models_max"]) == (False, 2)
+    assert fit_together(models, 1000 * MIB)["models_max"] == 0  # the 512 MiB reserve leaves 488 MiB
+    assert roomy["models"] == ["a", "b", "c"]
+
+
+def test_doctor_with_several_models_says_whether_they_fit_together(tmp_path: Path) -> None:
+    from lfm2_edge.local.doctor import fit_together
+
+    env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}  # the catalog's shapes: nothing is downloaded
+    names = ["LFM2.5-VL-1.6B", "LFM2.5-1.2B-Thinking:Q8_0", "LFM2.5-8B-A1B"]
+    proc = run_cli("doctor", *names, "--json", env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    want = ["LFM2.5-VL-1.6B:Q4_0", "LFM2.5-1.2B-Thinking:Q8_0", "LFM2.5-8B-A1B:Q4_0"]
+    assert [m["name"] for m in report["models"]] == want
+    assert report["together"] == fit_together(report["models"], report["ram_available_mib"] * MIB)
+    text = run_cli("doctor", *names, env=env, timeout=120)
+    assert text.returncode == 0 and "together: " in text.stdout and "in one serve" in text.stdout
+    bad = run_cli("doctor", *names[:2], "--measure", env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "take one MODEL" in bad.stderr

@@ -8,7 +8,8 @@ from lfm2_edge.hub.catalog import DEFAULT_VL_SYSTEM_PROMPT
 from lfm2_edge.prompt.chatml import render_prompt
 
 
-def test_conversation_renders_exact_chatml_with_images_first() -> None:
+def test_conversation_renders_exact_chatml_in_the_order_given() -> None:
+    # as transformers' Lfm2VlProcessor and llama-server: text then images stays so
     messages = normalize_messages(
         [
             {"role": "system", "content": "Be brief."},
@@ -26,7 +27,7 @@ def test_conversation_renders_exact_chatml_with_images_first() -> None:
     )
     assert render_prompt(messages) == (
         "<|startoftext|><|im_start|>system\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\n<image><image>Compare these.<|im_end|>\n"
+        "<|im_start|>user\nCompare these.<image><image><|im_end|>\n"
         "<|im_start|>assistant\nA cat and a dog.<|im_end|>\n"
         "<|im_start|>user\nWhich is bigger?<|im_end|>\n"
         "<|im_start|>assistant\n"
@@ -78,3 +79,30 @@ def test_images_beside_messages_join_the_last_user_turn() -> None:
 def test_bad_messages_raise_one_clear_error(messages: list, message: str) -> None:
     with pytest.raises(Lfm2EdgeError, match=message):
         normalize_messages(messages)
+
+
+def test_parts_interleave_and_extra_images_go_first() -> None:
+    messages = normalize_messages(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": "a.jpg"},
+                    {"type": "text", "text": "this one, "},
+                    {"type": "image", "image": "b.jpg"},
+                    {"type": "text", "text": "and that one"},
+                ],
+            }
+        ],
+        images=["c.jpg"],  # beside the messages: at the start of the turn, after its own leading images
+    )
+    assert render_prompt(messages) == (
+        "<|startoftext|><|im_start|>user\n<image><image>this one, <image>and that one<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert conversation_images(messages) == ["a.jpg", "c.jpg", "b.jpg"]
+    assert messages[0].text == "this one, and that one"
+    # a message of text and images without an order: images first (the CLI's -i ... -p ...)
+    assert render_prompt([Message("user", "hi", ["x.jpg"])]) == (
+        "<|startoftext|><|im_start|>user\n<image>hi<|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -104,13 +104,21 @@ def test_a_full_queue_is_counted(model: VisionModel) -> None:
             target=post,
             args=(
                 running,
-                {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "temperature": 1.0},
+                {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 400,
+                    "temperature": 1.0,
+                    # it cannot end before the others come
+                    "logit_bias": {str(t): -100 for t in range(model._runtime.n_vocab) if model._runtime.is_end(t)},
+                },
             ),
         )
         slow.start()
-        deadline = 0
-        while httpx.get(f"{running.url}/health").json()["queued"] == 0 and deadline < 500:
-            deadline += 1
+        import time
+
+        deadline = time.monotonic() + 60  # the slow request is admitted (a loaded machine takes seconds)
+        while httpx.get(f"{running.url}/health").json()["queued"] == 0 and time.monotonic() < deadline:
             threading.Event().wait(0.01)
         refused = post(running, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         ollama = httpx.post(f"{running.url}/api/generate", json={"model": "m", "prompt": "x", "stream": False})
