@@ -18,10 +18,12 @@
 #   models   the synthetic tiny F16 + Q4_0 pairs and a test image, written on the host (x86)
 #   smoke    --version, info, info --json, doctor, doctor --json for each build on the CPU it is for
 #   greedy   a greedy chat with an image on F16 and Q4_0: x86, pi4 libs on a Cortex-A72, pi5 libs on a Cortex-A76,
-#            pi4 libs on a Cortex-A76 (one set of libraries for both boards); the answers must be equal;
-#            and pi5 libs on a Cortex-A72 (a card moved from a Pi 5 to a Pi 4): one clear line and exit 2
+#            pi4 libs on a Cortex-A76 (one set of libraries for both boards): F16 must equal x86 everywhere,
+#            the pi4 libs must answer the same on both CPUs, and where each Q4_0 kernel family parts from
+#            x86 is reported; doctor's repacked copy against llama.cpp's CPU_REPACK buffer; and pi5 libs
+#            on a Cortex-A72 (a card moved from a Pi 5 to a Pi 4): one clear line and exit 2
 #   memory   doctor's estimate for a 450M-shaped Q4_0 model against llama.cpp's own buffer sizes, per build
-#   suite    the test suite in the root under emulation (--suite fast: -m 'not slow', ~25 min on 2 cores;
+#   suite    the test suite in the root under emulation (--suite fast: -m 'not slow', ~48 min on 2 busy cores;
 #            full: everything; smoke: a documented subset of a few minutes; none: skipped)
 #
 # The CPU of each run is QEMU_CPU (qemu-user's model of a Cortex-A72 or A76: the instructions, not the speed).
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
         --redo) redo=${2//,/ }; shift 2 ;;
         --x86-python) x86py=$2; shift 2 ;;
         --) shift; suite_args=("$@"); break ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

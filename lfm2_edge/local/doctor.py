@@ -6,7 +6,7 @@ The models it may recommend, their order and their shapes are the catalog's
 synthetic models. A one-image chat holds:
 
 * the language model's weights (memory-mapped: the file's size), plus, for Q4_0 on a CPU
-  whose llama.cpp repacks them (AVX2; NEON with dotprod or i8mm, which repacks Q8_0 too;
+  whose llama.cpp repacks them (AVX2; NEON with dotprod or i8mm, which repacks Q8_0 and the K-quants too;
   not a Pi 4: :func:`~lfm2_edge.local.device.repacked_quants`), a copy of its matrices;
 * the KV cache of the 6 attention layers: ``n_ctx x kv_dim x 2 (K, V) x 2 bytes``; the
   10 short-convolution layers keep only a few columns of recurrent state;
@@ -131,10 +131,8 @@ def estimate_memory(
     kv_dim = attn[0][1] if attn and len(attn[0]) == 2 else n_embd
     l_cache = int(lm.get(f"{arch}.shortconv.l_cache") or 3)
     n_layer = int(lm.get(f"{arch}.block_count") or 0)
-    quants = _quants(repack)  # the input embedding is never repacked (llama.cpp reads it by rows)
-    repacked = sum(
-        t.nbytes for n, t in lm.tensors.items() if GGML_TYPES.get(t.ggml_type) in quants and n != "token_embd.weight"
-    )
+    quants = _quants(repack)  # the tied output counts too: llama.cpp repacks token_embd for the output product
+    repacked = sum(t.nbytes for t in lm.tensors.values() if GGML_TYPES.get(t.ggml_type) in quants)
     projector = vision = 0
     if mmproj_path is not None:
         proj = read_summary(mmproj_path, "mmproj")
