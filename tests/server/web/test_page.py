@@ -9,6 +9,7 @@ camera.png that the README shows.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import shutil
@@ -263,18 +264,12 @@ def test_untrusted_markdown_stays_text(browser: Any, served: str) -> None:
 
 def test_camera_page_answers_one_frame_at_a_time(browser: Any, served: str) -> None:
     page, watch = open_page(browser, served, "/camera")
-    in_flight = [0, 0]  # now, most
-
-    def began(request: Any) -> None:
-        if request.url.endswith("/v1/chat/completions"):
-            in_flight[0] += 1
-            in_flight[1] = max(in_flight)
+    done: list[Any] = []  # the API requests, ended; their spans say whether two overlapped
 
     def ended(request: Any) -> None:
         if request.url.endswith("/v1/chat/completions"):
-            in_flight[0] -= 1
+            done.append(request)
 
-    page.on("request", began)
     page.on("requestfinished", ended)
     page.on("requestfailed", ended)
     page.fill("#interval", "0")
@@ -290,7 +285,18 @@ def test_camera_page_answers_one_frame_at_a_time(browser: Any, served: str) -> N
     assert page.inner_text("#answer") not in ("", "Start the camera, or choose a video file.")
     page.screenshot(path=str(DOCS_IMG / "camera.png"))
     page.click("#toggle")
-    assert in_flight[1] == 1
+    # the browser's own timing of each request (start, and the end of its response body):
+    # the next one starts only once the last one's answer has been read to its end. Chromium
+    # stamps a chunked response's end a few ms after the page's reader has seen it (measured:
+    # up to 4 ms here); a second request while an answer is still generating would overlap by
+    # an answer's time (40 ms and more on this model), which the 15 ms tolerance still catches
+    spans = sorted(
+        (r.timing["startTime"], r.timing["startTime"] + r.timing["responseEnd"])
+        for r in done
+        if r.timing["responseEnd"] >= 0
+    )
+    assert len(spans) >= 3
+    assert all(b[0] >= a[1] - 15 for a, b in itertools.pairwise(spans)), spans
     assert watch.errors == [] and watch.foreign == []
     page.close()
 
