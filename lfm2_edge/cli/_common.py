@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from lfm2_edge import __version__
+from lfm2_edge.chat.images import read_file
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.hub.catalog import presets
 from lfm2_edge.hub.download import Hub, RichProgress
@@ -161,3 +162,16 @@ def _model_ref(ref: str | None, model: str | None) -> str | None:
 def _either(value: Any, old_spelling: Any) -> Any:
     """An option's value, from its current name or its old (hidden) one."""
     return value if value is not None else old_spelling
+
+
+def read_schema(path: Path) -> Any:
+    """The --schema file's JSON object: a regular file of at most 1 MiB (never a device or FIFO)."""
+    try:
+        data = json.loads(read_file(path, "a JSON schema", 1 << 20).decode("utf-8"))
+    except Lfm2EdgeError as exc:
+        fail(f"--schema: {exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--schema {path} is not JSON ({exc})")
+    if not isinstance(data, dict):
+        fail(f"--schema {path} must hold a JSON schema object")
+    return data

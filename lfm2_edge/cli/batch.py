@@ -9,7 +9,6 @@ the command (a missing input, a bad schema, an output of other columns), nothing
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -32,10 +31,10 @@ from lfm2_edge.cli._common import (
     _placement,
     err,
     fail,
+    read_schema,
     user_errors,
 )
 from lfm2_edge.cli.activity import Activity
-from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.jobs import ray as jobs_ray
 from lfm2_edge.jobs.batch import (
     DEFAULT_PROMPT,
@@ -372,15 +371,9 @@ def _report(summary: Summary, as_json: bool) -> None:
 
 
 def _schema(path: Path) -> Any:
-    """The --schema file's JSON schema object, checked (jsonschema) before anything runs."""
-    try:
-        data = json.loads(read_file(path, "a JSON schema", 1 << 20).decode("utf-8"))
-    except Lfm2EdgeError as exc:
-        fail(f"--schema: {exc}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        fail(f"--schema {path} is not JSON ({exc})")
-    if not isinstance(data, dict):
-        fail(f"--schema {path} must hold a JSON schema object")
+    """The --schema file's JSON schema object (:func:`read_schema`), checked (jsonschema)
+    before anything runs."""
+    data = read_schema(path)
     try:
         import jsonschema
     except ImportError:

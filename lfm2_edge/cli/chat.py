@@ -3,7 +3,6 @@ through ``--endpoint``."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lfm2_edge.chat.images import load_image, read_file
+from lfm2_edge.chat.images import load_image
 from lfm2_edge.cli._common import (
     DeviceOpt,
     GpuLayersOpt,
@@ -30,12 +29,13 @@ from lfm2_edge.cli._common import (
     _placement,
     err,
     fail,
+    read_schema,
     user_errors,
 )
 from lfm2_edge.cli.activity import Activity
 from lfm2_edge.cli.answer import answer_once
 from lfm2_edge.cli.repl import interactive as _interactive
-from lfm2_edge.errors import Lfm2EdgeError, UnknownModelError
+from lfm2_edge.errors import UnknownModelError
 
 
 def chat(
@@ -131,7 +131,7 @@ def chat(
     if schema is not None:
         sampling["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": schema.stem, "schema": _schema(schema)},
+            "json_schema": {"name": schema.stem, "schema": read_schema(schema)},
         }
     # the card's system prompt unless --system is given; --system '': no system message at all
     overrides: dict[str, Any] = {} if system is None else {"system_prompt": system or None}
@@ -219,17 +219,3 @@ def _label(resolved: Any) -> str:
         return str(ref.text)
     base = ref.entry.name if ref.entry else ref.repo
     return f"{base}:{resolved.quant}" if resolved.quant else str(ref.display)
-
-
-def _schema(path: Path) -> Any:
-    """The --schema file's JSON object: a regular file of at most 1 MiB (never a device or FIFO)."""
-
-    try:
-        data = json.loads(read_file(path, "a JSON schema", 1 << 20).decode("utf-8"))
-    except Lfm2EdgeError as exc:
-        fail(f"--schema: {exc}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        fail(f"--schema {path} is not JSON ({exc})")
-    if not isinstance(data, dict):
-        fail(f"--schema {path} must hold a JSON schema object")
-    return data

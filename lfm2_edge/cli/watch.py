@@ -26,9 +26,9 @@ from lfm2_edge.cli._common import (
     _placement,
     err,
     fail,
+    read_schema,
     user_errors,
 )
-from lfm2_edge.cli.chat import _schema
 from lfm2_edge.jobs.sources import open_source
 from lfm2_edge.jobs.watch import Actions, Condition
 from lfm2_edge.jobs.watch import watch as run_watch
@@ -114,7 +114,7 @@ def watch(
     ref, spec = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     if (exec_cmd or webhook) and when is None:
         fail("--exec and --webhook fire on --when: give the condition (a regex, or a --schema property)")
-    schema_obj = _schema(schema) if schema is not None else None
+    schema_obj = read_schema(schema) if schema is not None else None
     with user_errors():
         source = open_source(spec, realtime=realtime, allow_private=allow_private_urls, poll=poll)
         condition = Condition(when, schema_obj) if when is not None else None
