@@ -18,6 +18,14 @@ CMAKE_ARGS_vulkan := -DGGML_VULKAN=on
 # llama.cpp's project(). Tests, examples, tools and the server are off already
 # (llama.cpp is a subproject there).
 MINIMAL := -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/scripts/llama_cpp_minimal.cmake
+# ggml's AMX kernels (compiled in by -march=native on Sapphire Rapids and later Xeons)
+# segfault in ggml_backend_amx_mul_mat on the first quantized matmul (llama.cpp #20824,
+# closed without a fix; seen here with Q4_0 and Q8_0 models, F16 unaffected): build without them.
+# Q4_0 then runs llama.cpp's AVX-512 repacked kernels. Explicit -mno-* flags win over
+# -march=native in gcc and clang whatever their order.
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := CFLAGS="$(CFLAGS) -mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="$(CXXFLAGS) -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+endif
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # pip is silent for the minutes llama.cpp compiles: this shows progress and a heartbeat
 PIP_PROGRESS := $(PYTHON) scripts/pip_progress.py
@@ -45,10 +53,10 @@ install: $(BIN)/python
 	@echo "installing $(LLAMA_CPP_PYTHON) ($(BACKEND)): the first time, pip compiles llama.cpp (see the README for how long)"
 ifneq ($(BACKEND),cpu)
 	# pip caches the CPU wheel; a GPU backend must be built afresh with its flags.
-	CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
+	$(NO_AMX) CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
 		$(PIP_PROGRESS) $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)"
 else
-	CMAKE_ARGS="$(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
+	$(NO_AMX) CMAKE_ARGS="$(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
 		$(PIP_PROGRESS) $(BIN)/pip install "$(LLAMA_CPP_PYTHON)"
 endif
 	PIP_LOG=$(VENV)/pip-install.log $(PIP_PROGRESS) $(BIN)/pip install -e '.[dev]'

@@ -16,6 +16,10 @@ if [ -f "$src" ]; then
 fi
 llama="$src/vendor/llama.cpp"
 [ -f "$llama/CMakeLists.txt" ] || { echo "no vendored llama.cpp under $src" >&2; exit 1; }
+# as `make install`: without ggml's AMX kernels, which segfault on quantized models (llama.cpp #20824)
+if [ "$(uname -m)" = x86_64 ]; then
+  export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 cmake -S "$llama" -B "$out/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF >&2

@@ -12,8 +12,9 @@ import lfm2_edge
 PACKAGE = Path(lfm2_edge.__file__).parent
 # Modules allowed past 450 lines, each one job and the reason beside it.
 LONG_MODULES: dict[str, int] = {
-    # the device report and its memory arithmetic (the board naming is local/device.py)
-    "lfm2_edge.local.doctor": 480,
+    # the device report and its memory arithmetic (the board naming is local/device.py),
+    # for one model and for several in one serve (together, keep-alive)
+    "lfm2_edge.local.doctor": 515,
     # reading an image from every source with its limits, and cutting it as transformers does
     "lfm2_edge.chat.images": 470,
 }

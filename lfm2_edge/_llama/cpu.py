@@ -104,6 +104,11 @@ class CpuCheck:
     def ok(self) -> bool:
         return not self.missing
 
+    @property
+    def amx_runs(self) -> bool:
+        """Whether ggml's AMX kernels would run: built in, and this CPU has AMX."""
+        return "AMX_INT8" in (self.cpu_has or [])
+
     def to_dict(self) -> dict[str, object]:
         return {
             "machine": self.machine,
@@ -220,11 +225,24 @@ def _this_cpu() -> CpuCheck:
     return check()
 
 
+#: The flags that build llama.cpp without ggml's AMX kernels (``make install`` sets them on x86-64).
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
 def require() -> None:
     """Raise :class:`~lfm2_edge.errors.CpuMismatchError` (one line, exit 2 in the CLI)
-    when this ARM CPU lacks a feature the libraries were built for; a no-op otherwise.
-    Called before llama.cpp loads a model, so it refuses instead of dying of SIGILL."""
+    when this ARM CPU lacks a feature the libraries were built for, or when ggml's AMX
+    kernels would run (they segfault on the first Q4_0 or Q8_0 product: llama.cpp
+    #20824, seen on a Sapphire Rapids Xeon); a no-op otherwise. Called before llama.cpp
+    loads a model, so it refuses instead of dying of SIGILL or SIGSEGV."""
     result = _this_cpu()
+    if result.amx_runs:
+        raise CpuMismatchError(
+            "llama.cpp's libraries here were built with ggml's AMX kernels, which crash on quantized models "
+            "on this CPU (llama.cpp issue 20824): rebuild them without AMX with `make install`, or "
+            f'`CFLAGS="{NO_AMX_FLAGS}" CXXFLAGS="{NO_AMX_FLAGS}" pip install --no-cache-dir --force-reinstall '
+            "--no-deps llama-cpp-python==0.3.36`"
+        )
     # On x86 the comparison is shown, never enforced: a kernel older than a feature
     # prints no flag for it although the CPU has it (avx_vnni before 5.x).
     if not result.ok and _is_arm(result.machine):

@@ -69,7 +69,8 @@ class Timings:
     image_ms: float  # of which: encoding and decoding image chunks
     first_token_ms: float  # from the call to the first generated token (waiting included)
     decode_ms: float  # generating the completion after the first token
-    queue_ms: float = 0.0  # of first_token_ms: waiting for a free sequence (or a model's load)
+    queue_ms: float = 0.0  # of first_token_ms: waiting for a free sequence or the model's load
+    load_ms: float = 0.0  # of queue_ms: waiting for the model to load (``serve`` loads on demand)
 
     def prompt_tok_s(self, usage: Usage) -> float:
         return usage.prompt_tokens / (self.prompt_ms / 1000) if self.prompt_ms > 0 else 0.0

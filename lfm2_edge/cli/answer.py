@@ -145,7 +145,7 @@ def _result_json(result: Any, load_s: float | None) -> dict[str, Any]:
     """``ChatResult.to_dict()`` with times rounded to 0.1 ms and the load time added."""
     data = result.to_dict()
     timings = {k: round(v, 1) if k.endswith("_ms") else v for k, v in data["timings"].items()}
-    if load_s is not None:
-        timings = {"load_ms": round(load_s * 1000, 1), **timings}
+    if load_s is not None:  # the model's load before the call (the call's own wait for one is none here)
+        timings = {**timings, "load_ms": round(load_s * 1000, 1)}
     data["timings"] = timings
     return dict(data)

@@ -16,6 +16,7 @@ from lfm2_edge.cli._common import (
     fail,
     user_errors,
 )
+from lfm2_edge.cli.serve import DEFAULT_KEEP_ALIVE
 
 
 def doctor(
@@ -47,7 +48,15 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
-    from lfm2_edge.local.doctor import MIB, fit_together, measure_peak_rss, model_estimate, report_lines, system_report
+    from lfm2_edge.local.doctor import (
+        MIB,
+        fit_together,
+        keep_alive_report,
+        measure_peak_rss,
+        model_estimate,
+        report_lines,
+        system_report,
+    )
 
     names = list(refs or [])
     if model is not None and model not in names:
@@ -85,6 +94,8 @@ def doctor(
     elif checked:
         report["models"] = checked
         report["together"] = fit_together(checked, report["ram_available_mib"] * MIB)
+    if checked:
+        report["keep_alive"] = keep_alive_report(checked, DEFAULT_KEEP_ALIVE)
     if as_json:
         _emit_json(report)
         return

@@ -1,5 +1,6 @@
-"""``lfm2-edge serve``: its options, the models it loads and the names they answer to.
-Registered on :data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
+"""``lfm2-edge serve``: its options, the models it serves (one, or several loaded on
+demand: :mod:`lfm2_edge.server.pool`) and the names they answer to. Registered on
+:data:`lfm2_edge.cli._common.app` by :mod:`lfm2_edge.cli`."""
 
 from __future__ import annotations
 
@@ -18,22 +19,34 @@ from lfm2_edge.cli._common import (
     MlockOpt,
     MmprojOpt,
     ModelOpt,
-    RefArg,
     ThreadsOpt,
     _check_image_budget,
     _hub,
-    _model_ref,
     _placement,
     err,
     fail,
     user_errors,
 )
 
-__all__ = ["exposure_warning", "serve"]
+__all__ = ["DEFAULT_KEEP_ALIVE", "exposure_warning", "serve"]
+
+#: ``--keep-alive``'s default, Ollama's: an idle model's memory is given back after five
+#: minutes (a camera that asks twice an hour, a second model asked now and then), and the
+#: next request pays a reload, from the page cache when it was recent (docs/deploy.md has
+#: the measured figures); ``doctor`` says what it buys on a device.
+DEFAULT_KEEP_ALIVE = "5m"
 
 
 def serve(
-    ref: RefArg = None,
+    refs: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[MODEL]...",
+            help="NAME[:QUANT], ORG/REPO[:QUANT] or a .gguf path [default: LFM2-VL-450M:Q4_0]; several: "
+            "one server for all, each loaded when a request names it.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = None,
     mmproj: MmprojOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless clients are remote.")] = "127.0.0.1",
@@ -79,6 +92,27 @@ def serve(
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
+    keep_alive: Annotated[
+        str,
+        typer.Option(
+            envvar="LFM2_EDGE_KEEP_ALIVE",
+            help="How long a model stays loaded after its last request, as Ollama's keep_alive ('5m', '30s'; "
+            "0: unload after each request; -1: never); a request's keep_alive overrides it.",
+        ),
+    ] = DEFAULT_KEEP_ALIVE,
+    models_max: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Most models loaded at once; the least recently used idle one is unloaded first."),
+    ] = None,
+    memory_budget: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0,
+            help="MB the loaded models may hold together, by doctor's estimate [default: the RAM free at start, "
+            "less doctor's reserve]; 0: no budget.",
+            show_default=False,
+        ),
+    ] = None,
     max_tokens: Annotated[
         Optional[int],
         typer.Option(min=1, help="Answer length for requests without max_tokens [default: until the context is full]."),
@@ -105,7 +139,16 @@ def serve(
     from lfm2_edge._llama.log import set_verbose
     from lfm2_edge.local.model import VisionModel
     from lfm2_edge.local.placement import default_slots
-    from lfm2_edge.server import ServerConfig, create_app, run_server
+    from lfm2_edge.server import (
+        Pool,
+        Served,
+        ServerConfig,
+        create_app,
+        default_budget,
+        parse_duration,
+        run_server,
+        size_of,
+    )
 
     if metrics and importlib.util.find_spec("prometheus_client") is None:
         fail("--metrics needs prometheus_client: pip install 'lfm2-edge\\[metrics]'")  # rich markup: \\[ is a bracket
@@ -116,30 +159,72 @@ def serve(
             raise ValueError
     except (ValueError, TypeError, AttributeError):
         fail(f"--limit-mm-per-prompt must look like '{{\"image\": 2}}' (got {limit_mm_per_prompt!r})")
+    try:
+        keep = parse_duration(keep_alive)
+    except ValueError as exc:
+        fail(f"--keep-alive must be {exc}")
+    refs = list(refs or [])
+    if model is not None:
+        if refs and refs != [model]:
+            fail(f"give the model once: as MODEL ({' '.join(refs)}) or as --model ({model})")
+        refs = [model]
+    if len(refs) > 1 and mmproj is not None:
+        fail("--mmproj names one model's projector: serve a single model with it, or let each model find its own")
+    if len(refs) > 1 and served_model_name:
+        fail("--served-model-name renames one model: with several, each answers to its own names")
     set_verbose(verbose)
     with user_errors():
-        resolved = _hub().resolve(_model_ref(ref, model), mmproj=mmproj)
-        budget = _check_image_budget(resolved, image_min_tokens, image_max_tokens)
+        hub = _hub()
         n_slots = slots or default_slots(threads)
-        models = [
-            VisionModel.from_resolved(
-                resolved,
-                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose),
-                n_seq_max=n_slots,
-                system_prompt=None,  # as vLLM and transformers: no system message the request did not send
-                allow_remote_images=allow_remote_images,
-                allow_private_urls=allow_private_image_urls,
-                embedding_cache_mb=embedding_cache_mb,
-                state_cache_mb=state_cache_mb,
-                **budget,
+        place = _placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose)
+        served: list[Served] = []
+        wanted: list[str | None] = [*refs] or [None]  # None: the default model
+        for one in wanted:
+            resolved = hub.resolve(one, mmproj=mmproj)
+            budget = _check_image_budget(resolved, image_min_tokens, image_max_tokens)
+
+            def load(resolved: Any = resolved, budget: dict[str, int] = budget) -> list[Any]:
+                return [
+                    VisionModel.from_resolved(
+                        resolved,
+                        **place,
+                        n_seq_max=n_slots,
+                        system_prompt=None,  # as vLLM and transformers: no system message the request did not send
+                        allow_remote_images=allow_remote_images,
+                        allow_private_urls=allow_private_image_urls,
+                        embedding_cache_mb=embedding_cache_mb,
+                        state_cache_mb=state_cache_mb,
+                        **budget,
+                    )
+                    for _ in range(n_parallel)
+                ]
+
+            served.append(
+                Served(
+                    tuple(served_model_name or _model_names(resolved)),
+                    str(resolved.model_path),
+                    str(resolved.mmproj_path) if resolved.mmproj_path else None,
+                    load=load,
+                    size=size_of(resolved.model_path, resolved.mmproj_path, n_ctx=ctx * n_slots, replicas=n_parallel),
+                    sampling=resolved.model_kwargs().get("sampling"),
+                    n_ctx_per_seq=ctx,
+                )
             )
-            for _ in range(n_parallel)
-        ]
+        if memory_budget is None:
+            budget_bytes: int | None = default_budget()
+        else:
+            budget_bytes = int(memory_budget * 2**20) if memory_budget > 0 else None
+        try:
+            pool = Pool(served, keep_alive=keep, models_max=models_max, memory_budget=budget_bytes)
+        except ValueError as exc:
+            fail(str(exc))
+        pool.load_now(served[0])  # the first model at start: a broken file fails here, not at the first request
+    models = served[0].models
     if models[0].n_ctx != ctx * n_slots:  # llama.cpp sizes the context in blocks: say so
         err.print(f"note: --ctx {ctx} is rounded to {models[0].n_ctx // n_slots} tokens per slot (llama.cpp's blocks)")
     if models[0].gpu_notice and gpu_layers is not None:
         err.print(f"note: {models[0].gpu_notice}")
-    names = served_model_name or _model_names(resolved)
+    names = pool.names
     config = ServerConfig(
         model_names=names,
         api_key=api_key,
@@ -157,14 +242,12 @@ def serve(
             "[yellow]warning:[/] --allowed-origins '*' without --api-key: any web page you open can use the model"
         )
 
-    def close_models() -> None:
-        for m in models:
-            m.close()
-
-    app_ = create_app(models, config, on_shutdown=close_models)
+    app_ = create_app(pool, config)
 
     with user_errors():
         capacity = f"{n_parallel} x {n_slots} slot(s)"
+        if len(served) > 1:
+            capacity += f" per model, {len(served)} models"
         run_server(app_, host, port, names[0], capacity, verbose=verbose, parent_pid=parent_pid)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "native_features",
     "parse_meminfo",
     "published_bandwidth",
+    "ram_here",
     "ram_of",
     "read_capacities",
     "read_cpuinfo",
@@ -415,17 +416,20 @@ def device_from(cpuinfo: str | None) -> tuple[DeviceInfo, bool]:
     return dev, any("emulation" in note for note in dev.notes)
 
 
+def ram_here() -> tuple[int, int]:
+    """(total, available) bytes of this machine's RAM, now."""
+    try:
+        return parse_meminfo(Path("/proc/meminfo").read_text())
+    except (OSError, KeyError, ValueError):
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+
+
 def ram_of(dev: DeviceInfo, meminfo: str | None, *, here: bool) -> tuple[int, int]:
     """(total, available) bytes: from a /proc/meminfo text, this device's, or a Pi's
     revision code (a fifth left to its OS)."""
-    if meminfo is not None:
-        return parse_meminfo(meminfo)
-    if here:
-        try:
-            return parse_meminfo(Path("/proc/meminfo").read_text())
-        except (OSError, KeyError, ValueError):
-            pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-            return pages * size, pages * size // 2  # macOS: no cheap "available"; assume half
+    if meminfo is not None or here:
+        return parse_meminfo(meminfo) if meminfo is not None else ram_here()
     if dev.ram_mib_board:
         return dev.ram_mib_board * 2**20, dev.ram_mib_board * 2**20 * 4 // 5
     raise Lfm2EdgeError("this cpuinfo names no RAM size: give that device's /proc/meminfo with --meminfo")

@@ -49,12 +49,14 @@ __all__ = [
     "estimate_spec",
     "expected_tok_s",
     "fit_together",
+    "keep_alive_report",
     "measure_peak_rss",
     "memory_bandwidth",
     "model_estimate",
     "preference",
     "recommend",
     "report_lines",
+    "reserve_bytes",
     "system_report",
 ]
 
@@ -209,7 +211,7 @@ def recommend(
     llama.cpp repacks it for the CPU's SIMD. With ``bandwidth`` (bytes/s) the choice must
     also be expected to decode at :data:`MIN_TOK_S` or more; when none fits that, the
     fastest that fits is chosen."""
-    reserve = max(available // 4, 512 * MIB)
+    reserve = reserve_bytes(available)
     choices = preference()
     if cpu_only:
         order = {q: i for i, q in enumerate(("Q4_0", "Q8_0", "F16"))}
@@ -357,13 +359,35 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     }
 
 
+def reserve_bytes(available: int) -> int:
+    """What :func:`recommend` and :func:`fit_together` leave free of ``available`` bytes."""
+    return max(available // 4, 512 * MIB)
+
+
+def keep_alive_report(models: list[dict[str, Any]], default: str) -> dict[str, Any]:
+    """What ``serve --keep-alive`` buys for each of ``models`` (:func:`model_estimate`'s
+    dicts): the memory an idle unload gives back, and what its next request reads again
+    (the files: from the page cache when they were read recently, else from storage)."""
+    out = []
+    for m in models:
+        est = m["estimate_mib"]
+        out.append(
+            {
+                "name": m["name"],
+                "frees_mib": round(est["total"] - est["runtime"], 1),
+                "reload_reads_mib": round(est["weights"] + est["projector"], 1),
+            }
+        )
+    return {"default": default, "models": out}
+
+
 def fit_together(models: list[dict[str, Any]], available: int) -> dict[str, Any]:
     """Whether the models (:func:`model_estimate`'s dicts) fit in ``available`` bytes at
     once, as one ``serve`` holds them: one process, so the runtime is counted once, and
     the reserve :func:`recommend` keeps. ``models_max`` is the most of them that fit
     whichever are loaded (the largest ones together), the ``--models-max`` to give
     ``serve`` when not all of them do."""
-    reserve = max(available // 4, 512 * MIB)
+    reserve = reserve_bytes(available)
     runtime = RUNTIME_BYTES / MIB
     sizes = sorted((m["estimate_mib"]["total"] for m in models), reverse=True)
 
@@ -434,6 +458,18 @@ def report_lines(report: dict[str, Any], ctx: int) -> list[tuple[str, str]]:
         else:
             text += ": not even the largest one fits beside the reserve; lower --ctx or pick smaller quants"
         lines.append(("together", text))
+    if "keep_alive" in report:
+        k = report["keep_alive"]
+        frees = ", ".join(f"~{m['frees_mib']:.0f} MiB for {m['name']}" for m in k["models"])
+        reads = ", ".join(f"~{m['reload_reads_mib']:.0f} MiB" for m in k["models"])
+        lines.append(
+            (
+                "keep-alive",
+                f"serve --keep-alive {k['default']} (the default) unloads a model idle that long: it frees {frees}; "
+                f"its next request reloads {reads} of files (from the page cache when recent, else from storage). "
+                "-1 keeps them loaded where the RAM allows; 0 suits a model asked rarely",
+            )
+        )
     return lines
 
 

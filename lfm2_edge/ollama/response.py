@@ -53,7 +53,7 @@ def final_fields(result: ChatResult | None, total_ns: int) -> dict[str, Any]:
         "done_reason": "length" if result.finish_reason == "length" else "stop",
         "done": True,
         "total_duration": total_ns,
-        "load_duration": 0,
+        "load_duration": int(t.load_ms * 1e6),
         "prompt_eval_count": u.prompt_tokens,
         "prompt_eval_duration": prompt_ns,
         "eval_count": u.completion_tokens,

@@ -49,6 +49,7 @@ def timings_body(usage: Usage, timings: Timings) -> dict[str, Any]:
     when the encoder's cache or a saved state served the image). What ``-v`` prints."""
     return {
         "queue_ms": round(timings.queue_ms, 2),
+        "load_ms": round(timings.load_ms, 2),
         "prompt_ms": round(timings.prompt_ms, 2),
         "image_ms": round(timings.image_ms, 2),
         "first_token_ms": round(timings.first_token_ms, 2),

@@ -1,19 +1,23 @@
 """Admission for ``lfm2-edge serve``: a FIFO queue (429 when full) in front of the
-engines (:class:`lfm2_edge.local.engine.Engine`) of one model's replicas. A
-:class:`Ticket` is a request's place in the queue; :meth:`Admission.run` posts the
-request to the least busy engine and hands its typed events to the event loop."""
+engines (:class:`lfm2_edge.local.engine.Engine`) of the served models
+(:class:`lfm2_edge.server.pool.Pool`). A :class:`Ticket` is a request's place in the
+queue; :meth:`Admission.run` holds the model the request names (loading it first when
+it is not loaded), posts the request to its least busy engine and hands its typed
+events to the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
 from lfm2_edge.chat.results import ChatResult
 from lfm2_edge.local.engine import Job
 from lfm2_edge.openai import ApiError, ChatRequest
+from lfm2_edge.server.pool import Pool
 
 __all__ = ["Admission", "Observer", "Ticket"]
 
@@ -31,6 +35,7 @@ class Ticket:
         self.cancel = threading.Event()
         self.outcome = "failed"  # served, cancelled or failed
         self.result: ChatResult | None = None
+        self.keep_alive: float | str | None = "default"  # the model's keep-alive after this request
         self._released = False
 
     def release(self) -> None:
@@ -41,12 +46,13 @@ class Ticket:
 
 class Admission:
     """Admits chats to the models' engines: each answers as many requests at once as
-    its context has sequences (``serve --slots``), decoding them together; several
-    models are replicas, and a request goes to the one with the least work. Requests
-    beyond the free slots wait in arrival order."""
+    its context has sequences (``serve --slots``), decoding them together; a model's
+    replicas share its requests, each to the one with the least work. Requests beyond
+    the free slots wait in arrival order. The queue's bound is the server's, over all
+    models; slots and the requests waiting for them are each model's."""
 
-    def __init__(self, models: Sequence[Any], max_queue: int) -> None:
-        self.models = list(models)
+    def __init__(self, pool: Pool, max_queue: int) -> None:
+        self.pool = pool
         self.max_queue = max_queue
         self._pending = 0
         self._lock = threading.Lock()
@@ -61,8 +67,14 @@ class Admission:
         return self._pending
 
     @property
+    def models(self) -> list[Any]:
+        """The loaded replicas of every served model."""
+        return self.pool.replicas()
+
+    @property
     def slots(self) -> dict[str, int]:
-        """Sequences in all: busy (a request holds it), free, and requests waiting for one."""
+        """Sequences of the loaded models: busy (a request holds it), free, and requests
+        waiting for one."""
         engines = [m.engine for m in self.models]
         total = sum(e.n_slots for e in engines)
         busy = sum(e.busy for e in engines)
@@ -104,13 +116,26 @@ class Admission:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         cancel = ticket.cancel
-        model = min(self.models, key=lambda m: (m.engine.load - m.engine.n_slots, m.engine.load))
+        served = self.pool.find(request.model)
+        try:
+            load_ms = await self.pool.acquire(served, cancel)
+        except BaseException:
+            ticket.release()
+            raise
+        model = min(served.models, key=lambda m: (m.engine.load - m.engine.n_slots, m.engine.load))
 
         def ended(event: Event) -> None:  # on the event loop
             if isinstance(event, Done):
+                if load_ms:  # the wait for the load is part of the request's queue time
+                    t = event.result.timings
+                    timings = dataclasses.replace(
+                        t, load_ms=load_ms, queue_ms=t.queue_ms + load_ms, first_token_ms=t.first_token_ms + load_ms
+                    )
+                    event = Done(dataclasses.replace(event.result, timings=timings))
                 ticket.outcome, ticket.result = "served", event.result
             else:
                 ticket.outcome = "cancelled" if isinstance(event, Cancelled) else "failed"
+            self.pool.release(served, ticket.keep_alive)
             ticket.release()
             events.put_nowait(event)
 
@@ -124,6 +149,7 @@ class Admission:
             call = model.check_call(request.messages, **request.options)
             chat = await asyncio.to_thread(model.prepare, call)
         except BaseException:
+            self.pool.release(served, ticket.keep_alive)
             ticket.release()
             raise
         job = Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel)

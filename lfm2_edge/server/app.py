@@ -1,4 +1,4 @@
-"""``lfm2-edge serve``: the OpenAI chat-completions API on one loaded model.
+"""``lfm2-edge serve``: the OpenAI chat-completions API on the served models.
 
 The same client code that talks to vLLM (``openai`` package, ``image_url`` parts,
 ``extra_body={"min_p": ..., "repetition_penalty": ...}``) talks to this server. Requests
@@ -6,7 +6,10 @@ share one llama.cpp context: each gets a sequence (``serve --slots N``), and eve
 decodes one token for all of them in one batch (:mod:`lfm2_edge.local.engine`); requests
 beyond the free slots wait in arrival order, and a full queue answers 429. Every
 failure is an OpenAI-style error body with a 4xx status, and the server keeps serving.
-A client that disconnects mid-stream stops its generation.
+A client that disconnects mid-stream stops its generation. Several models
+(:mod:`lfm2_edge.server.pool`) are loaded on demand, unloaded when idle past their
+keep-alive, and loaded or unloaded by hand with llama-server's ``POST /models/load`` and
+``/models/unload``.
 
 Browsers: pages from localhost origins (any port, http or https) may call the API, others
 only when ``allowed_origins`` names them; a POST must be JSON (415 otherwise), so a page
@@ -49,6 +52,7 @@ from lfm2_edge.server import metrics, ollama_routes
 from lfm2_edge.server.admission import Admission
 from lfm2_edge.server.config import ServerConfig, Serving
 from lfm2_edge.server.middleware import BrowserGuard, KeyCheck, RequestId, error_response, origin_matcher
+from lfm2_edge.server.pool import Pool
 from lfm2_edge.server.web import router as web_router
 
 __all__ = ["create_app"]
@@ -128,19 +132,27 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
 
 
 def create_app(
-    models: Sequence[Any], config: ServerConfig, *, on_shutdown: Callable[[], None] | None = None
+    models: Sequence[Any] | Pool, config: ServerConfig, *, on_shutdown: Callable[[], None] | None = None
 ) -> FastAPI:
-    """A FastAPI app serving ``models`` (replicas of one model, each batching as many
-    requests as its context has sequences: ``n_seq_max``)."""
+    """A FastAPI app serving ``models``: a :class:`Pool` of the models it may load, or
+    the replicas of one loaded model (each batching as many requests as its context has
+    sequences: ``n_seq_max``), kept until the server stops. ``on_shutdown`` runs after
+    the pool has unloaded what it loaded."""
 
-    if config.context_size is None and isinstance(getattr(models[0], "n_ctx_per_seq", None), int):
-        config = dataclasses.replace(config, context_size=models[0].n_ctx_per_seq)
-    engine = Admission(models, config.max_queue)
+    pool = models if isinstance(models, Pool) else Pool.of_loaded(models, config.model_names)
+    config = dataclasses.replace(config, model_names=pool.names)
+    first = pool.served[0].models[:1]
+    if config.context_size is None and first and isinstance(getattr(first[0], "n_ctx_per_seq", None), int):
+        config = dataclasses.replace(config, context_size=first[0].n_ctx_per_seq)
+    engine = Admission(pool, config.max_queue)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(pool.reap())
         yield
+        reaper.cancel()
         engine.shutdown()
+        await pool.close()
         if on_shutdown is not None:
             on_shutdown()
 
@@ -174,11 +186,11 @@ def create_app(
     # Added last, so it runs first: preflights never need the key, and errors carry CORS headers.
     app.add_middleware(BrowserGuard, origins=origin_matcher(config.allowed_origins))
     app.add_middleware(RequestId)  # outermost: every answer, refusals included, has x-request-id
-    serving = Serving(engine, models, config, _read_body, _load_images, _watch_disconnect, as_api_error)
+    serving = Serving(engine, pool, config, _read_body, _load_images, _watch_disconnect, as_api_error)
     app.include_router(metrics.router(serving))  # /slots; /metrics with config.metrics (wraps engine first)
     app.include_router(ollama_routes.router(serving))  # Ollama's /api/*
 
-    app.include_router(web_router(models, config))  # GET / (the chat page), /camera, /web/*
+    app.include_router(web_router(pool, config))  # GET / (the chat page), /camera, /web/*
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -188,16 +200,17 @@ def create_app(
             "served": engine.served,
             "cancelled": engine.cancelled,
             "slots": engine.slots,
+            "models": [{"id": s.name, "status": pool.status(s)} for s in pool.served],
         }
+
+    def model_card(name: str) -> dict[str, Any]:
+        served = pool.find(name)
+        return {"id": name, "object": "model", "created": created, "owned_by": "lfm2-edge",
+                "status": pool.status(served)}  # fmt: skip
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": created, "owned_by": "lfm2-edge"} for n in config.model_names
-            ],
-        }
+        return {"object": "list", "data": [model_card(n) for n in config.model_names]}
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> Any:
@@ -211,7 +224,49 @@ def create_app(
                     param="model",
                 )
             )
-        return {"id": model_id, "object": "model", "created": created, "owned_by": "lfm2-edge"}
+        return model_card(model_id)
+
+    async def named_model(request: Request) -> Any:
+        body = parse_json_body(await _read_body(request, config.max_body_bytes))
+        name = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            raise ApiError(400, "the body must be a JSON object with the model's name: {\"model\": \"...\"}",
+                           param="model")  # fmt: skip
+        return pool.find(name)
+
+    @app.post("/models/load")
+    async def load_model(request: Request) -> Any:
+        """llama-server's router: load a model now (its keep-alive starts at once)."""
+        try:
+            served = await named_model(request)
+            await pool.acquire(served)
+        except ApiError as err:
+            return error_response(err)
+        pool.release(served)
+        return {"success": True, "model": served.name, "status": pool.status(served)}
+
+    @app.post("/models/unload")
+    async def unload_model(request: Request) -> Any:
+        """llama-server's router: unload a model now; a 409 while requests use it."""
+        try:
+            served = await named_model(request)
+        except ApiError as err:
+            return error_response(err)
+        if served.active:
+            return error_response(
+                ApiError(
+                    409,
+                    f"model {served.name!r} is answering {served.active} request(s); retry when idle",
+                    code="model_busy",
+                    param="model",
+                )
+            )
+        if served.loaded and served.load is None:
+            return error_response(
+                ApiError(409, f"model {served.name!r} was given loaded and cannot be unloaded", param="model")
+            )
+        await pool.unload(served)
+        return {"success": True, "model": served.name, "status": pool.status(served)}
 
     async def start(
         request: Request, parse: Callable[[Any], ChatRequest]
@@ -276,6 +331,7 @@ def create_app(
 
 _ROUTES = (
     "POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health, GET /slots, "
+    "POST /models/load and /models/unload, "
     "Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps and /api/version, GET /metrics with --metrics, "
     "and the pages GET / (chat) and GET /camera"
 )

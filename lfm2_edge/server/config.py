@@ -9,6 +9,7 @@ from typing import Any
 
 from lfm2_edge.openai import ApiError, ChatRequest, RequestLimits
 from lfm2_edge.server.admission import Admission
+from lfm2_edge.server.pool import Pool
 
 __all__ = ["ServerConfig", "Serving"]
 
@@ -17,7 +18,8 @@ __all__ = ["ServerConfig", "Serving"]
 class ServerConfig(RequestLimits):
     """How a server answers; the model(s) it answers with are given to :func:`create_app`.
 
-    ``model_names``: the first is the id /v1/models reports; all are accepted.
+    ``model_names``: the names of a model given loaded (the first is the default); with a
+    :class:`~lfm2_edge.server.pool.Pool`, ``create_app`` sets them from it.
     ``max_images``: vLLM's --limit-mm-per-prompt '{"image": N}'.
     ``default_max_tokens``: for requests without max_tokens (None: until the context is full).
     ``allowed_origins``: browser origins allowed besides localhost ones ("*": any).
@@ -40,12 +42,12 @@ class ServerConfig(RequestLimits):
 class Serving:
     """What a route module (:mod:`lfm2_edge.server.ollama_routes`, :mod:`lfm2_edge.server.metrics`)
     takes from :func:`lfm2_edge.server.app.create_app`: the admission in front of the
-    engines, the models, the config, and the app's own steps of a request (the body read
+    engines, the served models' pool, the config, and the app's own steps of a request (the body read
     within its limit, images loaded off the worker, a disconnect watched, an error in
     OpenAI's terms), so that every API serves a request the same way."""
 
     admission: Admission
-    models: Sequence[Any]
+    pool: Pool
     config: ServerConfig
     read_body: Callable[[Any, int], Awaitable[bytes]]
     load_images: Callable[[ChatRequest, ServerConfig], Awaitable[None]]

@@ -8,11 +8,12 @@ A request goes through the same admission, limits and engine as an OpenAI one
 both ways. Errors are Ollama's ``{"error": "..."}`` with its status codes (400 a bad
 request, 404 an unknown model, 503 a full queue).
 
-``keep_alive`` is checked (a duration such as ``"5m"``, seconds, or -1) and otherwise
-has no effect today: ``serve`` loads its model once and keeps it until it exits, so
-``/api/ps`` reports it as loaded with no expiry, and a request with ``keep_alive`` 0 and
-nothing to answer leaves it loaded (``done_reason`` "load"). Unloading an idle model is
-the operations issue's.
+``keep_alive`` (a duration such as ``"5m"``, seconds, or -1 for ever) is how long the
+model stays loaded once the request is done, as in Ollama, in place of ``serve
+--keep-alive`` (:mod:`lfm2_edge.server.pool`); a request with nothing to answer loads
+the model (``done_reason`` "load"), or with ``keep_alive`` 0 unloads it ("unload").
+``/api/tags`` lists every served model, ``/api/ps`` the loaded ones and when each
+unloads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
@@ -49,13 +49,13 @@ from lfm2_edge.ollama import (
 )
 from lfm2_edge.openai import ApiError, parse_json_body
 from lfm2_edge.server.config import Serving
+from lfm2_edge.server.pool import Served, parse_duration
 
 __all__ = ["OLLAMA_API_VERSION", "router"]
 
 # The Ollama API level these routes follow (clients read /api/version to pick features).
 OLLAMA_API_VERSION = "0.12.0"
 _FOREVER = "2318-11-29T00:00:00Z"  # Ollama's expires_at for a model kept loaded (keep_alive -1)
-_DURATION = re.compile(r"-?(\d+(\.\d*)?(ns|us|µs|ms|s|m|h))+|-?\d+(\.\d*)?")
 NDJSON = "application/x-ndjson"
 
 
@@ -69,18 +69,32 @@ def _error(err: ApiError) -> JSONResponse:
     return JSONResponse(error_body(err.message), status_code=err.status)
 
 
-def _check_keep_alive(value: Any) -> None:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-        return
-    if isinstance(value, str) and _DURATION.fullmatch(value.strip()):
-        return
-    raise ApiError(400, f'keep_alive must be a duration such as "5m" or a number of seconds, not {value!r}')
+def _keep_alive(value: Any) -> float | str | None:
+    """A request's ``keep_alive`` in seconds (:data:`FOREVER` for -1), or the server's
+    ``"default"`` when it sends none; a 400 for what is not a duration."""
+    if value is None:
+        return "default"
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ApiError(400, f"keep_alive must be {exc}") from None
 
 
-def _facts(model: Any) -> dict[str, Any]:
-    """What /api/tags, /api/show and /api/ps say of a loaded model, read once."""
-    path = Path(model.model_path)
-    mmproj = getattr(model, "mmproj_path", None)
+def _expires(served: Served, keep: float | None) -> str:
+    """When ``served`` unloads, as Ollama's /api/ps says it: idle, when its keep-alive
+    runs out; in use, ``keep`` (the server's keep-alive) after now."""
+    at = served.expires
+    if at is None and served.active and keep is not None:  # None: FOREVER
+        at = time.time() + keep
+    if at is None:
+        return _FOREVER
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _facts(served: Served) -> dict[str, Any]:
+    """What /api/tags, /api/show and /api/ps say of a served model, from its files."""
+    path = Path(served.model_path)
+    mmproj = served.mmproj_path
     summary = read_summary(path)
     n_params = sum(math.prod(t.shape) for t in summary.tensors.values())
     size = path.stat().st_size + (Path(mmproj).stat().st_size if mmproj else 0)
@@ -109,20 +123,40 @@ def _facts(model: Any) -> dict[str, Any]:
         f"{arch}.embedding_length": summary.get(f"{arch}.embedding_length"),
         f"{arch}.block_count": summary.get(f"{arch}.block_count"),
     }
-    return {"size": size, "digest": digest, "details": details, "modified_at": modified, "model_info": info}
+    template = summary.get("tokenizer.chat_template") or ""
+    return {"size": size, "digest": digest, "details": details, "modified_at": modified, "model_info": info,
+            "template": template, "context_length": summary.get(f"{arch}.context_length")}  # fmt: skip
 
 
 def router(serving: Serving) -> APIRouter:
     """The Ollama routes for ``create_app``'s models."""
     api = APIRouter()
-    config, admission, models = serving.config, serving.admission, serving.models
-    facts = _facts(models[0])
-    primary = config.model_names[0]
-    listed = primary if ":" in primary else f"{primary}:latest"
+    config, admission, pool = serving.config, serving.admission, serving.pool
+    known: dict[int, dict[str, Any]] = {}  # each served model's facts, read once
 
-    def entry(**extra: Any) -> dict[str, Any]:
-        return {"name": listed, "model": listed, "size": facts["size"], "digest": facts["digest"],
-                "details": facts["details"], **extra}  # fmt: skip
+    def facts(served: Served) -> dict[str, Any]:
+        if id(served) not in known:
+            known[id(served)] = _facts(served)
+        return known[id(served)]
+
+    def entry(served: Served, **extra: Any) -> dict[str, Any]:
+        listed = served.name if ":" in served.name else f"{served.name}:latest"
+        f = facts(served)
+        return {"name": listed, "model": listed, "size": f["size"], "digest": f["digest"], "details": f["details"],
+                **extra}  # fmt: skip
+
+    async def load_or_unload(req: OllamaRequest, keep: float | str | None) -> str:
+        """A request with nothing to answer: load the model, or unload it (keep_alive 0)."""
+        served = pool.find(resolve_model(req.model, config))
+        if keep == 0 and served.load is not None:
+            if served.active == 0:
+                await pool.unload(served)
+            else:  # answering others: it unloads when they are done
+                served.keep = 0
+            return "unload"
+        await pool.acquire(served)
+        pool.release(served, keep)
+        return "load"
 
     async def answer(
         request: Request,
@@ -139,10 +173,11 @@ def router(serving: Serving) -> APIRouter:
         req: OllamaRequest | None = None
         try:
             req = parse(parse_json_body(await serving.read_body(request, config.max_body_bytes)))
-            _check_keep_alive(req.keep_alive)
-            if req.chat is None:  # loads the model: it is loaded
+            ticket.keep_alive = _keep_alive(req.keep_alive)
+            if req.chat is None:  # loads the model, or unloads it
+                done = await load_or_unload(req, ticket.keep_alive)
                 ticket.outcome = "served"
-                return JSONResponse(chunk(req.model, "", **final_fields(None, 0)))
+                return JSONResponse(chunk(req.model, "", **{**final_fields(None, 0), "done_reason": done}))
             watcher = asyncio.create_task(serving.watch_disconnect(request, ticket.cancel))
             await serving.load_images(req.chat, config)
             events = admission.run(ticket, req.chat)  # from here on the engine releases the ticket
@@ -175,7 +210,7 @@ def router(serving: Serving) -> APIRouter:
 
     @api.get("/api/tags")
     async def tags() -> dict[str, Any]:
-        return {"models": [entry(modified_at=facts["modified_at"])]}
+        return {"models": [entry(s, modified_at=facts(s)["modified_at"]) for s in pool.served]}
 
     @api.post("/api/show")
     async def show(request: Request) -> Response:
@@ -184,49 +219,56 @@ def router(serving: Serving) -> APIRouter:
             if not isinstance(body, dict):
                 raise ApiError(400, "the request body must be a JSON object")
             name = body.get("model") or body.get("name")
-            resolve_model(name, config)
+            served = pool.find(resolve_model(name, config))
         except ApiError as err:
             return _error(err)
-        model = models[0]
-        template = getattr(getattr(model, "chat_template", None), "source", None) or ""
-        sampling = getattr(model, "sampling", None)
+        f = facts(served)
+        model = served.models[0] if served.models else None  # its template and figures as loaded
+        template = getattr(getattr(model, "chat_template", None), "source", None) or f["template"]
+        sampling = getattr(model, "sampling", None) or served.sampling
+        num_ctx = getattr(model, "n_ctx_per_seq", None) or served.n_ctx_per_seq
         parameters = "\n".join(
             f"{k:<18} {v}"
             for k, v in (
                 ("temperature", getattr(sampling, "temperature", None)),
                 ("min_p", getattr(sampling, "min_p", None)),
                 ("repeat_penalty", getattr(sampling, "repetition_penalty", None)),
-                ("num_ctx", getattr(model, "n_ctx_per_seq", None)),
+                ("num_ctx", num_ctx),
             )
             if v is not None
         )
-        info = {**facts["model_info"], f"{facts['details']['family']}.context_length": model.n_ctx_per_seq}
-        capabilities = ["completion", "tools"] + (["vision"] if getattr(model, "mmproj_path", None) else [])
+        info = {**f["model_info"], f"{f['details']['family']}.context_length": num_ctx or f["context_length"]}
+        capabilities = ["completion", "tools"] + (["vision"] if served.mmproj_path else [])
         return JSONResponse(
             {
                 "license": "",
-                "modelfile": f"# served by lfm2-edge {__version__}\nFROM {model.model_path}\n",
+                "modelfile": f"# served by lfm2-edge {__version__}\nFROM {served.model_path}\n",
                 "parameters": parameters,
                 "template": template,
-                "details": facts["details"],
+                "details": f["details"],
                 "model_info": info,
                 "capabilities": capabilities,
-                "modified_at": facts["modified_at"],
+                "modified_at": f["modified_at"],
             }
         )
 
     @api.get("/api/ps")
     async def ps() -> dict[str, Any]:
-        gpu = any(getattr(m, "device", "CPU") != "CPU" for m in models)
-        return {
-            "models": [
+        listed = []
+        for served in pool.served:
+            if not served.loaded:
+                continue
+            gpu = any(getattr(m, "device", "CPU") != "CPU" for m in served.models)
+            size = facts(served)["size"]
+            listed.append(
                 entry(
-                    expires_at=_FOREVER,
-                    size_vram=facts["size"] if gpu else 0,
-                    context_length=models[0].n_ctx_per_seq,
+                    served,
+                    expires_at=_expires(served, pool.keep_alive),
+                    size_vram=size if gpu else 0,
+                    context_length=served.models[0].n_ctx_per_seq,
                 )
-            ]
-        }
+            )
+        return {"models": listed}
 
     @api.get("/api/version")
     async def version() -> dict[str, str]:

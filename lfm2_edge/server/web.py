@@ -20,6 +20,7 @@ from lfm2_edge.hub.catalog import FAMILIES
 from lfm2_edge.openai import ApiError
 from lfm2_edge.server.config import ServerConfig
 from lfm2_edge.server.middleware import error_response, key_matches
+from lfm2_edge.server.pool import Pool
 
 __all__ = ["CSP", "PAGE_FILES", "router"]
 
@@ -49,8 +50,8 @@ def _read(name: str) -> bytes:
     return resources.files("lfm2_edge.server").joinpath("web").joinpath(name).read_bytes()
 
 
-def router(models: Any, config: ServerConfig) -> APIRouter:
-    """The pages' routes, for ``models`` (replicas of one model) served with ``config``."""
+def router(pool: Pool, config: ServerConfig) -> APIRouter:
+    """The pages' routes, for the first of ``pool``'s models, served with ``config``."""
     web = APIRouter()
     files = {name: _read(name) for name in PAGE_FILES}  # read once: a broken install fails at start
 
@@ -72,7 +73,8 @@ def router(models: Any, config: ServerConfig) -> APIRouter:
             return error_response(
                 ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key")
             )
-        return JSONResponse(page_config(models[0], config), headers=_HEADERS)
+        first = pool.served[0]
+        return JSONResponse(page_config(first.models[0] if first.models else first, config), headers=_HEADERS)
 
     @web.get("/web/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:
@@ -84,10 +86,11 @@ def router(models: Any, config: ServerConfig) -> APIRouter:
 
 
 def page_config(model: Any, config: ServerConfig) -> dict[str, Any]:
-    """What the settings panel shows: the model, its card's defaults, the server's limits."""
+    """What the settings panel shows: the model (loaded, or its pool entry), its card's
+    defaults, the server's limits."""
     vision = getattr(model, "mmproj_path", None) is not None
     card = FAMILIES["vl" if vision else "text"]
-    sampling = getattr(model, "sampling", card.sampling)
+    sampling = getattr(model, "sampling", None) or card.sampling
     defaults = {k: v for k, v in dataclasses.asdict(sampling).items() if k in _SAMPLING}
     if config.default_max_tokens is not None:
         defaults["max_tokens"] = config.default_max_tokens

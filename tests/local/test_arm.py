@@ -98,6 +98,28 @@ def test_this_machines_libraries_run_on_this_cpu() -> None:
     cpu.require()  # no exception
 
 
+SPR_FLAGS = "processor\t: 0\nflags\t\t: fpu sse avx2 fma f16c avx512f avx512_vnni avx_vnni amx_tile amx_int8 amx_bf16\n"
+
+
+def test_amx_kernels_on_an_amx_cpu_are_refused_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ggml's AMX kernels segfault on the first Q4_0/Q8_0 product on a Sapphire Rapids Xeon
+    # (seen here; llama.cpp #20824): a build with them is refused there, not elsewhere.
+    amx_build = (
+        "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 |"
+    )
+    plain_build = amx_build.replace(" AMX_INT8 = 1 |", "")
+    on_spr = cpu.check(system_info=amx_build, machine="x86_64", cpuinfo=SPR_FLAGS)
+    assert on_spr.amx_runs
+    assert not cpu.check(system_info=plain_build, machine="x86_64", cpuinfo=SPR_FLAGS).amx_runs
+    no_amx_cpu = SPR_FLAGS.replace(" amx_tile amx_int8 amx_bf16", "")
+    assert not cpu.check(system_info=amx_build, machine="x86_64", cpuinfo=no_amx_cpu).amx_runs
+    monkeypatch.setattr(cpu, "_this_cpu", lambda: on_spr)
+    with pytest.raises(CpuMismatchError) as refused:
+        cpu.require()
+    message = str(refused.value)
+    assert "\n" not in message and "AMX" in message and cpu.NO_AMX_FLAGS in message
+
+
 def test_cpu_mismatch_is_a_user_error() -> None:
     from lfm2_edge.errors import Lfm2EdgeError
 

@@ -93,6 +93,7 @@ def test_answers_carry_the_figures_the_page_shows(served: str) -> None:
     assert t["image_encodes"] >= 1 and t["image_tokens"] > 0 and t["first_token_ms"] > 0
     assert set(t) == {
         "queue_ms",
+        "load_ms",
         "prompt_ms",
         "image_ms",
         "first_token_ms",
