@@ -12,9 +12,8 @@ every step decodes one token for every generating sequence in a single
 strings, tool calls and grammars stay per job (each has its own
 :class:`~lfm2_edge._llama.sampler.Sampler` and :class:`Transcript`).
 
-A job hears of its answer through typed events (:mod:`lfm2_edge.chat.events`): a
-thinking answer's reasoning, then its pieces (both only when it streams), then one
-:class:`Done`, :class:`Failed` or :class:`Cancelled`.
+A job hears of its answer through typed events (:mod:`lfm2_edge.chat.events`): thoughts
+and pieces (only when it streams), then one :class:`Done`, :class:`Failed` or :class:`Cancelled`.
 :meth:`Job.stop` ends it with its partial result (a library stream closed, or ended by
 a newer chat); :attr:`Job.cancel` ends it without one (its client went away).
 
@@ -372,9 +371,7 @@ class Engine:
         if rt.is_end(token):
             self._finish(job)
             return
-        thought, piece = out.take(token, logits)
-        if thought or piece:
-            self._send(job, piece, out.shown(piece, thought), thought)
+        self._send(job, *out.take(token, logits))
         if out.hit_stop:
             self._finish(job)
         elif out.n_out >= job.chat.params.max_tokens or job.pos + 1 >= rt.n_ctx_seq:
@@ -383,9 +380,8 @@ class Engine:
             job.pending = token
 
     @staticmethod
-    def _send(job: Job, piece: str, entries: tuple[Any, ...], thought: str = "") -> None:
-        """Send ``thought`` and ``piece``, after the logprobs of the tokens they complete
-        (when asked for)."""
+    def _send(job: Job, thought: str, piece: str, entries: tuple[Any, ...]) -> None:
+        """Send ``thought`` and ``piece``, after the logprobs of the tokens they complete (when asked for)."""
         if not job.stream:
             return
         if entries:
@@ -450,5 +446,5 @@ class Engine:
             ),
         )
         if not stopped:  # whoever stopped it takes no more pieces
-            self._send(job, tail, rest, thought)
+            self._send(job, thought, tail, rest)
         return Done(result)

@@ -68,11 +68,12 @@ class Transcript:
         self._pending: deque[tuple[int, TokenLogprob]] = deque()
         self._decoded = self._released = 0
         self._fed = 0  # answer text given to the scanner (what the splitter released as content)
+        self._shown_chars = 0  # answer text handed out
 
-    def take(self, token: int, logits: Any = None) -> tuple[str, str]:
-        """The reasoning and the answer text ``token`` makes safe to show (``logits``:
-        the row it was sampled from, when not the context's last); sets
-        :attr:`hit_stop` at a stop string."""
+    def take(self, token: int, logits: Any = None) -> tuple[str, str, tuple[TokenLogprob, ...]]:
+        """What ``token`` makes safe to show (``logits``: the row it was sampled from,
+        when not the context's last): reasoning, answer text and the entries of the
+        tokens they complete; sets :attr:`hit_stop` at a stop string."""
         data = self.rt.token_bytes(token)
         text = self.decoder.decode(data)
         if self.chat.logprobs is not None:
@@ -81,7 +82,8 @@ class Transcript:
             self.entries.append(entry)
             self._pending.append((self._decoded, entry))
         self.n_out += 1
-        return self._scan(text)
+        thought, piece = self._scan(text)
+        return thought, piece, self._shown(piece)
 
     def _scan(self, text: str, *, final: bool = False) -> tuple[str, str]:
         split = self.splitter.finish() if final else self.splitter.feed(text)
@@ -91,14 +93,15 @@ class Transcript:
             piece, self.hit_stop = self.scanner.feed(split.content)
         return split.reasoning, piece
 
-    def shown(self, piece: str, thought: str = "") -> tuple[TokenLogprob, ...]:
-        """``thought`` and ``piece`` go out: the entries of the tokens they complete."""
+    def _shown(self, piece: str) -> tuple[TokenLogprob, ...]:
+        """``piece`` (and what the splitter settled) goes out: the entries of the tokens it completes."""
         if piece:
             self.shown_text.append(piece)
+            self._shown_chars += len(piece)
         if not self._pending:
             return ()
         # the decoded text settled before the answer (the thought, its markers) and the answer shown
-        self._released = self.splitter.consumed - self._fed + len("".join(self.shown_text))
+        self._released = self.splitter.consumed - self._fed + self._shown_chars
         out = []
         while self._pending and self._pending[0][0] <= self._released:
             out.append(self._pending.popleft()[1])

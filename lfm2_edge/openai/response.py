@@ -34,8 +34,9 @@ __all__ = [
 def message_body(result: ChatResult) -> dict[str, Any]:
     # refusal: required (nullable) in OpenAI's ChatCompletionResponseMessage; this model never refuses by API
     message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-    if result.reasoning is not None:
-        message["reasoning_content"] = result.reasoning
+    reasoning = getattr(result, "reasoning", None)
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if result.tool_calls:
         message["content"] = result.text or None
         message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
