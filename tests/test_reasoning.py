@@ -376,6 +376,17 @@ def test_openai_reasoning_content_whole_and_streamed(served) -> None:
                 content.append(choice.delta.content)
     assert len(reasoning) > 1  # streamed as it came, not in one piece at the end
     assert ("".join(reasoning), "".join(content)) == (whole.reasoning, whole.text)
+    # logprobs: the thought's tokens come with the reasoning deltas, the answer's with the content
+    before, after = [], []
+    stream = client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, logprobs=True, top_logprobs=1, **options
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            tokens = [e.token for e in (choice.logprobs.content or [])] if choice.logprobs else []
+            (after if after or choice.delta.content else before).extend(tokens)
+    assert "".join(before + after) == f"<think>{whole.reasoning}</think>\n{whole.text}"
+    assert whole.reasoning in "".join(before) and "".join(after).endswith(whole.text)
     # a plain answer carries no reasoning_content
     plain = httpx.post(
         f"{running.url}/v1/chat/completions",
