@@ -440,3 +440,26 @@ def test_ollama_thinking_whole_and_streamed(served) -> None:
         f"{running.url}/api/chat", json={"model": "m", "messages": MESSAGES, "think": "high"}, timeout=30
     )
     assert refused.status_code == 400 and "think" in refused.json()["error"]
+
+
+def test_a_template_that_opens_the_block_makes_the_answer_start_inside_it(tmp_path: Path) -> None:
+    """A generation prompt ending with ``<think>`` (the model writes only the thought's
+    rest and ``</think>``): ``_prepare`` sees it and the engine splits from the start."""
+    from dataclasses import replace
+
+    from lfm2_edge import TextModel
+    from lfm2_edge.testing import make_synthetic_model
+    from lfm2_edge.testing.synthetic import SHAPES
+    from lfm2_edge.testing.templates import CHAT_TEMPLATE
+
+    at = CHAT_TEMPLATE.rindex("{%- endif -%}")
+    opening = CHAT_TEMPLATE[:at] + "{{- '<think>\\n' -}}" + CHAT_TEMPLATE[at:]
+    paths = make_synthetic_model(tmp_path, replace(SHAPES["tiny"], chat_template=opening), quants=[])
+    grammar = 'root ::= [a-z]{2,5} " " [a-z]{2,5} "</think>" "\\n" [a-z]{2,6}'
+    with TextModel(paths["F16"], n_ctx=512) as model:
+        whole = model.chat(PROMPT, grammar=grammar, temperature=0.0, max_tokens=40)
+        assert whole.reasoning is not None and " " in whole.reasoning and whole.text.isalpha()
+        thoughts, pieces = _thought_then_answer(
+            model.chat(PROMPT, stream=True, grammar=grammar, temperature=0.0, max_tokens=40)
+        )
+        assert ("".join(thoughts), "".join(pieces)) == (whole.reasoning, whole.text)
