@@ -1,14 +1,19 @@
 """A thinking model's ``<think>`` block apart from its answer: the splitter on whole
 answers and on streams cut anywhere, a stream's :class:`Thought` pieces, and the real
-pipeline's think-shaped answers (forced by a grammar on the synthetic model)."""
+pipeline's think-shaped answers (forced by a grammar on the synthetic model): the
+library's result and stream, OpenAI's ``reasoning_content`` and Ollama's ``thinking``
+from a real server through the real clients, the CLI's dimmed block."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import random
-from dataclasses import replace
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from lfm2_edge.chat.results import ChatResult, ChatStream, Thought, Timings, Usage
@@ -182,101 +187,279 @@ def test_stream_routes_thoughts_away_from_the_pieces() -> None:
 
 
 # The real pipeline: the synthetic model answers in the shape of a thinking model when a
-# grammar makes it, and the split of its streamed pieces equals the split of its whole text.
+# grammar makes it; the engine splits the block off before anything else reads the text.
 THINKING = 'root ::= "<think>" [a-z]{2,5} " " [a-z]{2,5} "</think>" "\\n" [a-z]{2,6}'
+PROMPT = "Think first."
+OPTIONS: dict[str, Any] = {"grammar": THINKING, "temperature": 0.0, "max_tokens": 40}
 
 
-def test_real_answers_split_the_same_streamed_and_whole(vm) -> None:
-    options = {"grammar": THINKING, "temperature": 0.8, "max_tokens": 40}
+def _thought_then_answer(stream: ChatStream) -> tuple[list[str], list[str]]:
+    """A stream's thoughts (by :attr:`ChatStream.on_thought`) and pieces, checking that
+    every thought came before the first piece."""
+    thoughts: list[str] = []
+    pieces: list[str] = []
+    stream.on_thought = lambda text: (thoughts.append(text), pytest.fail("a thought after a piece") if pieces else None)
+    pieces.extend(stream)
+    return thoughts, pieces
+
+
+def test_the_engine_splits_a_thinking_answer_whole_and_streamed(vm) -> None:
     for seed in range(3):
-        whole = vm.chat("Think first.", seed=seed, **options)
-        split = split_reasoning(whole.text)
-        assert split.reasoning is not None and " " in split.reasoning and split.content.isalpha()
-        splitter = ReasoningSplitter()
-        reasoning = content = ""
-        for piece in vm.chat("Think first.", seed=seed, stream=True, **options):
-            out = splitter.feed(piece)
-            reasoning, content = reasoning + out.reasoning, content + out.content
-        out = splitter.finish()
-        assert (reasoning + out.reasoning, content + out.content) == (split.reasoning, split.content)
+        options = {**OPTIONS, "temperature": 0.8, "seed": seed}
+        whole = vm.chat(PROMPT, **options)
+        assert whole.reasoning is not None and " " in whole.reasoning  # [a-z]+ " " [a-z]+
+        assert whole.text.isalpha()  # the answer alone: no markers, no thought, no newline
+        stream = vm.chat(PROMPT, stream=True, **options)
+        thoughts, pieces = _thought_then_answer(stream)
+        assert thoughts and pieces
+        assert ("".join(thoughts), "".join(pieces)) == (whole.reasoning, whole.text)
+        assert stream.result is not None and (stream.result.reasoning, stream.result.text) == (
+            whole.reasoning,
+            whole.text,
+        )
+        # what the model wrote is the grammar's shape: the split lost nothing but the markers
+        assert whole.usage.completion_tokens > len(whole.text) // 8
+
+
+def test_a_plain_answer_has_no_reasoning(vm) -> None:
+    whole = vm.chat(PROMPT, temperature=0.0, max_tokens=8)
+    assert whole.reasoning is None
+    stream = vm.chat(PROMPT, stream=True, temperature=0.0, max_tokens=8)
+    thoughts, pieces = _thought_then_answer(stream)
+    assert thoughts == [] and "".join(pieces) == whole.text
+
+
+def test_stop_strings_are_the_answers_not_the_thoughts(vm) -> None:
+    """The thought always holds a space, the answer never: a stop of " " does not cut it."""
+    whole = vm.chat(PROMPT, **OPTIONS)
+    stopped = vm.chat(PROMPT, stop=[" "], **OPTIONS)
+    assert (stopped.reasoning, stopped.text, stopped.finish_reason) == (whole.reasoning, whole.text, "stop")
+    # a stop inside the answer still cuts it
+    cut = vm.chat(PROMPT, stop=[whole.text[1:]], **OPTIONS)
+    assert (cut.reasoning, cut.text) == (whole.reasoning, whole.text[:1])
+
+
+def test_logprobs_cover_the_thought_and_the_answer(vm) -> None:
+    whole = vm.chat(PROMPT, logprobs=2, **OPTIONS)
+    assert whole.logprobs is not None and len(whole.logprobs) == whole.usage.completion_tokens
+    stream = vm.chat(PROMPT, stream=True, logprobs=2, **OPTIONS)
+    _thought_then_answer(stream)
+    assert stream.logprobs is not None and [e.token for e in stream.logprobs] == [e.token for e in whole.logprobs]
+
+
+CALL = f'{TOOL_CALL_START}[get_weather(city=\\"Paris\\")]{TOOL_CALL_END}'
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+def test_a_call_written_in_the_thought_is_not_a_call_but_one_after_it_is(vm) -> None:
+    inside = f'root ::= "<think>I could write {CALL} now.</think>" "\\n" [a-z]{{2,6}}'
+    for stream in (False, True):
+        answer = vm.chat(PROMPT, tools=WEATHER, grammar=inside, temperature=0.0, max_tokens=80, stream=stream)
+        if stream:
+            thoughts, pieces = _thought_then_answer(answer)
+            assert "".join(thoughts).startswith("I could write ") and "".join(pieces).isalpha()
+            answer = answer.result
+        assert answer.tool_calls == () and answer.finish_reason == "stop"
+        assert answer.reasoning == f'I could write {TOOL_CALL_START}[get_weather(city="Paris")]{TOOL_CALL_END} now.'
+        assert answer.text.isalpha()
+    after = f'root ::= "<think>" [a-z]{{2,5}} "</think>" "{CALL}"'
+    answer = vm.chat(PROMPT, tools=WEATHER, grammar=after, temperature=0.0, max_tokens=80)
+    assert [(c.name, c.arguments) for c in answer.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert answer.finish_reason == "tool_calls" and answer.reasoning and answer.reasoning.isalpha()
+    assert answer.text == ""
+
+
+def test_an_answer_cut_short_inside_the_thought_is_all_reasoning(vm) -> None:
+    n = next(n for n in range(3, 40) if len(vm.chat(PROMPT, **{**OPTIONS, "max_tokens": n}).reasoning or "") > 1)
+    cut = vm.chat(PROMPT, **{**OPTIONS, "max_tokens": n})
+    assert cut.finish_reason == "length" and cut.text == "" and cut.reasoning
+    stream = vm.chat(PROMPT, stream=True, **{**OPTIONS, "max_tokens": n})
+    thoughts, pieces = _thought_then_answer(stream)
+    assert "".join(thoughts) == cut.reasoning and pieces == []
 
 
 def test_markers() -> None:
     assert (THINK_START, THINK_END) == ("<think>", "</think>")
 
 
-class ThinkingModel:
-    """A real model whose streams come split as the engine splits a thinking model's
-    (``Thought`` pieces first, then the answer, ``result.reasoning`` set): the real
-    pipeline, the real splitter, the real :class:`ChatStream`, for the CLI to draw."""
-
-    def __init__(self, vm) -> None:
-        self.vm, self.model_path, self.device = vm, vm.model_path, "CPU"
-
-    def chat(self, prompt, *, images=(), stream=False, **options):
-        inner = self.vm.chat(prompt, images=list(images), stream=True, **options)
-
-        def steps():
-            splitter = ReasoningSplitter()
-            for piece in [*inner, None]:
-                out = splitter.feed(piece) if piece is not None else splitter.finish()
-                if out.reasoning:
-                    yield Thought(out.reasoning)
-                if out.content:
-                    yield out.content
-            assert inner.result is not None
-            return replace(inner.result, text=splitter.content, reasoning=splitter.reasoning)
-
-        return ChatStream(steps())
-
-
 def test_cli_draws_the_thought_dimmed_on_stderr_and_the_answer_alone_on_stdout(vm, capsys) -> None:
     from lfm2_edge.cli.answer import answer_once
 
-    model = ThinkingModel(vm)
-    options = {"grammar": THINKING, "temperature": 0.0, "max_tokens": 40}
-    whole = split_reasoning(vm.chat("Think first.", **options).text)
-    assert whole.reasoning and whole.content
+    whole = vm.chat(PROMPT, **OPTIONS)
+    assert whole.reasoning and whole.text
 
-    assert answer_once(model, "thinker", "Think first.", [], options, False) == 0
+    assert answer_once(vm, "thinker", PROMPT, [], OPTIONS, False) == 0
     out, err = capsys.readouterr()
-    assert out == whole.content + "\n"  # stdout: the answer alone
+    assert out == whole.text + "\n"  # stdout: the answer alone
     assert err == f"Thinking...\n{whole.reasoning}\n...done thinking.\n\n"  # not a terminal: no escape codes
 
-    assert answer_once(model, "thinker", "Think first.", [], options, False, hide_thinking=True) == 0
+    assert answer_once(vm, "thinker", PROMPT, [], OPTIONS, False, hide_thinking=True) == 0
     out, err = capsys.readouterr()
-    assert out == whole.content + "\n" and whole.reasoning not in err and "Thinking" not in err
+    assert out == whole.text + "\n" and whole.reasoning not in err and "Thinking" not in err
 
-    assert answer_once(model, "thinker", "Think first.", [], options, True) == 0
+    assert answer_once(vm, "thinker", PROMPT, [], OPTIONS, True) == 0
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert (data["text"], data["reasoning"]) == (whole.content, whole.reasoning) and err == ""
+    assert (data["text"], data["reasoning"]) == (whole.text, whole.reasoning) and err == ""
 
 
 def test_cli_answer_cut_short_inside_the_thought_closes_the_block(vm, capsys) -> None:
     from lfm2_edge.cli.answer import answer_once
 
-    options: dict[str, object] = {"grammar": THINKING, "temperature": 0.0}
-    # the fewest tokens that open the block and think a little, never closing it
-    n = next(n for n in range(2, 40) if len(vm.chat("Think first.", max_tokens=n, **options).text) > len("<think>") + 1)
-    cut = vm.chat("Think first.", max_tokens=n, **options).text
-    assert THINK_END not in cut
-    assert answer_once(ThinkingModel(vm), "thinker", "Think first.", [], {**options, "max_tokens": n}, False) == 0
+    n = next(n for n in range(3, 40) if len(vm.chat(PROMPT, **{**OPTIONS, "max_tokens": n}).reasoning or "") > 1)
+    cut = vm.chat(PROMPT, **{**OPTIONS, "max_tokens": n})
+    assert answer_once(vm, "thinker", PROMPT, [], {**OPTIONS, "max_tokens": n}, False) == 0
     out, err = capsys.readouterr()
     assert out == "\n"  # no answer: it was all thought
-    assert err == f"Thinking...\n{split_reasoning(cut).reasoning}\n...done thinking.\n\n"
+    assert err == f"Thinking...\n{cut.reasoning}\n...done thinking.\n\n"
 
 
 def test_a_session_passes_the_thought_on_and_keeps_only_the_answer(vm) -> None:
     from lfm2_edge.chat.session import ChatSession
 
-    options = {"grammar": THINKING, "temperature": 0.0, "max_tokens": 40}
-    whole = split_reasoning(vm.chat("Think first.", **options).text)
-    session = ChatSession(ThinkingModel(vm))
-    stream = session.send("Think first.", stream=True, **options)
+    whole = vm.chat(PROMPT, **OPTIONS)
+    session = ChatSession(vm)
+    stream = session.send(PROMPT, stream=True, **OPTIONS)
     seen: list[str] = []
     stream.on_thought = seen.append
-    assert "".join(stream) == whole.content
+    assert "".join(stream) == whole.text
     assert "".join(seen) == whole.reasoning
     assert stream.result is not None and stream.result.reasoning == whole.reasoning
-    assert session.messages[-1] == {"role": "assistant", "content": whole.content}  # the thought is not history
+    assert session.messages[-1] == {"role": "assistant", "content": whole.text}  # the thought is not history
+
+
+# -- the server: OpenAI's reasoning_content, Ollama's thinking, through the real clients --
+
+
+@pytest.fixture(scope="module")
+def served(tiny: dict[str, Path]) -> Iterator[tuple[Any, Any]]:
+    from lfm2_edge import VisionModel
+    from lfm2_edge.server.config import ServerConfig
+    from tests.helpers import start_server
+
+    model = VisionModel(tiny["F16"], tiny["mmproj"], n_ctx=2048, n_seq_max=2)
+    running = start_server([model], ServerConfig(model_names=["m"]))
+    yield model, running
+    running.stop()
+    model.close()
+
+
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+def test_openai_reasoning_content_whole_and_streamed(served) -> None:
+    from openai import OpenAI
+
+    model, running = served
+    whole = model.chat(PROMPT, **OPTIONS)
+    client = OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+    options = {"temperature": 0.0, "max_tokens": 40, "extra_body": {"grammar": THINKING}}
+    message = client.chat.completions.create(model="m", messages=MESSAGES, **options).choices[0].message
+    assert message.content == whole.text
+    assert (message.model_extra or {}).get("reasoning_content") == whole.reasoning
+    reasoning, content = [], []
+    for chunk in client.chat.completions.create(model="m", messages=MESSAGES, stream=True, **options):
+        for choice in chunk.choices:
+            delta = choice.delta.model_extra or {}
+            if delta.get("reasoning_content"):
+                assert not content, "reasoning after content"
+                reasoning.append(delta["reasoning_content"])
+            if choice.delta.content:
+                content.append(choice.delta.content)
+    assert len(reasoning) > 1  # streamed as it came, not in one piece at the end
+    assert ("".join(reasoning), "".join(content)) == (whole.reasoning, whole.text)
+    # logprobs: the thought's tokens come with the reasoning deltas, the answer's with the content
+    before, after = [], []
+    stream = client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, logprobs=True, top_logprobs=1, **options
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            tokens = [e.token for e in (choice.logprobs.content or [])] if choice.logprobs else []
+            (after if after or choice.delta.content else before).extend(tokens)
+    assert "".join(before + after) == f"<think>{whole.reasoning}</think>\n{whole.text}"
+    assert whole.reasoning in "".join(before) and "".join(after).endswith(whole.text)
+    # a plain answer carries no reasoning_content
+    plain = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": "m", "messages": MESSAGES, "max_tokens": 4, "temperature": 0},
+        timeout=60,
+    ).json()
+    assert "reasoning_content" not in plain["choices"][0]["message"]
+
+
+def test_a_remote_model_reads_reasoning_content_back(served) -> None:
+    from lfm2_edge.openai.client import RemoteModel
+
+    model, running = served
+    whole = model.chat(PROMPT, **OPTIONS)
+    with RemoteModel(f"{running.url}/v1", model="m") as remote:
+        result = remote.chat(PROMPT, **OPTIONS)
+        assert (result.reasoning, result.text) == (whole.reasoning, whole.text)
+        thoughts, pieces = _thought_then_answer(remote.chat(PROMPT, stream=True, **OPTIONS))
+        assert ("".join(thoughts), "".join(pieces)) == (whole.reasoning, whole.text)
+
+
+def test_ollama_thinking_whole_and_streamed(served) -> None:
+    ollama = pytest.importorskip("ollama")
+    model, running = served
+    whole = model.chat(PROMPT, **OPTIONS)
+    client = ollama.Client(host=running.url)
+    options = {"grammar": THINKING, "temperature": 0, "num_predict": 40}
+    answer = client.chat(model="m", messages=MESSAGES, options=options)
+    assert (answer.message.thinking, answer.message.content) == (whole.reasoning, whole.text)
+    thinking, content = [], []
+    for chunk in client.chat(model="m", messages=MESSAGES, options=options, stream=True):
+        if chunk.message.thinking:
+            assert not content, "thinking after content"
+            thinking.append(chunk.message.thinking)
+        if chunk.message.content:
+            content.append(chunk.message.content)
+    assert len(thinking) > 1 and ("".join(thinking), "".join(content)) == (whole.reasoning, whole.text)
+    # think false: the reasoning is left out, and never lands in the content
+    hidden = client.chat(model="m", messages=MESSAGES, options=options, think=False)
+    assert (hidden.message.thinking, hidden.message.content) == (None, whole.text)
+    chunks = list(client.chat(model="m", messages=MESSAGES, options=options, think=False, stream=True))
+    assert all(not c.message.thinking for c in chunks) and "".join(c.message.content for c in chunks) == whole.text
+    # /api/generate: thinking beside the response
+    generated = client.generate(model="m", prompt=PROMPT, options=options)
+    assert (generated.thinking, generated.response) == (whole.reasoning, whole.text)
+    parts = list(client.generate(model="m", prompt=PROMPT, options=options, stream=True))
+    assert "".join(p.thinking or "" for p in parts) == whole.reasoning
+    assert "".join(p.response for p in parts) == whole.text
+    # an effort level is gpt-oss's, refused with Ollama's error shape
+    refused = httpx.post(
+        f"{running.url}/api/chat", json={"model": "m", "messages": MESSAGES, "think": "high"}, timeout=30
+    )
+    assert refused.status_code == 400 and "think" in refused.json()["error"]
+
+
+def test_a_template_that_opens_the_block_makes_the_answer_start_inside_it(tmp_path: Path) -> None:
+    """A generation prompt ending with ``<think>`` (the model writes only the thought's
+    rest and ``</think>``): ``_prepare`` sees it and the engine splits from the start."""
+    from dataclasses import replace
+
+    from lfm2_edge import TextModel
+    from lfm2_edge.testing import make_synthetic_model
+    from lfm2_edge.testing.synthetic import SHAPES
+    from lfm2_edge.testing.templates import CHAT_TEMPLATE
+
+    at = CHAT_TEMPLATE.rindex("{%- endif -%}")
+    opening = CHAT_TEMPLATE[:at] + "{{- '<think>\\n' -}}" + CHAT_TEMPLATE[at:]
+    paths = make_synthetic_model(tmp_path, replace(SHAPES["tiny"], chat_template=opening), quants=[])
+    grammar = 'root ::= [a-z]{2,5} " " [a-z]{2,5} "</think>" "\\n" [a-z]{2,6}'
+    with TextModel(paths["F16"], n_ctx=512) as model:
+        whole = model.chat(PROMPT, grammar=grammar, temperature=0.0, max_tokens=40)
+        assert whole.reasoning is not None and " " in whole.reasoning and whole.text.isalpha()
+        thoughts, pieces = _thought_then_answer(
+            model.chat(PROMPT, stream=True, grammar=grammar, temperature=0.0, max_tokens=40)
+        )
+        assert ("".join(thoughts), "".join(pieces)) == (whole.reasoning, whole.text)

@@ -3,10 +3,10 @@
 Ollama writers of ``serve``).
 
 An answer is zero or more :class:`Reasoning` events (a thinking model's thought, all
-before the first piece), then :class:`Logprobs` / :class:`Piece` events (only when it
-streams), then exactly one of :class:`Done` (the :class:`ChatResult`, its tool calls
-parsed once), :class:`Failed` or :class:`Cancelled`. A piece's tokens' log-probabilities
-come just before it. The pieces of a finished answer join to its ``result.text``: text
+before the first piece; only when it streams), then :class:`Logprobs` / :class:`Piece`
+events (only when it streams), then exactly one of :class:`Done` (the :class:`ChatResult`, its tool calls
+parsed once), :class:`Failed` or :class:`Cancelled`. A piece's (or a thought's) tokens'
+log-probabilities come just before it. The pieces of a finished answer join to its ``result.text``: text
 that turned out to be a tool call, a stop string or markup is never a piece.
 """
 
@@ -17,7 +17,7 @@ from typing import Union
 
 from lfm2_edge.chat.results import ChatResult, TokenLogprob
 
-__all__ = ["Cancelled", "Done", "Event", "Failed", "Logprobs", "Piece", "Reasoning"]
+__all__ = ["Cancelled", "Done", "Event", "Failed", "Logprobs", "Piece", "Reasoning", "Streamed"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class Cancelled:
     """The request was cancelled (its client went away); it has no result."""
 
 
-# Reasoning joins this union when the engine sends it (server/admission.py's yield type with it)
-Event = Union[Piece, Logprobs, Done, Failed, Cancelled]
+Event = Union[Reasoning, Piece, Logprobs, Done, Failed, Cancelled]
+# what a front end is handed (the server's admission raises a failure, and ends on a cancel)
+Streamed = Union[Reasoning, Piece, Logprobs, Done]
 END_EVENTS = (Done, Failed, Cancelled)

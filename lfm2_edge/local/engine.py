@@ -12,8 +12,8 @@ every step decodes one token for every generating sequence in a single
 strings, tool calls and grammars stay per job (each has its own
 :class:`~lfm2_edge._llama.sampler.Sampler` and :class:`Transcript`).
 
-A job hears of its answer through typed events (:mod:`lfm2_edge.chat.events`): pieces
-(only when it streams), then one :class:`Done`, :class:`Failed` or :class:`Cancelled`.
+A job hears of its answer through typed events (:mod:`lfm2_edge.chat.events`): thoughts
+and pieces (only when it streams), then one :class:`Done`, :class:`Failed` or :class:`Cancelled`.
 :meth:`Job.stop` ends it with its partial result (a library stream closed, or ended by
 a newer chat); :attr:`Job.cancel` ends it without one (its client went away).
 
@@ -42,7 +42,7 @@ from lfm2_edge._llama.context import Runtime
 from lfm2_edge._llama.projector import PromptChunks
 from lfm2_edge._llama.sampler import Sampler
 from lfm2_edge._llama.state import SavedState
-from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
+from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece, Reasoning
 from lfm2_edge.chat.results import Timings, Usage
 from lfm2_edge.errors import ContextOverflowError, ModelClosedError
 from lfm2_edge.local.transcript import PreparedChat, Transcript
@@ -371,9 +371,7 @@ class Engine:
         if rt.is_end(token):
             self._finish(job)
             return
-        piece = out.take(token, logits)
-        if piece:
-            self._send(job, piece, out.shown(piece))
+        self._send(job, *out.take(token, logits))
         if out.hit_stop:
             self._finish(job)
         elif out.n_out >= job.chat.params.max_tokens or job.pos + 1 >= rt.n_ctx_seq:
@@ -382,12 +380,14 @@ class Engine:
             job.pending = token
 
     @staticmethod
-    def _send(job: Job, piece: str, entries: tuple[Any, ...]) -> None:
-        """Send ``piece``, after the logprobs of the tokens it completes (when asked for)."""
+    def _send(job: Job, thought: str, piece: str, entries: tuple[Any, ...]) -> None:
+        """Send ``thought`` and ``piece``, after the logprobs of the tokens they complete (when asked for)."""
         if not job.stream:
             return
         if entries:
             job.on_event(Logprobs(entries))
+        if thought:
+            job.on_event(Reasoning(thought))
         if piece:
             job.on_event(Piece(piece))
 
@@ -432,7 +432,7 @@ class Engine:
         if out.n_out == 0:
             job.t_first = t_end
         t_admit = job.t_admit or t_end
-        tail, rest, result = out.finish(
+        thought, tail, rest, result = out.finish(
             finish,
             Usage(
                 job.n_prompt, job.n_image_tokens, out.n_out, cached_tokens=job.cached_tokens, image_encodes=job.encodes
@@ -446,5 +446,5 @@ class Engine:
             ),
         )
         if not stopped:  # whoever stopped it takes no more pieces
-            self._send(job, tail, rest)
+            self._send(job, thought, tail, rest)
         return Done(result)

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from lfm2_edge._llama.caches import StateCache
 from lfm2_edge._llama.context import Runtime
 from lfm2_edge.chat.contract import ChatCall, ChatModel
-from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
+from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece, Reasoning
 from lfm2_edge.chat.images import load_image
 from lfm2_edge.chat.messages import Message, conversation_images
-from lfm2_edge.chat.results import ChatResult, ChatStream, StreamClosed, Timings, TokenLogprob, Usage
+from lfm2_edge.chat.results import ChatResult, ChatStream, StreamClosed, Thought, Timings, TokenLogprob, Usage
 from lfm2_edge.chat.sampling import Sampling
 from lfm2_edge.errors import ContextOverflowError, ModelClosedError, ModelFileError
 from lfm2_edge.hub.catalog import DEFAULT_TEXT_SYSTEM_PROMPT, DEFAULT_VL_SYSTEM_PROMPT, TEXT_SAMPLING, VL_SAMPLING
@@ -41,6 +41,7 @@ from lfm2_edge.local.loading import LoadOptions, Pretrained
 from lfm2_edge.local.placement import choose_gpu_layers
 from lfm2_edge.local.transcript import PreparedChat
 from lfm2_edge.prompt.chatml import render_prompt
+from lfm2_edge.prompt.reasoning import prompt_opens_thinking
 from lfm2_edge.prompt.template import template_of
 from lfm2_edge.prompt.tools import tool_plan
 
@@ -223,11 +224,11 @@ class _LocalModel(ChatModel, Pretrained):
         try:
             while True:
                 event = events.get()
-                if isinstance(event, Piece):
+                if isinstance(event, (Piece, Reasoning)):
                     if job.stopping.is_set():  # ended by a newer chat or close(): nothing more
                         continue
                     try:
-                        yield event.text
+                        yield event.text if isinstance(event, Piece) else Thought(event.text)
                     except StreamClosed:
                         stopped = True
                         job.stop()
@@ -284,7 +285,7 @@ class _LocalModel(ChatModel, Pretrained):
         prompt = render_prompt(
             messages, system_prompt=self.system_prompt, tools=plan.functions, chat_template=self.chat_template
         )
-        return PreparedChat(prompt, loaded, call.params, plan, call.logprobs)
+        return PreparedChat(prompt, loaded, call.params, plan, call.logprobs, prompt_opens_thinking(prompt))
 
     def _check_lower_bound(self, messages: Sequence[Message]) -> None:
         """Refuse a conversation that cannot fit, before rendering or tokenizing it.

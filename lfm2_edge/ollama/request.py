@@ -11,9 +11,16 @@ is sized when ``serve`` loads the model; options lfm2-edge has no sampler for
 (``mirostat``, ``typical_p``, ``tfs_z``, ``repeat_last_n``, ...) are accepted and have no
 effect, as in Ollama's own engine for options it lacks.
 
-One option is lfm2-edge's own: ``options.tool_choice`` ("auto", "none", "required" or a
-tool's name) forces a call as OpenAI's ``tool_choice`` does; Ollama has no such field,
-and clients pass unknown options through unchanged.
+Two options are lfm2-edge's own: ``options.tool_choice`` ("auto", "none", "required" or a
+tool's name) forces a call as OpenAI's ``tool_choice`` does, and ``options.grammar`` (GBNF
+text, llama-server's ``grammar``) constrains the answer; Ollama has no such fields, and
+clients pass unknown options through unchanged.
+
+``think``: a thinking model's reasoning comes in ``thinking`` (the message's, in
+``/api/chat``) unless ``think`` is false, as Ollama's does; LFM2's templates have no
+switch that stops the model from thinking, so ``false`` leaves the reasoning out of the
+answer (never in ``content``). Ollama's effort levels ("high", ...) are gpt-oss's and
+refused.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ _OPTIONS = {
     "frequency_penalty": "frequency_penalty",
     "repeat_penalty": "repetition_penalty",
     "num_predict": "max_tokens",
+    "grammar": "grammar",  # lfm2-edge's own
 }
 _RENAMED = {f"'{v}'": f"'options.{k}'" for k, v in _OPTIONS.items()}
 
@@ -53,6 +61,7 @@ class OllamaRequest:
     model: str  # as the client named it
     stream: bool
     keep_alive: Any = None
+    think: bool | None = None  # False: leave a thinking model's reasoning out
 
 
 def resolve_model(name: Any, limits: RequestLimits) -> str:
@@ -128,8 +137,8 @@ def _common(body: Mapping[str, Any], limits: RequestLimits) -> tuple[dict[str, A
         raise ApiError(400, "stream must be true or false")
     chat["stream"] = stream
     think = body.get("think")
-    if think not in (None, False):
-        raise ApiError(400, f'"{body.get("model")}" does not support thinking')
+    if think is not None and not isinstance(think, bool):
+        raise ApiError(400, f"think must be true or false, not {think!r}")
     options = body.get("options") or {}
     if not isinstance(options, Mapping):
         raise ApiError(400, "options must be an object")
@@ -180,7 +189,7 @@ def parse_chat(body: Any, limits: RequestLimits) -> OllamaRequest:
         if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
             raise ApiError(400, "tools must be a list of function tools")
         chat["tools"] = [{"type": t.get("type") or "function", "function": t.get("function")} for t in tools]
-    return OllamaRequest(_check(chat, limits), body["model"], stream, keep_alive)
+    return OllamaRequest(_check(chat, limits), body["model"], stream, keep_alive, body.get("think"))
 
 
 def parse_generate(body: Any, limits: RequestLimits) -> OllamaRequest:
@@ -210,4 +219,4 @@ def parse_generate(body: Any, limits: RequestLimits) -> OllamaRequest:
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": [*images, {"type": "text", "text": prompt or ""}]})
     chat["messages"] = messages
-    return OllamaRequest(_check(chat, limits), body["model"], stream, body.get("keep_alive"))
+    return OllamaRequest(_check(chat, limits), body["model"], stream, body.get("keep_alive"), body.get("think"))

@@ -62,9 +62,13 @@ def final_fields(result: ChatResult | None, total_ns: int) -> dict[str, Any]:
 
 
 def chat_chunk(model: str, content: str, **extra: Any) -> dict[str, Any]:
-    """An ``/api/chat`` chunk (or whole answer): ``extra`` holds ``tool_calls`` (into the
-    message) and the final fields."""
+    """An ``/api/chat`` chunk (or whole answer): ``extra`` holds ``thinking`` (a thinking
+    model's reasoning, into the message, as Ollama's), ``tool_calls`` (into the message)
+    and the final fields."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    thinking = extra.pop("thinking", None)
+    if thinking:
+        message["thinking"] = thinking
     if extra.get("tool_calls"):
         message["tool_calls"] = extra.pop("tool_calls")
     extra.pop("tool_calls", None)
@@ -72,4 +76,8 @@ def chat_chunk(model: str, content: str, **extra: Any) -> dict[str, Any]:
 
 
 def generate_chunk(model: str, response: str, **extra: Any) -> dict[str, Any]:
+    """An ``/api/generate`` chunk: ``extra`` holds ``thinking`` (beside ``response``, as
+    Ollama's) and the final fields."""
+    if not extra.get("thinking"):
+        extra.pop("thinking", None)
     return {"model": model, "created_at": now(), "response": response, "done": False, **extra}

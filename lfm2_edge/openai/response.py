@@ -1,6 +1,12 @@
 """Chat-completions responses: the completion and chunk bodies (message, usage,
 logprobs), SSE framing (:func:`sse`, :data:`SSE_DONE`, :class:`ChunkEvents`), and
-:class:`StreamReader`, which turns the chunks back into a :class:`ChatResult`."""
+:class:`StreamReader`, which turns the chunks back into a :class:`ChatResult`.
+
+A thinking model's reasoning is ``reasoning_content``, beside ``content``: in the
+message of a whole answer, in the deltas of a stream (all before the first content
+delta), as vLLM's reasoning parsers and llama-server send it. The reader also takes
+vLLM's newer name, ``reasoning``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lfm2_edge.chat.results import ChatResult, FinishReason, Timings, TokenLogprob, ToolCall, Usage
+from lfm2_edge.chat.results import ChatResult, FinishReason, Thought, Timings, TokenLogprob, ToolCall, Usage
 from lfm2_edge.errors import RemoteError
 
 __all__ = [
@@ -28,6 +34,9 @@ __all__ = [
 def message_body(result: ChatResult) -> dict[str, Any]:
     # refusal: required (nullable) in OpenAI's ChatCompletionResponseMessage; this model never refuses by API
     message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    reasoning = getattr(result, "reasoning", None)
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if result.tool_calls:
         message["content"] = result.text or None
         message["tool_calls"] = [c.to_openai() for c in result.tool_calls]
@@ -179,10 +188,12 @@ class StreamReader:
         self.finish: FinishReason = "stop"
         self.usage: dict[str, Any] = {}
         self.calls: dict[int, dict[str, str]] = {}
+        self.reasoning: list[str] | None = None  # the reasoning deltas, once one came
         self.done = False
 
     def feed_line(self, line: str) -> str | None:
-        """One line of the stream; returns the content it carries, if any."""
+        """One line of the stream; returns the content it carries, if any, else its
+        reasoning as a :class:`Thought`."""
         if not line.startswith("data:"):
             return None
         data = line[5:].strip()
@@ -194,7 +205,7 @@ class StreamReader:
             error = chunk["error"]
             raise RemoteError(f"{self.base_url}: {error.get('message', error) if isinstance(error, dict) else error}")
         self.usage = chunk.get("usage") or self.usage
-        out = []
+        out, thought = [], []
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             for call in delta.get("tool_calls") or []:
@@ -205,14 +216,19 @@ class StreamReader:
                 slot["arguments"] += fn.get("arguments") or ""
             if self.logprobs is not None:
                 self.logprobs.extend(_entries(choice.get("logprobs")))
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                thought.append(reasoning)
             if delta.get("content"):
                 out.append(delta["content"])
             if choice.get("finish_reason") in ("stop", "length", "tool_calls"):
                 self.finish = choice["finish_reason"]
+        if thought:
+            self.reasoning = [*(self.reasoning or ()), *thought]
         piece = "".join(out)
         if piece:
             self.text.append(piece)
-        return piece or None
+        return piece or (Thought("".join(thought)) if thought else None)
 
     def result(self, timings: Timings) -> ChatResult:
         details = self.usage.get("prompt_tokens_details") or {}
@@ -231,6 +247,7 @@ class StreamReader:
             ),
             timings=timings,
             logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
+            reasoning="".join(self.reasoning) if self.reasoning is not None else None,
         )
 
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lfm2_edge.chat.events import Done, Logprobs, Piece
+from lfm2_edge.chat.events import Done, Piece, Streamed
 from lfm2_edge.chat.results import ChatResult
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.openai import ApiError, ChatRequest, RequestLimits, logprobs_body, parse_chat_request
@@ -275,8 +275,8 @@ def response_body(
 
 
 async def events(
-    source: AsyncIterator[Piece | Logprobs | Done],
-    first: Piece | Logprobs | Done,
+    source: AsyncIterator[Streamed],
+    first: Streamed,
     req: ResponsesRequest,
     response_id: str,
     to_error: Callable[[Exception], ApiError],

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Logprobs, Piece
+from lfm2_edge.chat.events import Cancelled, Done, Event, Failed, Streamed
 from lfm2_edge.chat.results import ChatResult
 from lfm2_edge.local.engine import Job
 from lfm2_edge.openai import ApiError, ChatRequest
@@ -107,9 +107,9 @@ class Admission:
         for observer in self.observers:
             observer(outcome, result)
 
-    async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[Piece | Logprobs | Done]:
-        """Yield the answer's :class:`Piece` and :class:`Logprobs` events (with
-        ``request.stream``), then its :class:`Done`; a failure raises. Setting
+    async def run(self, ticket: Ticket, request: ChatRequest) -> AsyncIterator[Streamed]:
+        """Yield the answer's :class:`Reasoning`, :class:`Piece` and :class:`Logprobs`
+        events (with ``request.stream``), then its :class:`Done`; a failure raises. Setting
         ``ticket.cancel`` (or closing the iterator) stops the request: a queued one
         never reaches a sequence, a running one frees its sequence at the next step.
         The ticket is released once its sequence is free again."""

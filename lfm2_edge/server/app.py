@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lfm2_edge.chat.events import Done, Logprobs, Piece
+from lfm2_edge.chat.events import Done, Logprobs, Piece, Reasoning, Streamed
 from lfm2_edge.chat.images import load_image
 from lfm2_edge.chat.video import video_frames
 from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError
@@ -270,7 +270,7 @@ def create_app(
 
     async def start(
         request: Request, parse: Callable[[Any], ChatRequest]
-    ) -> tuple[ChatRequest, AsyncIterator[Piece | Logprobs | Done], Piece | Logprobs | Done] | JSONResponse:
+    ) -> tuple[ChatRequest, AsyncIterator[Streamed], Streamed] | JSONResponse:
         """Admit, read, check and start a request: its first event (every event, when it
         does not stream), or the error answer; errors before the first token are plain 4xx."""
         try:
@@ -278,7 +278,7 @@ def create_app(
         except ApiError as err:
             return error_response(err)
         watcher: asyncio.Task[None] | None = None
-        events: AsyncIterator[Piece | Logprobs | Done] | None = None
+        events: AsyncIterator[Streamed] | None = None
         req: ChatRequest | None = None
         try:
             req = parse(parse_json_body(await _read_body(request, config.max_body_bytes)))
@@ -360,15 +360,16 @@ def as_api_error(exc: Exception, req: ChatRequest | None, config: ServerConfig) 
 
 
 async def _sse(
-    events: AsyncIterator[Piece | Logprobs | Done],
-    first: Piece | Logprobs | Done,
+    events: AsyncIterator[Streamed],
+    first: Streamed,
     req: ChatRequest,
     completion_id: str,
     config: ServerConfig,
 ) -> AsyncIterator[bytes]:
-    """The chat-completions stream of an answer's events: its pieces as content deltas
-    (each after the logprobs of its tokens, when asked for), then the tool calls the
-    done event carries, the finish reason and the usage."""
+    """The chat-completions stream of an answer's events: a thinking answer's reasoning
+    as ``reasoning_content`` deltas, its pieces as content deltas (each after the
+    logprobs of its tokens, when asked for), then the tool calls the done event carries,
+    the finish reason and the usage."""
     wants_logprobs = req.options.get("logprobs") is not None
     pending: list[Any] = []  # logprobs of tokens whose text is not sent yet
 
@@ -387,6 +388,8 @@ async def _sse(
                 pending.extend(event.entries)
             elif isinstance(event, Piece):
                 yield chunk({"content": event.text}) if wants_logprobs else out.content(event.text)
+            elif isinstance(event, Reasoning):
+                yield chunk({"reasoning_content": event.text})
             else:
                 result = event.result
                 if result.tool_calls:

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gguf import LlamaFileType
 
 from lfm2_edge import __version__
-from lfm2_edge.chat.events import Done, Logprobs, Piece
+from lfm2_edge.chat.events import Done, Piece, Reasoning, Streamed
 from lfm2_edge.errors import Lfm2EdgeError
 from lfm2_edge.hub.gguf import read_summary
 from lfm2_edge.ollama import (
@@ -169,7 +169,7 @@ def router(serving: Serving) -> APIRouter:
         except ApiError as err:
             return _error(err)
         watcher: asyncio.Task[None] | None = None
-        events: AsyncIterator[Piece | Logprobs | Done] | None = None
+        events: AsyncIterator[Streamed] | None = None
         req: OllamaRequest | None = None
         try:
             req = parse(parse_json_body(await serving.read_body(request, config.max_body_bytes)))
@@ -197,7 +197,10 @@ def router(serving: Serving) -> APIRouter:
             assert isinstance(first, Done)
             result = first.result
             fields = final_fields(result, time.perf_counter_ns() - started)
-            return JSONResponse(chunk(req.model, result.text, tool_calls=tool_calls(result), **fields))
+            thinking = result.reasoning if req.think is not False else None
+            return JSONResponse(
+                chunk(req.model, result.text, thinking=thinking, tool_calls=tool_calls(result), **fields)
+            )
         return StreamingResponse(_ndjson(events, first, req, chunk, started, serving), media_type=NDJSON)
 
     @api.post("/api/chat")
@@ -283,20 +286,24 @@ def _generate_chunk(model: str, text: str, **extra: Any) -> dict[str, Any]:
 
 
 async def _ndjson(
-    events: AsyncIterator[Piece | Logprobs | Done],
-    first: Piece | Logprobs | Done,
+    events: AsyncIterator[Streamed],
+    first: Streamed,
     req: OllamaRequest,
     chunk: Callable[..., dict[str, Any]],
     started: int,
     serving: Serving,
 ) -> AsyncIterator[bytes]:
-    """The NDJSON stream of an answer: a chunk per piece, a chunk with the tool calls
-    (as Ollama sends them), then the final chunk with the figures."""
+    """The NDJSON stream of an answer: a chunk per thought (``thinking``, unless
+    ``think`` is false) and per piece, a chunk with the tool calls (as Ollama sends
+    them), then the final chunk with the figures."""
     try:
         event = first
         while True:
             if isinstance(event, Piece):
                 yield line(chunk(req.model, event.text))
+            elif isinstance(event, Reasoning):
+                if req.think is not False:
+                    yield line(chunk(req.model, "", thinking=event.text))
             elif isinstance(event, Done):
                 result = event.result
                 if result.tool_calls:

@@ -141,9 +141,9 @@ def test_errors_are_ollamas(client: Any, served: Running) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         client.chat(model="nope", messages=HI)
     assert missing.value.status_code == 404 and missing.value.error == "model 'nope' not found"
-    with pytest.raises(ollama.ResponseError) as thinking:
-        client.chat(model="m", messages=HI, think=True)
-    assert thinking.value.status_code == 400 and "does not support thinking" in thinking.value.error
+    # think is accepted (a thinking answer is in tests/test_reasoning.py); this answer does not think
+    thought = client.chat(model="m", messages=HI, think=True, options={"num_predict": 3, "temperature": 0})
+    assert thought.message.thinking is None and thought.done
     bad = httpx.post(f"{served.url}/api/chat", json={"model": "m", "messages": HI, "options": {"temperature": "hot"}})
     assert bad.status_code == 400 and bad.json() == {"error": "'options.temperature' must be a number"}
     raw = httpx.post(f"{served.url}/api/generate", json={"model": "m", "prompt": "x", "raw": True})
