@@ -4,8 +4,8 @@
 
 Each configuration runs in a fresh child process (so that the OpenMP environment is read
 anew, and so that the default threads are chosen at load, with the busy processes
-already running), interleaved with the others round by round, so that a change in the
-machine's other load shifts every configuration alike. Configurations:
+already running), interleaved with the others round by round (the order rotated each
+round), so that a change in the machine's other load shifts every configuration alike. Configurations:
 
 * ``default``: no ``--threads`` (lfm2-edge's policy: the cores others leave free);
 * ``threads1``: ``n_threads=1``;
@@ -108,8 +108,11 @@ def condition(
     try:
         time.sleep(1.0 if busy else 0.0)  # let the scheduler and /proc/stat see them
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+        names = list(configs)
         for r in range(repeat):
-            for name, (threads, env) in configs.items():
+            # rotated each round: no configuration always runs first (after a lull) or last
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                threads, env = configs[name]
                 result = _run(model, threads, env, decode)
                 runs[name].append(result)
                 print(f"busy={busy} round {r + 1}/{repeat} {name}: {result}", file=sys.stderr, flush=True)
