@@ -9,8 +9,9 @@ the same images, prompt, max tokens (greedy) and threads; `lfm2-edge batch` and 
 (`--slots 1`) run as child processes whose RSS is sampled, and images/s is taken over the
 answering (the summary's seconds, model load excluded); llama-server's wall time runs from
 the first request to the last answer (its load is excluded too). The RSS of `batch` is
-read when its output holds 100 lines and at the end (the "within 10 %" check for
---images 1000). llama-server comes from scripts/build_llama_server.sh.
+its peak over the first 100 answers and over the whole run (the "within 10 %" check for
+--images 1000; a sample taken as the process ends would see the model freed).
+llama-server comes from scripts/build_llama_server.sh.
 """
 
 from __future__ import annotations
@@ -72,14 +73,15 @@ def run_batch(args: argparse.Namespace, folder: Path, slots: int) -> dict[str, A
     if args.mmproj:
         cmd += ["--mmproj", args.mmproj]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = at_100 = 0.0
+    peak = at_100 = 0.0  # the peak RSS over the whole run, and over its first 100 answers
     while proc.poll() is None:
         rss = rss_mib(proc.pid)
         peak = max(peak, rss)
-        if not at_100 and out.exists() and out.read_bytes().count(b"\n") >= 100:
-            at_100 = rss
+        done = out.read_bytes().count(b"\n") if out.exists() else 0
+        if done <= 100:
+            at_100 = max(at_100, rss)
         time.sleep(0.2)
-    end = peak if not out.exists() else rss_mib(proc.pid) or peak
+    end = peak
     summary = json.loads(proc.stdout.read() if proc.stdout else "{}")
     return {
         "slots": slots,
