@@ -122,19 +122,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`lfm2-edge serve` on the tiny model in its own process, as model "m"; yields (process, url)."""
+def serve_cli(*args: str, start_s: float = 60) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`lfm2-edge serve ARGS` in its own process on a free port, once /health answers;
+    yields (process, url) and stops it after."""
     port = free_port()
-    args = ["serve", str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--port", str(port), "--served-model-name", "m"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lfm2_edge.cli", *args, *extra],
+        [sys.executable, "-m", "lfm2_edge.cli", "serve", *args, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_s
         while True:
             try:
                 if httpx.get(f"{url}/health").status_code == 200:
@@ -148,6 +148,13 @@ def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
+
+
+@contextmanager
+def cli_server(tiny: dict[str, Path], *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`lfm2-edge serve` on the tiny model in its own process, as model "m"; yields (process, url)."""
+    with serve_cli(str(tiny["F16"]), "--mmproj", str(tiny["mmproj"]), "--served-model-name", "m", *extra) as out:
+        yield out
 
 
 def png_claiming(width: int, height: int) -> bytes:

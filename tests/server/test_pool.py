@@ -21,7 +21,7 @@ import pytest
 
 from lfm2_edge.server.pool import FOREVER, parse_duration
 from lfm2_edge.testing import make_synthetic_model
-from tests.helpers import data_uri, free_port
+from tests.helpers import data_uri, free_port, serve_cli
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 
@@ -45,24 +45,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @contextmanager
 def serving(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "lfm2_edge.cli", "serve", *args, "--port", str(port), "--slots", "2", "--ctx", "1024"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        yield proc, url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with serve_cli(*args, "--slots", "2", "--ctx", "1024", start_s=90) as out:
+        yield out
 
 
 def rss(proc: subprocess.Popen[str]) -> int:
