@@ -14,6 +14,7 @@ another's decoding (each model has its own engines, slots and caches).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import math
 import re
 import threading
@@ -320,6 +321,19 @@ class Pool:
 def _close(models: list[Any]) -> None:
     for model in models:
         model.close()
+    _trim()
+
+
+def _trim() -> None:
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``): a model's
+    CPU buffers are freed into malloc's arenas, which glibc keeps for later allocations
+    once its mmap threshold has risen, so an unloaded model would not lower the RSS."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: macOS, musl
+        return
+    trim(0)
 
 
 async def _wait(future: asyncio.Future[None], cancel: threading.Event | None) -> None:
