@@ -50,7 +50,8 @@ def write_video(path: Path, seconds: float, scene_s: float | None, size: tuple[i
         return path
     rng = np.random.default_rng(0)
     w, h = size
-    with av.open(str(path), "w") as out:
+    part = path.with_name(path.name + ".part.mp4")  # renamed when whole: a killed run leaves no video to reuse
+    with av.open(str(part), "w") as out:
         stream = out.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "ultrafast"}
@@ -65,6 +66,7 @@ def write_video(path: Path, seconds: float, scene_s: float | None, size: tuple[i
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    part.replace(path)
     return path
 
 
