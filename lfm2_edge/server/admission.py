@@ -35,7 +35,7 @@ class Ticket:
         self.cancel = threading.Event()
         self.outcome = "failed"  # served, cancelled or failed
         self.result: ChatResult | None = None
-        self.keep_alive: float | str | None = "default"  # the model's keep-alive after this request
+        self.keep_alive: float | None = admission.pool.keep_alive  # the model's keep-alive after this request
         self._released = False
 
     def release(self) -> None:
@@ -118,7 +118,7 @@ class Admission:
         cancel = ticket.cancel
         served = self.pool.find(request.model)
         try:
-            load_ms = await self.pool.acquire(served, cancel)
+            load_ms = await self.pool.acquire(served, ticket.keep_alive, cancel)
         except BaseException:
             ticket.release()
             raise
@@ -135,7 +135,7 @@ class Admission:
                 ticket.outcome, ticket.result = "served", event.result
             else:
                 ticket.outcome = "cancelled" if isinstance(event, Cancelled) else "failed"
-            self.pool.release(served, ticket.keep_alive)
+            self.pool.release(served)
             ticket.release()
             events.put_nowait(event)
 
@@ -149,7 +149,7 @@ class Admission:
             call = model.check_call(request.messages, **request.options)
             chat = await asyncio.to_thread(model.prepare, call)
         except BaseException:
-            self.pool.release(served, ticket.keep_alive)
+            self.pool.release(served)
             ticket.release()
             raise
         job = Job(chat, on_event, stream=request.stream, limit=request.max_tokens, cancel=cancel)

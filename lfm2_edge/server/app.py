@@ -239,7 +239,7 @@ def create_app(
         """llama-server's router: load a model now (its keep-alive starts at once)."""
         try:
             served = await named_model(request)
-            await pool.acquire(served)
+            await pool.acquire(served, pool.keep_alive)
         except ApiError as err:
             return error_response(err)
         pool.release(served)

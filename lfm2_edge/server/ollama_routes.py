@@ -69,23 +69,21 @@ def _error(err: ApiError) -> JSONResponse:
     return JSONResponse(error_body(err.message), status_code=err.status)
 
 
-def _keep_alive(value: Any) -> float | str | None:
-    """A request's ``keep_alive`` in seconds (:data:`FOREVER` for -1), or the server's
-    ``"default"`` when it sends none; a 400 for what is not a duration."""
-    if value is None:
-        return "default"
+def _keep_alive(value: Any) -> float | None:
+    """A request's ``keep_alive`` in seconds (:data:`FOREVER` for -1); a 400 for what is
+    not a duration."""
     try:
         return parse_duration(value)
     except ValueError as exc:
         raise ApiError(400, f"keep_alive must be {exc}") from None
 
 
-def _expires(served: Served, keep: float | None) -> str:
+def _expires(served: Served) -> str:
     """When ``served`` unloads, as Ollama's /api/ps says it: idle, when its keep-alive
-    runs out; in use, ``keep`` (the server's keep-alive) after now."""
+    runs out; in use, its keep-alive after now."""
     at = served.expires
-    if at is None and served.active and keep is not None:  # None: FOREVER
-        at = time.time() + keep
+    if at is None and served.active and served.keep is not None:  # None: FOREVER
+        at = time.time() + served.keep
     if at is None:
         return _FOREVER
     return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -145,17 +143,15 @@ def router(serving: Serving) -> APIRouter:
         return {"name": listed, "model": listed, "size": f["size"], "digest": f["digest"], "details": f["details"],
                 **extra}  # fmt: skip
 
-    async def load_or_unload(req: OllamaRequest, keep: float | str | None) -> str:
-        """A request with nothing to answer: load the model, or unload it (keep_alive 0)."""
+    async def load_or_unload(req: OllamaRequest, keep: float | None) -> str:
+        """A request with nothing to answer: load the model, or unload it (keep_alive 0;
+        a model answering others unloads when they are done)."""
         served = pool.find(resolve_model(req.model, config))
         if keep == 0 and served.load is not None:
-            if served.active == 0:
-                await pool.unload(served)
-            else:  # answering others: it unloads when they are done
-                served.keep = 0
+            await pool.unload_when_idle(served)
             return "unload"
-        await pool.acquire(served)
-        pool.release(served, keep)
+        await pool.acquire(served, keep)
+        pool.release(served)
         return "load"
 
     async def answer(
@@ -173,7 +169,8 @@ def router(serving: Serving) -> APIRouter:
         req: OllamaRequest | None = None
         try:
             req = parse(parse_json_body(await serving.read_body(request, config.max_body_bytes)))
-            ticket.keep_alive = _keep_alive(req.keep_alive)
+            if req.keep_alive is not None:
+                ticket.keep_alive = _keep_alive(req.keep_alive)
             if req.chat is None:  # loads the model, or unloads it
                 done = await load_or_unload(req, ticket.keep_alive)
                 ticket.outcome = "served"
@@ -266,7 +263,7 @@ def router(serving: Serving) -> APIRouter:
             listed.append(
                 entry(
                     served,
-                    expires_at=_expires(served, pool.keep_alive),
+                    expires_at=_expires(served),
                     size_vram=size if gpu else 0,
                     context_length=served.models[0].n_ctx_per_seq,
                 )

@@ -97,7 +97,7 @@ class Served:
     active: int = 0  # requests that hold it: waiting for its load, queued on or running on its engines
     used: float = 0.0  # monotonic time a request last ended (least recently used goes first)
     expires: float | None = None  # wall-clock time it unloads while idle (None: it stays)
-    keep: float | None = FOREVER  # the keep-alive the last request asked for
+    keep: float | None = FOREVER  # its keep-alive once idle: the latest request's, as Ollama's scheduler
     loads: int = 0
     load_ms: float = 0.0  # the last load's time
     error: str | None = None  # why the last load failed
@@ -154,11 +154,23 @@ class Pool:
         that a broken file fails at start); its keep-alive starts now."""
         assert served.load is not None
         started = time.perf_counter()
-        served.models, served.state = served.load(), "loaded"
-        served.loads += 1
-        served.load_ms = (time.perf_counter() - started) * 1000
+        self._set_loaded(served, served.load(), started)
         served.keep = self.keep_alive
         served.expires = None if self.keep_alive is None else time.time() + self.keep_alive
+
+    def _set_loaded(self, served: Served, models: list[Any], started: float) -> None:
+        with self._lock:
+            served.models, served.state = models, "loaded"
+        served.loads += 1
+        served.load_ms = (time.perf_counter() - started) * 1000
+        served.error = None
+
+    def _take(self, served: Served) -> list[Any]:
+        """Mark ``served`` unloaded; its replicas, for the caller to close."""
+        with self._lock:
+            models, served.models, served.state = served.models, [], "unloaded"
+        served.expires = None
+        return models
 
     @property
     def names(self) -> list[str]:
@@ -188,12 +200,15 @@ class Pool:
 
     # -- a request's hold on a model --------------------------------------------------
 
-    async def acquire(self, served: Served, cancel: threading.Event | None = None) -> float:
+    async def acquire(self, served: Served, keep_alive: float | None, cancel: threading.Event | None = None) -> float:
         """Hold ``served`` for a request, loading it first when it is not loaded (and
-        making room for it); the milliseconds the request waited for that. A failed
-        load raises a 503 that says why; ``cancel`` set while waiting raises a 499."""
+        making room for it); the milliseconds the request waited for that. The request's
+        ``keep_alive`` (seconds, :data:`FOREVER`; the pool's :attr:`keep_alive` for a
+        request that names none) becomes the model's: it starts when no request holds it.
+        A failed load raises a 503 that says why; ``cancel`` set while waiting raises a 499."""
         served.active += 1
         served.expires = None
+        served.keep = keep_alive
         if served.loaded:
             return 0.0
         started = time.perf_counter()
@@ -203,17 +218,13 @@ class Pool:
                     served._loading = asyncio.ensure_future(self._load(served))
                 await _wait(asyncio.shield(served._loading), cancel)
         except BaseException:
-            self._let_go(served)
+            self.release(served)
             raise
         return (time.perf_counter() - started) * 1000
 
-    def release(self, served: Served, keep_alive: float | str | None = "default") -> None:
-        """A request is done with ``served``; its keep-alive (seconds, :data:`FOREVER`,
-        or the server's ``"default"``) starts when no other request holds it."""
-        served.keep = self.keep_alive if keep_alive == "default" else keep_alive  # type: ignore[assignment]
-        self._let_go(served)
-
-    def _let_go(self, served: Served) -> None:
+    def release(self, served: Served) -> None:
+        """A request is done with ``served``; its keep-alive starts when no other request
+        holds it (at once for 0)."""
         served.active -= 1
         served.used = time.monotonic()
         if served.active == 0 and served.loaded and served.load is not None:
@@ -241,11 +252,7 @@ class Pool:
                 raise ApiError(
                     503, f"model {served.name!r} could not be loaded: {served.error}", type="server_error"
                 ) from None
-            with self._lock:
-                served.models, served.state = models, "loaded"
-            served.loads += 1
-            served.load_ms = (time.perf_counter() - started) * 1000
-            served.error = None
+            self._set_loaded(served, models, started)
         finally:
             served._loading = None
             self._wake()
@@ -272,13 +279,17 @@ class Pool:
         """Unload ``served`` now if it is loaded and no request holds it; whether it did."""
         if not served.loaded or served.active or served.load is None:
             return False
-        with self._lock:
-            models, served.models, served.state = served.models, [], "unloaded"
-        served.expires = None
-        await asyncio.to_thread(_close, models)
+        await asyncio.to_thread(_close, self._take(served))
         self.unloads += 1
         self._wake()
         return True
+
+    async def unload_when_idle(self, served: Served) -> bool:
+        """Unload ``served`` now, or as the last request that holds it ends (Ollama's
+        ``keep_alive`` 0 on a model in use; a request that comes later sets its own);
+        whether it unloaded now."""
+        served.keep = 0
+        return await self.unload(served)
 
     def expire(self) -> None:
         """Schedule the unload of every idle model whose keep-alive has run out."""
@@ -299,9 +310,7 @@ class Pool:
         """Unload every model this pool loaded (a model given loaded is its owner's)."""
         for served in self.served:
             if served.load is not None and served.models:
-                with self._lock:
-                    models, served.models, served.state = served.models, [], "unloaded"
-                await asyncio.to_thread(_close, models)
+                await asyncio.to_thread(_close, self._take(served))
 
     # -- what the endpoints report ---------------------------------------------------
 

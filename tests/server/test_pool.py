@@ -188,6 +188,27 @@ def test_load_and_unload_by_hand_as_llama_server_and_ollama_do(pair: dict[str, P
         assert bad.status_code == 400 and "keep_alive" in bad.json()["error"]
 
 
+def test_keep_alive_0_sent_while_the_model_answers_unloads_it_when_the_answer_ends(pair: dict[str, Path]) -> None:
+    # As Ollama's scheduler: the unload waits for the request in flight, whose own
+    # keep-alive (the server's hour) does not undo it.
+    with serving(str(pair["vl"]), "--keep-alive", "1h") as (_, url):
+        chat(url, "vl-F16")
+        health = lambda: httpx.get(f"{url}/health").json()["models"][0]["status"]  # noqa: E731
+        assert health()["expires_at"] is not None  # idle: an hour from now
+        answered: list[dict[str, Any]] = []
+        big = {"type": "image_url", "image_url": {"url": data_uri(5, (512, 512))}}
+        messages = [{"role": "user", "content": [big, {"type": "text", "text": "What is it?"}]}]
+        worker = threading.Thread(target=lambda: answered.append(chat(url, "vl-F16", messages=messages, max_tokens=64)))
+        worker.start()
+        wait_for(lambda: health()["expires_at"] is None, timeout=30)  # held by the request
+        answer = httpx.post(f"{url}/api/generate", json={"model": "vl-F16", "keep_alive": 0}).json()
+        assert answer["done_reason"] == "unload"
+        assert states(url) == {"vl-F16": "loaded"}  # still answering
+        worker.join(timeout=120)
+        assert answered and answered[0]["choices"][0]["message"]["content"] is not None
+        wait_for(lambda: states(url) == {"vl-F16": "unloaded"}, timeout=5)
+
+
 def test_serve_refuses_what_cannot_be_served_together(pair: dict[str, Path], tmp_path: Path) -> None:
     twin = tmp_path / "text-F16.gguf"
     shutil.copy(pair["text"], twin)
