@@ -17,7 +17,7 @@ Every name is importable from here (``from lfm2_edge.openai import ...``).
 from __future__ import annotations
 
 from lfm2_edge.openai.errors import ERROR_CODES as ERROR_CODES
-from lfm2_edge.openai.errors import ApiError, api_error, error_from_response, overflow_error
+from lfm2_edge.openai.errors import ApiError, api_error, error_from_response, model_not_found, overflow_error
 from lfm2_edge.openai.request import LOGIT_BIAS_RANGE as LOGIT_BIAS_RANGE
 from lfm2_edge.openai.request import MAX_JSON_DEPTH as MAX_JSON_DEPTH
 from lfm2_edge.openai.request import ROLES as ROLES
@@ -49,6 +49,7 @@ __all__ = [
     "error_from_response",
     "image_url_of",
     "logprobs_body",
+    "model_not_found",
     "overflow_error",
     "parse_chat_request",
     "request_body",

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from lfm2_edge.errors import ContextOverflowError, ImageError, Lfm2EdgeError, RemoteError
 
-__all__ = ["ERROR_CODES", "ApiError", "api_error", "error_from_response", "overflow_error"]
+__all__ = ["ERROR_CODES", "ApiError", "api_error", "error_from_response", "model_not_found", "overflow_error"]
 
 # The one table between lfm2-edge's typed errors and OpenAI error codes (both directions).
 ERROR_CODES: tuple[tuple[type[Lfm2EdgeError], str], ...] = (
@@ -54,6 +55,16 @@ def error_from_response(base_url: str, status: int, content: bytes) -> Lfm2EdgeE
     text = f"{base_url} answered {status}: {message}"
     cls = next((cls for cls, c in ERROR_CODES if c == code), RemoteError)
     return cls(text)
+
+
+def model_not_found(model: str, served: Sequence[str]) -> ApiError:
+    """The 404 for a request that names a model this server does not serve."""
+    return ApiError(
+        404,
+        f"model {model!r} is not served here; this server serves {', '.join(served)}",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def overflow_error(n_ctx: int, prompt: int, completion: int) -> ApiError:

@@ -12,7 +12,7 @@ from typing import Any
 from lfm2_edge.chat.messages import ROLES, image_url_of
 from lfm2_edge.chat.sampling import Sampling
 from lfm2_edge.chat.video import DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_FRAMES
-from lfm2_edge.openai.errors import ApiError
+from lfm2_edge.openai.errors import ApiError, model_not_found
 
 __all__ = [
     "ChatRequest",
@@ -111,13 +111,7 @@ def parse_chat_request(body: Any, limits: RequestLimits) -> ChatRequest:
         raise ApiError(400, "the request body must be a JSON object")
     model = body.get("model", limits.model_names[0])
     if model not in limits.model_names:
-        served = ", ".join(limits.model_names)
-        raise ApiError(
-            404,
-            f"model {model!r} is not served here; this server serves {served}",
-            code="model_not_found",
-            param="model",
-        )
+        raise model_not_found(model, limits.model_names)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")

@@ -214,16 +214,10 @@ def create_app(
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> Any:
-        if model_id not in config.model_names:
-            served = ", ".join(config.model_names)
-            return error_response(
-                ApiError(
-                    404,
-                    f"model {model_id!r} is not served here; this server serves {served}",
-                    code="model_not_found",
-                    param="model",
-                )
-            )
+        try:
+            pool.find(model_id)
+        except ApiError as err:
+            return error_response(err)
         return model_card(model_id)
 
     async def named_model(request: Request) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 from lfm2_edge.local.device import ram_here
 from lfm2_edge.local.doctor import RUNTIME_BYTES, estimate_memory, reserve_bytes
-from lfm2_edge.openai import ApiError
+from lfm2_edge.openai import ApiError, model_not_found
 
 __all__ = ["FOREVER", "Pool", "Served", "default_budget", "parse_duration", "size_of"]
 
@@ -180,7 +180,7 @@ class Pool:
     def find(self, name: str) -> Served:
         served = self._by_name.get(name)
         if served is None:
-            raise ApiError(404, f"model {name!r} is not served here", code="model_not_found", param="model")
+            raise model_not_found(name, self.names)
         return served
 
     def replicas(self) -> list[Any]:
