@@ -8,8 +8,8 @@ engine ``serve`` drives); two instances in one process do not share state.
 One conversation at a time per model (a context of one sequence, unless ``n_seq_max``
 gave it more): threads calling :meth:`chat` without ``stream`` wait their turn and each
 gets its own whole answer. A new :meth:`chat` ends an unfinished stream of the same
-model: that stream yields nothing more and its ``result`` holds the text so far
-(``finish_reason`` ``"stop"``). :meth:`close` ends any stream the same way, makes a
+model: that stream yields nothing more and its ``result`` holds the text the engine
+had generated (``finish_reason`` ``"stop"`` when it was cut short). :meth:`close` ends any stream the same way, makes a
 ``chat()`` in progress raise :class:`~lfm2_edge.errors.ModelClosedError`, and frees
 llama.cpp's memory; afterwards every call that needs the model raises it too.
 """
@@ -250,8 +250,9 @@ class _LocalModel(ChatModel, Pretrained):
 
     def _end_streams(self) -> None:
         """End the unfinished library streams, when the engine has no sequence to spare
-        for a new chat (with one sequence: always)."""
-        if self.engine.busy >= self.engine.n_slots:
+        for a new chat (with one sequence: always, even when the engine has finished a
+        stream's answer and only its reader has not)."""
+        if self.engine.n_slots == 1 or self.engine.busy >= self.engine.n_slots:
             for job in list(self._streams):
                 job.stop()
 
