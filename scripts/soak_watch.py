@@ -27,18 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_batch import rss_mib  # scripts/ is on the path when run as a script
+
 PROMPT = "Describe what you see in one short sentence."
 COLORS = [(200, 30, 30), (30, 40, 200), (240, 240, 240), (30, 160, 40), (10, 10, 10), (220, 210, 40)]
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def feed(sink: Any, seconds: float, fps: float, stop: threading.Event) -> int:
@@ -104,7 +96,7 @@ def main() -> int:
     try:
         while proc.poll() is None:
             rss = rss_mib(proc.pid)
-            if rss is not None and feeder.is_alive():
+            if rss > 0 and feeder.is_alive():  # 0: the process has gone
                 samples.append((round((time.monotonic() - start) / 60, 2), round(rss, 1)))
             time.sleep(args.sample_s)
     except KeyboardInterrupt:
