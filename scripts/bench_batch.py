@@ -74,14 +74,15 @@ def run_batch(args: argparse.Namespace, folder: Path, slots: int) -> dict[str, A
         cmd += ["--mmproj", args.mmproj]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = at_100 = 0.0  # the peak RSS over the whole run, and over its first 100 answers
+    first_100 = True  # the output is read only until it holds 100 answers
     while proc.poll() is None:
         rss = rss_mib(proc.pid)
         peak = max(peak, rss)
-        done = out.read_bytes().count(b"\n") if out.exists() else 0
-        if done <= 100:
-            at_100 = max(at_100, rss)
+        if first_100:
+            first_100 = (out.read_bytes().count(b"\n") if out.exists() else 0) <= 100
+            if first_100:
+                at_100 = max(at_100, rss)
         time.sleep(0.2)
-    end = peak
     summary = json.loads(proc.stdout.read() if proc.stdout else "{}")
     return {
         "slots": slots,
@@ -90,7 +91,7 @@ def run_batch(args: argparse.Namespace, folder: Path, slots: int) -> dict[str, A
         "answered": summary.get("answered"),
         "peak_rss_mib": round(peak, 1),
         "rss_at_100_mib": round(at_100, 1),
-        "rss_at_end_mib": round(end, 1),
+        "rss_at_end_mib": round(peak, 1),
     }
 
 

@@ -5,7 +5,7 @@ moves every frame and a scene change every 10 s) and written, paced in real time
 ``lfm2-edge watch MODEL - --min-change 0`` (the CLI in a process of its own, frames on
 stdin: every frame the model has time for). Its VmRSS is read every --sample-s seconds.
 The RSS is "flat" when every sample after the warm-up (--warmup-min: the first answers,
-caches and allocator arenas filling) stays within ±5 % of the warm-up's last sample.
+while the caches fill) stays within ±5 % of the warm-up's last sample.
 
     python scripts/soak_watch.py MODEL.gguf --mmproj MMPROJ.gguf --threads 2 \\
         --minutes 30 --out soak_watch.json

@@ -9,9 +9,10 @@ One conversation at a time per model (a context of one sequence, unless ``n_seq_
 gave it more): threads calling :meth:`chat` without ``stream`` wait their turn and each
 gets its own whole answer. A new :meth:`chat` ends an unfinished stream of the same
 model: that stream yields nothing more and its ``result`` holds the text the engine
-had generated (``finish_reason`` ``"stop"`` when it was cut short). :meth:`close` ends any stream the same way, makes a
-``chat()`` in progress raise :class:`~lfm2_edge.errors.ModelClosedError`, and frees
-llama.cpp's memory; afterwards every call that needs the model raises it too.
+had generated (``finish_reason`` ``"stop"`` when it was cut short). :meth:`close` ends
+any stream the same way, makes a ``chat()`` in progress raise
+:class:`~lfm2_edge.errors.ModelClosedError`, and frees llama.cpp's memory; afterwards
+every call that needs the model raises it too.
 """
 
 from __future__ import annotations
