@@ -60,6 +60,15 @@ else
 		$(PIP_PROGRESS) $(BIN)/pip install "$(LLAMA_CPP_PYTHON)"
 endif
 	PIP_LOG=$(VENV)/pip-install.log $(PIP_PROGRESS) $(BIN)/pip install -e '.[dev]'
+# pip's wheel cache hands back the first llama-cpp-python it built, whatever the flags are
+# now (a wheel from before NO_AMX, or from another CPU): one that would crash here is
+# dropped from the cache and built again, with the flags above.
+	@$(BIN)/python scripts/check_llama_build.py || { \
+		echo "rebuilding $(LLAMA_CPP_PYTHON) for this CPU: pip's cached wheel does not fit it"; \
+		$(BIN)/pip cache remove llama_cpp_python || true; \
+		$(NO_AMX) CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
+			$(PIP_PROGRESS) $(BIN)/pip install --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)" && \
+		$(BIN)/python scripts/check_llama_build.py; }
 
 # tests/server/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.
 browser:

@@ -137,8 +137,9 @@ def _prefill(rt: Runtime, seqs: Sequences, text: str, seq: int) -> int:
 def test_short_conv_and_kv_state_stay_in_their_sequence(tiny: dict[str, Path], quant: str) -> None:
     """Sequence 0's logits, decoded in a batch of 3, are bit-for-bit the same whatever the
     other two sequences hold: nothing of theirs (KV cells, conv state) reaches it. And
-    equal to decoding alone: exactly for Q8_0 / Q4_0; F16 rows differ by float rounding
-    only (ggml's F16 matmul takes another kernel for more than one row)."""
+    equal to decoding alone: exactly for Q8_0 / Q4_0; F16 rows differ by F16 rounding
+    only (ggml's F16 matmul takes another kernel for more than one row), within 2**-8 of the
+    largest logit."""
     steps = [5, 6, 7, 8, 9, 10]
     runs = []
     for others in (["what is the weather", "x"], ["a much longer question about the sea and the sky", "hi"]):
@@ -163,7 +164,10 @@ def test_short_conv_and_kv_state_stay_in_their_sequence(tiny: dict[str, Path], q
     seqs.close()
     rt.close()
     diff = max(float(np.abs(a - b).max()) for a, b in zip(alone, runs[0], strict=True))
-    assert diff == 0.0 if quant != "F16" else diff < 1e-3
+    # F16: the rows of a batch go through F16 activations (a unit roundoff of 2**-11), one row
+    # through another kernel; measured 2.4e-3 on logits of magnitude 3.2 (AVX2), 2**-8 of it bounds that.
+    scale = max(float(np.abs(b).max()) for b in runs[0])
+    assert diff == 0.0 if quant != "F16" else diff < 2**-8 * scale
 
 
 def test_a_cancelled_request_frees_its_sequence(batched: Any) -> None:
