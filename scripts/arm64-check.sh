@@ -2,13 +2,17 @@
 # lfm2-edge on arm64 (Raspberry Pi 4 and Pi 5), checked on an x86-64 Debian machine under emulation.
 #
 #   sudo scripts/arm64-check.sh [--work DIR] [--jobs N] [--suite fast|full|smoke|none] [--suite-libs pi4|pi5]
-#                               [--stages LIST] [--redo LIST] [--x86-python PY] [-- PYTEST ARGS]
+#                               [--stages LIST] [--redo LIST] [--x86-python PY] [--ci] [-- PYTEST ARGS]
+#
+# --ci: the part that fits CI (no arm64 root, no Python under emulation): stages host, build, models, cgreedy.
 #
 # Stages (each one idempotent; the slow ones leave a stamp in WORK/stamps and are skipped on a rerun,
 # --redo STAGE runs one again; every stage's output goes to WORK/logs/STAGE.log, its time to
 # WORK/logs/times.tsv):
 #   host     Debian packages: debootstrap, qemu-user-static, binfmt-support, the aarch64 cross gcc/g++, cmake
-#   root     an arm64 Debian bookworm root (debootstrap --arch=arm64 --foreign, second stage under qemu)
+#            (apt runs only for what is missing)
+#   root     an arm64 Debian bookworm root (debootstrap --arch=arm64 --foreign, second stage under qemu, through
+#            binfmt_misc)
 #   build    llama-cpp-python 0.3.36's vendored llama.cpp cross-built twice with aarch64-linux-gnu-gcc:
 #            pi4 = no -march (armv8-a + NEON: runs on every 64-bit Pi), pi5 = -march=armv8.2-a+dotprod+fp16
 #            (Cortex-A76), each packed with llama-cpp-python's Python files as a linux_aarch64 wheel
@@ -16,6 +20,11 @@
 #   install  two virtual environments in the root, /opt/lfm2-pi4 and /opt/lfm2-pi5, each with its llama-cpp-python
 #            wheel, the dependencies and lfm2-edge from this working tree (copied to /src/lfm2-edge; always rerun)
 #   models   the synthetic tiny F16 + Q4_0 pairs and a test image, written on the host (x86)
+#   cgreedy  llama.cpp's own greedy loop (scripts/arm64_greedy.c, its C API only) compiled for x86 against the
+#            .venv's libraries and for aarch64 against each cross-built set, run under qemu-aarch64 on the CPU
+#            of each board: F16 must give the same token ids as x86; and the Pi 5 set's features against a
+#            Cortex-A72's auxv words through lfm2-edge's own CPU check (it must refuse; the loop itself dies
+#            of SIGILL there)
 #   smoke    --version, info, info --json, doctor, doctor --json for each build on the CPU it is for
 #   greedy   a greedy chat with an image on F16 and Q4_0: x86, pi4 libs on a Cortex-A72, pi5 libs on a Cortex-A76,
 #            pi4 libs on a Cortex-A76 (one set of libraries for both boards): F16 must equal x86 everywhere,
@@ -50,6 +59,7 @@ while [ $# -gt 0 ]; do
         --stages) stages=${2//,/ }; shift 2 ;;
         --redo) redo=${2//,/ }; shift 2 ;;
         --x86-python) x86py=$2; shift 2 ;;
+        --ci) stages="host build models cgreedy"; suite=none; shift ;;
         --) shift; suite_args=("$@"); break ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -57,7 +67,13 @@ while [ $# -gt 0 ]; do
 done
 case "$suite" in fast|full|smoke|none) ;; *) echo "error: --suite must be fast, full, smoke or none" >&2; exit 2 ;; esac
 case "$suite_libs" in pi4|pi5) ;; *) echo "error: --suite-libs must be pi4 or pi5" >&2; exit 2 ;; esac
-[ "$(id -u)" = 0 ] || { echo "error: run as root (debootstrap, chroot and binfmt_misc need it)" >&2; exit 2; }
+host_tools=(aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static cmake make)
+has_tools() { local t; for t in "${host_tools[@]}" debootstrap; do command -v "$t" > /dev/null || return 1; done; }
+needs_root=0
+for s in root install smoke greedy memory suite; do [[ " $stages " != *" $s "* ]] || needs_root=1; done
+[[ " $stages " != *" host "* ]] || has_tools || needs_root=1
+[ "$needs_root" = 0 ] || [ "$(id -u)" = 0 ] || {
+    echo "error: run as root (apt for the host packages; debootstrap, chroot and binfmt_misc for the arm64 root)" >&2; exit 2; }
 [ "$(uname -m)" = x86_64 ] || { echo "error: this check runs on an x86-64 host (on a Pi, use make install)" >&2; exit 2; }
 
 LLAMA_CPP_PYTHON=0.3.36
@@ -86,7 +102,10 @@ run_stage() {  # run_stage NAME [stamped]: the stage's function, its output in l
     fi
     say "== $name ($(date -u +%FT%TZ)), log: $logs/$name.log"
     start=$(date +%s)
-    "stage_$name" > "$logs/$name.log" 2>&1 || rc=$?
+    # In the background, so that `set -e` holds inside the stage (bash ignores it in a function
+    # called as `f || ...`, and a failed command would not end the stage).
+    "stage_$name" > "$logs/$name.log" 2>&1 &
+    wait $! || rc=$?
     local secs=$(( $(date +%s) - start ))
     printf '%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$name" "$secs" "$rc" >> "$logs/times.tsv"
     if [ "$rc" != 0 ]; then
@@ -114,18 +133,23 @@ in_root() {  # in_root [ENV=VALUE...] -- COMMAND...
 
 # ---------------------------------------------------------------------------------------------------- stages
 stage_host() {
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends debootstrap qemu-user-static binfmt-support \
-        gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu cmake make python3 python3-venv \
-        ca-certificates
+    if ! has_tools || ! python3 -m venv --help > /dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends debootstrap qemu-user-static binfmt-support \
+            gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu cmake make python3 python3-venv \
+            ca-certificates
+    fi
+    qemu-aarch64-static --version | head -1
+    aarch64-linux-gnu-gcc --version | head -1
+}
+
+binfmt() {  # qemu-aarch64 registered with binfmt_misc: what chroot into the arm64 root needs
     mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 || true
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || systemctl restart systemd-binfmt 2>/dev/null || true
     grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 || { echo "qemu-aarch64 is not registered with binfmt_misc"; return 1; }
     cat /proc/sys/fs/binfmt_misc/qemu-aarch64
-    qemu-aarch64-static --version | head -1
-    aarch64-linux-gnu-gcc --version | head -1
 }
 
 mirror() {  # the Debian mirror this host's apt uses (deb822 or one-line sources)
@@ -137,7 +161,7 @@ mirror() {  # the Debian mirror this host's apt uses (deb822 or one-line sources
 }
 
 stage_root() {
-    mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    binfmt
     local m; m=$(mirror)
     if [ ! -x "$root/usr/bin/python3" ]; then
         rm -rf "$root"
@@ -159,7 +183,7 @@ sdist() {  # llama-cpp-python's sdist, unpacked in WORK/src
     if [ ! -f "$d/CMakeLists.txt" ]; then
         mkdir -p "$work/src"
         [ -f "$work/src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" ] || \
-            "$(hostpy)" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$work/src"
+            "$(hostpy)" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$work/src" >&2
         tar -xzf "$work/src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$work/src"
     fi
     echo "$d"
@@ -192,8 +216,9 @@ stage_build() {
     done
     # The proof that pi4's libraries hold no ARMv8.2 instruction: no sdot/udot (dotprod), no fp16 arithmetic.
     for board in pi4 pi5; do
-        local n
-        n=$(aarch64-linux-gnu-objdump -d "$work/pack/$board/llama_cpp/lib/libggml-cpu.so" | grep -cE '\s(sdot|udot)\s' || true)
+        local n lib="$work/pack/$board/llama_cpp/lib/libggml-cpu.so"
+        [ -f "$lib" ] || { echo "$lib was not built"; return 1; }
+        n=$(aarch64-linux-gnu-objdump -d "$lib" | grep -cE '\s(sdot|udot)\s' || true)
         echo "$board libggml-cpu.so: $n sdot/udot instructions"
         echo "$board: libggml-cpu.so has $n dotprod instructions" >> "$logs/build.result.tmp"
     done
@@ -317,6 +342,68 @@ d.ellipse((60, 40, 200, 180), fill=(230, 200, 40))
 d.rectangle((180, 120, 300, 220), fill=(200, 40, 60))
 im.save(sys.argv[1])
 EOF
+}
+
+# llama.cpp's greedy loop, x86 against aarch64, with no arm64 root: the stage that fits CI.
+stage_cgreedy() {
+    local src; src=$(sdist)
+    local out="$logs/cgreedy" inc=() x86lib failed=0; mkdir -p "$out"; : > "$logs/cgreedy.result"
+    inc=(-I"$src/vendor/llama.cpp/include" -I"$src/vendor/llama.cpp/ggml/include" -I"$src/vendor/llama.cpp/tools/mtmd")
+    x86lib=$("$x86py" -c 'import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / "lib")')
+    local libs=(-lmtmd -lllama -lggml -lggml-base)
+    gcc -O2 -Wall -o "$out/greedy-x86" "$repo/scripts/arm64_greedy.c" "${inc[@]}" -L"$x86lib" "${libs[@]}" -Wl,-rpath,"$x86lib"
+    aarch64-linux-gnu-gcc -O2 -Wall -o "$out/greedy-aarch64" "$repo/scripts/arm64_greedy.c" "${inc[@]}" \
+        -L"$work/pack/pi4/llama_cpp/lib" "${libs[@]}"
+    local m=$root/models/tiny args q where
+    for q in F16 Q4_0; do
+        args=("$m/model-$q.gguf" "$m/mmproj-F16.gguf" "$root/models/picture.png" "Describe this picture." 32)
+        echo "-- $q on x86"; "$out/greedy-x86" "${args[@]}" | tee "$out/$q-x86.txt"
+        for where in pi4@cortex-a72 pi5@cortex-a76 pi4@cortex-a76; do
+            echo "-- $q on $where"; arm "${where%@*}" "${where#*@}" "${args[@]}" | tee "$out/$q-$where.txt"
+        done
+        "$x86py" - "$q" "$out" >> "$logs/cgreedy.result" <<'EOF' || failed=1
+import sys
+q, out = sys.argv[1:]
+runs = ["x86", "pi4@cortex-a72", "pi5@cortex-a76", "pi4@cortex-a76"]
+ids = {w: open(f"{out}/{q}-{w}.txt").read().split("ids:")[1].split() for w in runs}
+ok = all(ids.values())
+for w in runs[1:]:
+    if ids[w] == ids["x86"]:
+        print(f"{q} llama.cpp greedy: {w} gives x86's {len(ids[w])} token ids")
+    else:
+        n = next((i for i, (a, b) in enumerate(zip(ids["x86"], ids[w])) if a != b), min(len(ids["x86"]), len(ids[w])))
+        print(f"{q} llama.cpp greedy: {w} parts from x86 after {n} of {len(ids['x86'])} tokens")
+        ok = ok and q != "F16"  # F16 is the same arithmetic everywhere; Q4_0 runs each CPU's own kernels
+same = ids["pi4@cortex-a72"] == ids["pi4@cortex-a76"]
+print(f"{q} llama.cpp greedy: the Pi 4 set gives {'the same' if same else 'DIFFERENT'} ids on a Cortex-A72 and a Cortex-A76")
+sys.exit(0 if ok and same else 1)
+EOF
+    done
+    # The Pi 5 set on a Pi 4's CPU: llama.cpp's loop dies of SIGILL; lfm2-edge's check, given that set's
+    # features and the Cortex-A72's auxv words (both read under qemu), refuses first.
+    local rc=0
+    arm pi5 cortex-a72 "$m/model-Q4_0.gguf" "$m/mmproj-F16.gguf" "$root/models/picture.png" "Hi" 2 \
+        > "$out/pi5-on-a72.txt" 2>&1 || rc=$?
+    arm pi5 cortex-a72 --probe > "$out/pi5-on-a72-probe.txt"
+    cat "$out/pi5-on-a72-probe.txt"
+    PYTHONPATH="$repo" "$x86py" - "$out/pi5-on-a72-probe.txt" "$rc" >> "$logs/cgreedy.result" <<'EOF' || failed=1
+import sys
+from lfm2_edge._llama import cpu
+text, rc = open(sys.argv[1]).read(), int(sys.argv[2])
+info = text.split("system_info:")[1].split("\n")[0]
+hwcap = tuple(int(x) for x in text.split("hwcap:")[1].split())
+result = cpu.check(system_info=info, machine="aarch64", hwcaps=hwcap)
+print(f"pi5 set on cortex-a72: llama.cpp's loop exits {rc}{' (SIGILL)' if rc == 132 else ''}; "
+      f"lfm2-edge's check: built for {' '.join(result.built_for)}, missing {' '.join(result.missing) or 'nothing'}")
+sys.exit(0 if rc != 0 and "DOTPROD" in result.missing else 1)
+EOF
+    return $failed
+}
+
+arm() {  # arm BOARD CPU ARGS...: the aarch64 greedy loop on BOARD's libraries, on the CPU that qemu models
+    local board=$1 cpu=$2; shift 2
+    QEMU_CPU=$cpu qemu-aarch64-static -L /usr/aarch64-linux-gnu \
+        -E LD_LIBRARY_PATH="$work/pack/$board/llama_cpp/lib" "$logs/cgreedy/greedy-aarch64" "$@"
 }
 
 lfm() {  # lfm BOARD CPU ARGS...: lfm2-edge from BOARD's venv in the root on the CPU that qemu models
@@ -472,6 +559,7 @@ run_stage build stamped
 run_stage wheels stamped
 run_stage install
 run_stage models
+run_stage cgreedy
 run_stage smoke
 run_stage greedy
 run_stage memory
