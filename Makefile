@@ -27,6 +27,8 @@ ifeq ($(shell uname -m),x86_64)
 NO_AMX := CFLAGS="$(CFLAGS) -mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="$(CXXFLAGS) -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 endif
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# The environment of every build of it: the flags above, this backend's, the jobs, the log
+LLAMA_BUILD_ENV = $(NO_AMX) CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log
 # pip is silent for the minutes llama.cpp compiles: this shows progress and a heartbeat
 PIP_PROGRESS := $(PYTHON) scripts/pip_progress.py
 
@@ -53,11 +55,9 @@ install: $(BIN)/python
 	@echo "installing $(LLAMA_CPP_PYTHON) ($(BACKEND)): the first time, pip compiles llama.cpp (see the README for how long)"
 ifneq ($(BACKEND),cpu)
 	# pip caches the CPU wheel; a GPU backend must be built afresh with its flags.
-	$(NO_AMX) CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
-		$(PIP_PROGRESS) $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)"
+	$(LLAMA_BUILD_ENV) $(PIP_PROGRESS) $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)"
 else
-	$(NO_AMX) CMAKE_ARGS="$(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
-		$(PIP_PROGRESS) $(BIN)/pip install "$(LLAMA_CPP_PYTHON)"
+	$(LLAMA_BUILD_ENV) $(PIP_PROGRESS) $(BIN)/pip install "$(LLAMA_CPP_PYTHON)"
 endif
 	PIP_LOG=$(VENV)/pip-install.log $(PIP_PROGRESS) $(BIN)/pip install -e '.[dev]'
 # pip's wheel cache hands back the first llama-cpp-python it built, whatever the flags are
@@ -66,8 +66,7 @@ endif
 	@$(BIN)/python scripts/check_llama_build.py || { \
 		echo "rebuilding $(LLAMA_CPP_PYTHON) for this CPU: pip's cached wheel does not fit it"; \
 		$(BIN)/pip cache remove llama_cpp_python || true; \
-		$(NO_AMX) CMAKE_ARGS="$(CMAKE_ARGS_$(BACKEND)) $(MINIMAL)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) PIP_LOG=$(VENV)/pip-llama.log \
-			$(PIP_PROGRESS) $(BIN)/pip install --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)" && \
+		$(LLAMA_BUILD_ENV) $(PIP_PROGRESS) $(BIN)/pip install --force-reinstall --no-deps "$(LLAMA_CPP_PYTHON)" && \
 		$(BIN)/python scripts/check_llama_build.py; }
 
 # tests/server/web drive Debian's chromium with playwright (from '.[dev]'); never `playwright install`.

@@ -67,8 +67,12 @@ while [ $# -gt 0 ]; do
 done
 case "$suite" in fast|full|smoke|none) ;; *) echo "error: --suite must be fast, full, smoke or none" >&2; exit 2 ;; esac
 case "$suite_libs" in pi4|pi5) ;; *) echo "error: --suite-libs must be pi4 or pi5" >&2; exit 2 ;; esac
-host_tools=(aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static cmake make)
-has_tools() { local t; for t in "${host_tools[@]}" debootstrap; do command -v "$t" > /dev/null || return 1; done; }
+has_tools() {  # the host packages' commands (stage host installs what is missing)
+    local t
+    for t in aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static debootstrap cmake make; do
+        command -v "$t" > /dev/null || return 1
+    done
+}
 needs_root=0
 for s in root install smoke greedy memory suite; do [[ " $stages " != *" $s "* ]] || needs_root=1; done
 [[ " $stages " != *" host "* ]] || has_tools || needs_root=1

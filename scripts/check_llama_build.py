@@ -24,8 +24,8 @@ def main() -> int:
     except CpuMismatchError as e:
         print(f"check_llama_build: {e}", file=sys.stderr)
         return 1
-    built = cpu.check().built_for
-    print(f"check_llama_build: llama.cpp's libraries fit this CPU (built for {' '.join(built) or 'the baseline'})")
+    built = " ".join(cpu.build_features()) or "the baseline"
+    print(f"check_llama_build: llama.cpp's libraries fit this CPU (built for {built})")
     return 0
 
 
