@@ -13,8 +13,9 @@ PACKAGE = Path(lfm2_edge.__file__).parent
 # Modules allowed past 450 lines, each one job and the reason beside it.
 LONG_MODULES: dict[str, int] = {
     # the device report and its memory arithmetic (the board naming is local/device.py),
-    # for one model and for several in one serve (together, keep-alive)
-    "lfm2_edge.local.doctor": 515,
+    # for one model and for several in one serve (together, keep-alive), with or without
+    # llama.cpp's repacked copy (--no-repack)
+    "lfm2_edge.local.doctor": 535,
     # reading an image from every source with its limits, and cutting it as transformers does
     "lfm2_edge.chat.images": 470,
 }

@@ -100,6 +100,14 @@ GpuLayersOpt = Annotated[
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="The GPU device to use (names: `lfm2-edge info`).")]
 MlockOpt = Annotated[bool, typer.Option(help="Lock the weights in RAM (no paging; needs RLIMIT_MEMLOCK).")]
+RepackOpt = Annotated[
+    bool,
+    typer.Option(
+        help="llama.cpp's repacked CPU kernels for Q4_0 (and Q8_0 and the K-quants with dotprod/i8mm): faster, "
+        "with a copy of those weights in RAM. --no-repack: no copy (less RAM; `doctor --no-repack` plans so), "
+        "slower prompts where the CPU repacks.",
+    ),
+]
 # The image-token budget: the same options on chat and serve.
 ImageMinTokensOpt = Annotated[
     Optional[int],
@@ -135,7 +143,14 @@ def _check_image_budget(resolved: Any, min_tokens: int | None, max_tokens: int |
 
 
 def _placement(
-    threads: int | None, gpu_layers: str | None, device: str | None, mlock: bool, ctx: int, verbose: bool
+    threads: int | None,
+    gpu_layers: str | None,
+    device: str | None,
+    mlock: bool,
+    ctx: int,
+    verbose: bool,
+    *,
+    repack: bool = True,
 ) -> dict[str, Any]:
     """VisionModel arguments for where and how a model runs (chat and serve alike)."""
     return {
@@ -143,6 +158,7 @@ def _placement(
         "n_gpu_layers": gpu_layers,  # None: $LFM2_EDGE_GPU_LAYERS, else auto
         "device": device,
         "use_mlock": mlock,
+        "repack": repack,
         "n_ctx": ctx,
         "verbose": verbose,
     }

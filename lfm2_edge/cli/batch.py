@@ -25,6 +25,7 @@ from lfm2_edge.cli._common import (
     MlockOpt,
     MmprojOpt,
     ModelOpt,
+    RepackOpt,
     ThreadsOpt,
     _emit_json,
     _hub,
@@ -96,6 +97,7 @@ def batch(
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
+    repack: RepackOpt = True,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate per item.")] = 256,
     temperature: Annotated[
@@ -182,7 +184,7 @@ def batch(
     )
     loads: dict[str, Any] = {
         k: v for k, v in {"image_min_tokens": min_image_tokens, "image_max_tokens": max_image_tokens}.items() if v
-    }
+    } | {"repack": repack}
     try:
         if ray:
             summary = _run_ray(ref, mmproj, job, writer, opts, ray_address, ray_actors, slots, threads, ctx, loads)
@@ -238,9 +240,8 @@ def _run_local(
             loading.say(f"loading {resolved.ref.display} with {n_slots} slot(s)…")
             vm = lfm2_edge.VisionModel.from_resolved(
                 resolved,
-                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose >= 2),
+                **_placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose >= 2) | loads,
                 n_seq_max=n_slots,
-                **loads,
             )
             if loading.interrupted:
                 vm.close()

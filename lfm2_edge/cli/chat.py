@@ -21,6 +21,7 @@ from lfm2_edge.cli._common import (
     MmprojOpt,
     ModelOpt,
     RefArg,
+    RepackOpt,
     ThreadsOpt,
     _check_image_budget,
     _either,
@@ -54,6 +55,7 @@ def chat(
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
+    repack: RepackOpt = True,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 512,
     temperature: Annotated[
@@ -179,7 +181,7 @@ def chat(
             loading.say(f"loading {label}…")
             vm = VisionModel.from_resolved(
                 resolved,
-                **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2),
+                **_placement(threads, gpu_layers, device, mlock, ctx, verbose >= 2, repack=repack),
                 **overrides,
             )
             if loading.interrupted:  # Ctrl-C while loading: llama.cpp's load cannot stop midway

@@ -11,6 +11,7 @@ from rich.console import Console
 from lfm2_edge.cli._common import (
     MmprojOpt,
     ModelOpt,
+    RepackOpt,
     _emit_json,
     _hub,
     fail,
@@ -45,6 +46,7 @@ def doctor(
         Optional[Path],
         typer.Option("--meminfo", help="That device's /proc/meminfo text (with --cpuinfo).", dir_okay=False),
     ] = None,
+    repack: RepackOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check this device (CPU, SIMD, RAM, GPUs, disk) and recommend the model that fits."""
@@ -79,16 +81,18 @@ def doctor(
     checked: list[dict[str, Any]] = []
     with user_errors():
         for ref in names:
-            one = model_estimate(_hub(), ref, mmproj, ctx, download=measure, cpuinfo=texts.get("cpuinfo"))
-            if measure:  # before system_report: a child inherits the bandwidth probe's peak RSS
+            one = model_estimate(
+                _hub(), ref, mmproj, ctx, download=measure, cpuinfo=texts.get("cpuinfo"), repack=repack
+            )
+            if measure:  # in a child, which measures its own peak (VmHWM)
                 resolved = _hub().resolve(ref, mmproj=mmproj)
                 est_total = one["estimate_mib"]["total"] * 2**20
-                rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx)
+                rss, _ = measure_peak_rss(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=repack)
                 one["measured_peak_rss_mib"] = round(rss / 2**20, 1)
                 one["estimate_error_pct"] = round(100 * (est_total - rss) / rss, 1)
             checked.append(one)
     with user_errors():
-        report = system_report(n_ctx=ctx, **texts)
+        report = system_report(n_ctx=ctx, repack=repack, **texts)
     if len(checked) == 1:
         report["model"] = checked[0]
     elif checked:

@@ -19,6 +19,7 @@ from lfm2_edge.cli._common import (
     MlockOpt,
     MmprojOpt,
     ModelOpt,
+    RepackOpt,
     ThreadsOpt,
     _check_image_budget,
     _hub,
@@ -91,6 +92,7 @@ def serve(
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
+    repack: RepackOpt = True,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens, per slot.")] = 4096,
     keep_alive: Annotated[
         str,
@@ -176,7 +178,7 @@ def serve(
     with user_errors():
         hub = _hub()
         n_slots = slots or default_slots(threads)
-        place = _placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose)
+        place = _placement(threads, gpu_layers, device, mlock, ctx * n_slots, verbose, repack=repack)
         served: list[Served] = []
         wanted: list[str | None] = [*refs] or [None]  # None: the default model
         for one in wanted:

@@ -20,6 +20,7 @@ from lfm2_edge.cli._common import (
     MlockOpt,
     MmprojOpt,
     ModelOpt,
+    RepackOpt,
     ThreadsOpt,
     _hub,
     _model_ref,
@@ -100,6 +101,7 @@ def watch(
     gpu_layers: GpuLayersOpt = None,
     device: DeviceOpt = None,
     mlock: MlockOpt = False,
+    repack: RepackOpt = True,
     ctx: Annotated[int, typer.Option(min=64, help="Context size in tokens.")] = 4096,
 ) -> None:
     """Watch a camera, video or stream: answer --prompt about its frames as they change.
@@ -128,7 +130,8 @@ def watch(
         if resolved.mmproj_path is None:
             fail(f"{resolved.ref.display} has no vision projector: give --mmproj, or use an LFM2-VL model")
         extra = {"image_max_tokens": max_image_tokens} if max_image_tokens else {}
-        vm = VisionModel.from_resolved(resolved, **_placement(threads, gpu_layers, device, mlock, ctx, False), **extra)
+        place = _placement(threads, gpu_layers, device, mlock, ctx, False, repack=repack)
+        vm = VisionModel.from_resolved(resolved, **place, **extra)
     stop = threading.Event()
     interrupted = []
 

@@ -251,22 +251,31 @@ def recommend(
     }
 
 
+# Linux: this process's own peak (VmHWM); ru_maxrss would start from the parent's peak, which a
+# child spawned by vfork inherits through execve.
 _MEASURE = """
 import resource, sys
 from PIL import Image
 from lfm2_edge.local.model import VisionModel
-scale = 1 if sys.platform == "darwin" else 1024
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)  # after the imports
-model, mmproj, n_ctx = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
-with VisionModel(model, mmproj, n_ctx=n_ctx) as vm:
+def peak():
+    if sys.platform == "darwin":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(peak())  # after the imports
+model, mmproj, n_ctx, repack = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), sys.argv[4] == "1"
+with VisionModel(model, mmproj, n_ctx=n_ctx, repack=repack) as vm:
     images = [Image.new("RGB", (512, 512), (120, 60, 30))] if mmproj else []
     vm.chat("What is in this image?", images=images, max_tokens=8)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+print(peak())
 """
 
 
 def measure_peak_rss(
-    model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str] | None, *, n_ctx: int = 4096
+    model_path: str | os.PathLike[str],
+    mmproj_path: str | os.PathLike[str] | None,
+    *,
+    n_ctx: int = 4096,
+    repack: bool = True,
 ) -> tuple[int, int]:
     """(peak RSS, RSS after the imports), in bytes, of a fresh interpreter that loads the
     files and answers one question about one 512x512 image: what :func:`estimate_memory`
@@ -276,7 +285,7 @@ def measure_peak_rss(
     import subprocess
     import sys
 
-    args = [sys.executable, "-c", _MEASURE, str(model_path), str(mmproj_path or ""), str(n_ctx)]
+    args = [sys.executable, "-c", _MEASURE, str(model_path), str(mmproj_path or ""), str(n_ctx), str(int(repack))]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.strip().splitlines() if line.isdigit()]
     if proc.returncode != 0 or len(lines) < 2:
@@ -303,10 +312,13 @@ def busy_line(load: dict[str, Any], cores: int) -> tuple[str, str] | None:
     )
 
 
-def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str | None = None) -> dict[str, Any]:
+def system_report(
+    *, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str | None = None, repack: bool = True
+) -> dict[str, Any]:
     """CPU, SIMD, RAM, GPUs, cache and disk, and the recommendation for them: of this
     device, or of the one a ``cpuinfo`` (and ``meminfo``) text describes, to plan for a
-    board from its kernel's texts (``ssh pi cat /proc/cpuinfo``)."""
+    board from its kernel's texts (``ssh pi cat /proc/cpuinfo``); ``repack=False``
+    plans for ``--no-repack`` (no repacked copy)."""
     from huggingface_hub import constants
 
     here = cpuinfo is None
@@ -319,14 +331,16 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
     check: cpu.CpuCheck | None
     if here:
         check = cpu.check()
-        repack, repack_basis = repacked_quants(simd_features())
+        repacked, repack_basis = repacked_quants(simd_features())
     else:
         same_arch = cpu.build_features(machine=machine) and machine == platform.machine()
         check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
-        repack, repack_basis = repacked_quants(native_features(dev.simd))
+        repacked, repack_basis = repacked_quants(native_features(dev.simd))
         repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
+    if not repack:
+        repacked, repack_basis = frozenset(), "none: --no-repack"
     bandwidth, speed_basis = copy_rate(dev, here=here, emulated=emulated, gpu=bool(gpus))
-    rec = recommend(available, n_ctx=n_ctx, repack=repack, cpu_only=not gpus, bandwidth=bandwidth)
+    rec = recommend(available, n_ctx=n_ctx, repack=repacked, cpu_only=not gpus, bandwidth=bandwidth)
     rec["threads"] = default_threads() if here else dev.threads
     rec["speed_basis"] = (
         f"decode reads every weight once a token at {DECODE_EFFICIENCY:g} of the copy rate; {speed_basis}"
@@ -344,7 +358,7 @@ def system_report(*, n_ctx: int = 4096, cpuinfo: str | None = None, meminfo: str
         "cpu_simd": dev.simd,
         "device": dev.to_dict(),
         "build_check": check.to_dict() if check is not None else None,
-        "repack": {"quants": sorted(repack), "basis": repack_basis},
+        "repack": {"quants": sorted(repacked), "basis": repack_basis},
         "ram_total_mib": total // MIB,
         "ram_available_mib": available // MIB,
         "gpus": [
@@ -484,12 +498,21 @@ def _check_estimable(name: str, quant: str) -> None:
 
 
 def model_estimate(
-    hub: Any, ref: str, mmproj: Path | None, ctx: int, *, download: bool, cpuinfo: str | None = None
+    hub: Any,
+    ref: str,
+    mmproj: Path | None,
+    ctx: int,
+    *,
+    download: bool,
+    cpuinfo: str | None = None,
+    repack: bool = True,
 ) -> dict[str, Any]:
     """The memory estimate for ``ref``: from its files when they are here (or ``download``),
     else from the catalog's published shapes, without a download; for the CPU a ``cpuinfo``
-    text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one."""
-    repack = repacks() if cpuinfo is None else repacked_quants(native_features(describe_device(cpuinfo).simd))[0]
+    text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one;
+    ``repack=False``: without the repacked copy (``--no-repack``)."""
+    simd = simd_features() if cpuinfo is None else native_features(describe_device(cpuinfo).simd)
+    quants = repacked_quants(simd)[0] if repack else frozenset()
 
     parsed = parse_ref(ref)
     cached = parsed.is_local or hub._cached_choice(parsed) is not None
@@ -500,11 +523,11 @@ def model_estimate(
                 f"`lfm2-edge pull {parsed.display}` first, or add --measure"
             )
         resolved = hub.resolve(parsed, mmproj=mmproj)
-        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=repack)
+        est = estimate_memory(resolved.model_path, resolved.mmproj_path, n_ctx=ctx, repack=quants)
         return {"name": resolved.ref.display, "estimate_mib": est.to_dict(), "source": "from its files"}
     quant = parsed.quant or parsed.entry.default_quant
     _check_estimable(parsed.entry.name, quant)
-    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=repack)
+    est = estimate_spec(parsed.entry.arch, quant, n_ctx=ctx, repack=quants)
     return {
         "name": f"{parsed.entry.name}:{quant}",
         "estimate_mib": est.to_dict(),

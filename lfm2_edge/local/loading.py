@@ -32,6 +32,7 @@ class LoadOptions(TypedDict, total=False):
     use_mmap: bool  # True
     use_mlock: bool  # False
     flash_attn: bool | None  # None: llama.cpp decides
+    repack: bool  # True: llama.cpp's repacked CPU kernels where it has them (a copy of those weights)
     state_cache_mb: float  # 64: saved conversation states
     verbose: bool  # False: llama.cpp's log shows errors only
     n_seq_max: int  # 1: sequences in the context, for the batched engine (lfm2_edge.local.engine)

@@ -186,6 +186,9 @@ def test_doctor_on_a_pi4_counts_no_repacked_copy_and_on_a_pi5_does(quant: str) -
         pi5["model"]["estimate_mib"]["repacked"], abs=0.2
     )
     assert pi4["ram_total_mib"] == 4096  # Revision c03111: a 4 GB board
+    plain = doctor_json(*spec, "--cpuinfo", str(DATA / "raspberry-pi5.txt"), "--no-repack")  # a Pi 5, no copy
+    assert plain["repack"] == {"quants": [], "basis": "none: --no-repack"}
+    assert plain["model"]["estimate_mib"] == pi4["model"]["estimate_mib"]
 
 
 def test_doctor_refuses_texts_it_cannot_plan_from(tmp_path: Path) -> None:
@@ -200,3 +203,38 @@ def test_doctor_refuses_texts_it_cannot_plan_from(tmp_path: Path) -> None:
             [sys.executable, "-m", "lfm2_edge.cli", "doctor", *args], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_the_arm64_checks_comparator_passes_equal_runs_and_fails_wrong_ones(tmp_path: Path) -> None:
+    # scripts/arm64_compare.py, which decides the arm64 check's greedy and logit stages
+    script = Path(__file__).parents[2] / "scripts" / "arm64_compare.py"
+    runs = ["x86", "pi4@cortex-a72", "pi5@cortex-a76", "pi4@cortex-a76"]
+
+    def compare(*args: str) -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stdout
+
+    def write(name: str, per_run: dict[str, str]) -> None:
+        for run in runs:
+            (tmp_path / f"{name}-{run}.txt").write_text(per_run.get(run, per_run["x86"]))
+
+    write("same", {"x86": "prompt_tokens: 9\nids: 5 6 7\n"})
+    assert compare("ids", str(tmp_path), "same", "same", "required") == (
+        0,
+        "".join(f"same: {run} equal to x86 (3 tokens)\n" for run in runs[1:])
+        + "same: the Pi 4 libraries answer the same on a Cortex-A72 and a Cortex-A76\n",
+    )
+    write("parts", {"x86": "ids: 5 6 7\n", "pi5@cortex-a76": "ids: 5 6 8\n"})
+    rc, out = compare("ids", str(tmp_path), "parts", "parts", "required")
+    assert rc == 1 and "pi5@cortex-a76 parts from x86 after 2 of 3 token ids\n" in out
+    rc, out = compare("ids", str(tmp_path), "parts", "parts", "reported")
+    assert rc == 0 and "after 2 of 3 token ids (reported, not required)" in out
+    write("pi4", {"x86": "ids: 5 6 7\n", "pi4@cortex-a76": "ids: 5 9 7\n"})  # one set, two answers
+    assert compare("ids", str(tmp_path), "pi4", "pi4", "reported")[0] == 1
+
+    write("near-follow", {"x86": "logits 1: 0.5 2.0 -1.0\n", "pi4@cortex-a72": "logits 1: 0.52 1.99 -1.0\n"})
+    rc, out = compare("follow", str(tmp_path), "near", "near", "0.0625")
+    assert rc == 0 and "pi4@cortex-a72 within 1.00e-02 of x86's logit scale (at most 0.02; bound 0.0625): ok" in out
+    write("far-follow", {"x86": "logits 1: 0.5 2.0 -1.0\n", "pi5@cortex-a76": "logits 1: 2.5 0.5 -1.0\n"})
+    rc, out = compare("follow", str(tmp_path), "far", "far", "0.0625")
+    assert rc == 1 and "TOO FAR; its own choice was x86's at 0 of 1 steps" in out

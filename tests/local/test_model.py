@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +16,7 @@ import pytest
 from PIL import Image
 
 from lfm2_edge import ContextOverflowError, ImageError, InvalidParameterError, VisionModel
+from lfm2_edge.local.doctor import repacks
 from tests.helpers import noise_image, png_bytes
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -174,6 +178,36 @@ def test_quantized_models_run(tiny: dict[str, Path], noise: Image.Image) -> None
         )
         assert first.usage.image_tokens > 0 and isinstance(first.text, str)
         assert (again.text, again.usage.completion_tokens, again.finish_reason) == (first.text, n, first.finish_reason)
+
+
+def test_no_repack_runs_without_llama_cpps_repacked_copy(
+    tiny: dict[str, Path], noise: Image.Image, tmp_path: Path
+) -> None:
+    # --no-repack: no CPU_REPACK buffer (llama.cpp's plain block kernels), and the API's
+    # repack=False answers the same; by default the copy is there exactly where this
+    # llama.cpp repacks Q4_0 (doctor's repacks(), which its estimate counts).
+    image = tmp_path / "noise.png"
+    noise.save(image)
+
+    def chat(*flags: str) -> tuple[dict, bool]:
+        args = ["chat", str(tiny["Q4_0"]), "--mmproj", str(tiny["mmproj"]), "-i", str(image), "-p", "Describe."]
+        args += ["--temperature", "0", "--max-tokens", "12", "--json", "-vv", *flags]
+        proc = subprocess.run(
+            [sys.executable, "-m", "lfm2_edge.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout), "CPU_REPACK model buffer size" in proc.stderr
+
+    plain, plain_has_copy = chat("--no-repack")
+    _, has_copy = chat()
+    assert not plain_has_copy
+    assert has_copy == ("Q4_0" in repacks())
+    with VisionModel(tiny["Q4_0"], tiny["mmproj"], repack=False) as model:
+        again = model.chat("Describe.", images=[image], **GREEDY)
+    assert (again.text, again.usage.completion_tokens) == (plain["text"], plain["usage"]["completion_tokens"])
 
 
 def test_prompt_larger_than_context_is_refused(tiny: dict[str, Path]) -> None:
