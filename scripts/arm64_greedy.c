@@ -3,7 +3,14 @@
  * CI-sized part of scripts/arm64-check.sh (its `cgreedy` stage builds and runs this).
  *
  *   arm64_greedy MODEL MMPROJ IMAGE PROMPT N_TOKENS   the greedy token ids, one line: "ids: 12 7 ..."
- *   arm64_greedy --probe                              llama.cpp's system info and the auxv words
+ *   arm64_greedy --follow "12 7 ..." MODEL MMPROJ IMAGE PROMPT N_TOKENS
+ *                                    the logits before each of those tokens ("logits: ..." lines),
+ *                                    decoding those tokens instead of the greedy ones
+ *   arm64_greedy --probe             llama.cpp's system info and the auxv words
+ *
+ * --follow lets two machines be compared along one token path (another machine's greedy answer):
+ * how far their logits are apart at each step, and whether a step where they chose differently
+ * was a tie within that distance.
  *
  * The prompt is LFM2-VL's chat template with the image first, as lfm2-edge renders it.
  * Only llama.h, mtmd.h and mtmd-helper.h, the public C API that llama-cpp-python wraps.
@@ -34,8 +41,10 @@ static int probe(void) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--probe") == 0) return probe();
+    const char *follow = NULL;
+    if (argc > 2 && strcmp(argv[1], "--follow") == 0) { follow = argv[2]; argv += 2; argc -= 2; }
     if (argc != 6) {
-        fprintf(stderr, "usage: %s MODEL MMPROJ IMAGE PROMPT N_TOKENS | --probe\n", argv[0]);
+        fprintf(stderr, "usage: %s [--follow IDS] MODEL MMPROJ IMAGE PROMPT N_TOKENS | --probe\n", argv[0]);
         return 2;
     }
     const int n_predict = atoi(argv[5]);
@@ -81,14 +90,29 @@ int main(int argc, char **argv) {
 
     struct llama_sampler *greedy = llama_sampler_init_greedy();
     const struct llama_vocab *vocab = llama_model_get_vocab(model);
-    printf("prompt_tokens: %zu\nids:", mtmd_helper_get_n_tokens(chunks));
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+    printf("prompt_tokens: %zu\n", mtmd_helper_get_n_tokens(chunks));
+    if (!follow) printf("ids:");
+    char *next = (char *) follow;
     for (int i = 0; rc == 0 && i < n_predict; i++) {
-        llama_token token = llama_sampler_sample(greedy, ctx, -1);
-        printf(" %d", token);
+        llama_token token;
+        if (follow) {
+            char *end;
+            token = (llama_token) strtol(next, &end, 10);
+            if (end == next) break;  /* the followed answer has ended */
+            next = end;
+            const float *logits = llama_get_logits_ith(ctx, -1);
+            printf("logits %d:", token);
+            for (int j = 0; j < n_vocab; j++) printf(" %.9g", logits[j]);
+            printf("\n");
+        } else {
+            token = llama_sampler_sample(greedy, ctx, -1);
+            printf(" %d", token);
+        }
         if (llama_vocab_is_eog(vocab, token)) break;
         if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) { rc = 1; fprintf(stderr, "error: decode failed\n"); }
     }
-    printf("\n");
+    if (!follow) printf("\n");
 
     llama_sampler_free(greedy);
     mtmd_input_chunks_free(chunks);
