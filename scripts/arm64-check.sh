@@ -104,6 +104,9 @@ declare -A MARCH=([pi4]="" [pi5]="armv8.2-a+dotprod+fp16")
 # each CPU family quantizes the activations its own way (x86's 127/amax, NEON's 1/(amax/127), the
 # repacked layouts) and a random model's near-ties settle differently.
 VARIANTS=("F16|required|0.015625" "Q4_0|reported|0.0625")
+# The ARM runs compared with x86, BOARD@CPU: each set on its board's CPU, and the Pi 4 set on a Pi 5's
+# (one set for both boards); scripts/arm64_compare.py reads the same list.
+ARM_RUNS=(pi4@cortex-a72 pi5@cortex-a76 pi4@cortex-a76)
 
 say() { printf '%s\n' "$*" | tee -a "$logs/summary.txt"; }
 stamp_ok() { [ -f "$stamps/$1" ] && [[ " $redo " != *" $1 "* ]]; }
@@ -374,7 +377,7 @@ stage_cgreedy() {
         IFS='|' read -r q need bound <<< "$variant"
         args=("$m/model-$q.gguf" "$m/mmproj-F16.gguf" "$root/models/picture.png" "Describe this picture." 32)
         echo "-- $q on x86"; "$out/greedy-x86" "${args[@]}" | tee "$out/$q-x86.txt"
-        for where in pi4@cortex-a72 pi5@cortex-a76 pi4@cortex-a76; do
+        for where in "${ARM_RUNS[@]}"; do
             echo "-- $q on $where"; arm "${where%@*}" "${where#*@}" "${args[@]}" | tee "$out/$q-$where.txt"
         done
         "$x86py" "$repo/scripts/arm64_compare.py" ids "$out" "$q llama.cpp greedy" "$q" "$need" \
@@ -382,7 +385,7 @@ stage_cgreedy() {
         # every run's logits along x86's answer
         ids=$(sed -n 's/^ids://p' "$out/$q-x86.txt")
         "$out/greedy-x86" --follow "$ids" "${args[@]}" > "$out/$q-follow-x86.txt"
-        for where in pi4@cortex-a72 pi5@cortex-a76 pi4@cortex-a76; do
+        for where in "${ARM_RUNS[@]}"; do
             echo "-- $q on $where along x86's answer"
             arm "${where%@*}" "${where#*@}" --follow "$ids" "${args[@]}" > "$out/$q-follow-$where.txt"
         done
@@ -447,10 +450,10 @@ chat() {  # chat WHERE QUANT: one greedy answer as JSON on stdout
 
 stage_greedy() {
     local out="$logs/greedy" q where failed=0; mkdir -p "$out"; : > "$logs/greedy.result"
-    local variant need bound
+    local variant need
     for variant in "${VARIANTS[@]}"; do
-        IFS='|' read -r q need bound <<< "$variant"
-        for where in x86 "pi4@cortex-a72" "pi5@cortex-a76" "pi4@cortex-a76"; do
+        IFS='|' read -r q need _ <<< "$variant"
+        for where in x86 "${ARM_RUNS[@]}"; do
             echo "-- $q on $where"
             chat "$where" "$q" > "$out/$q-$where.json"
             "$x86py" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(repr(d["text"]), d["usage"])' "$out/$q-$where.json"

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-RUNS = ["x86", "pi4@cortex-a72", "pi5@cortex-a76", "pi4@cortex-a76"]
+RUNS = ["x86", "pi4@cortex-a72", "pi5@cortex-a76", "pi4@cortex-a76"]  # x86 and arm64-check.sh's ARM_RUNS
 
 
 def answer(kind: str, path: Path) -> tuple[list[str], int]:

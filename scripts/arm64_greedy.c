@@ -4,7 +4,7 @@
  *
  *   arm64_greedy MODEL MMPROJ IMAGE PROMPT N_TOKENS   the greedy token ids, one line: "ids: 12 7 ..."
  *   arm64_greedy --follow "12 7 ..." MODEL MMPROJ IMAGE PROMPT N_TOKENS
- *                                    the logits before each of those tokens ("logits: ..." lines),
+ *                                    the logits before each of those tokens ("logits ID: ..." lines),
  *                                    decoding those tokens instead of the greedy ones
  *   arm64_greedy --probe             llama.cpp's system info and the auxv words
  *

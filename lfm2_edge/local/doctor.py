@@ -100,16 +100,21 @@ def _vision_compute(n_patches: int, n_ff: int) -> int:
     return int(n_patches * n_ff * 4 * 1.75)
 
 
-def repacks() -> frozenset[str]:
-    """The quants this llama.cpp repacks for its CPU kernels (a copy in RAM): ``REPACK = 1``
-    alone does not say it, the CPU features it was built with do."""
-
-    return repacked_quants(simd_features())[0]
+def repack_plan(simd: list[str] | None, repack: bool = True) -> tuple[frozenset[str], str]:
+    """The quants llama.cpp repacks for its CPU kernels (a copy in RAM), and why: this one's
+    (``simd`` None: ``REPACK = 1`` alone does not say it, the CPU features it was built with
+    do), or one built on a device with these SIMD names; none with ``repack=False``."""
+    if not repack:
+        return frozenset(), "none: --no-repack"
+    if simd is None:
+        return repacked_quants(simd_features())
+    quants, basis = repacked_quants(native_features(simd))
+    return quants, f"{basis} (as a llama.cpp built on that device: pip builds for its own CPU)"
 
 
 def _quants(repack: Repack) -> frozenset[str]:
     if repack is None:
-        return repacks()
+        return repack_plan(None)[0]
     if isinstance(repack, bool):
         return frozenset({"Q4_0"}) if repack else frozenset()
     return repack
@@ -331,14 +336,10 @@ def system_report(
     check: cpu.CpuCheck | None
     if here:
         check = cpu.check()
-        repacked, repack_basis = repacked_quants(simd_features())
     else:
         same_arch = cpu.build_features(machine=machine) and machine == platform.machine()
         check = cpu.check(machine=machine, cpuinfo=text, hwcaps=None) if same_arch else None
-        repacked, repack_basis = repacked_quants(native_features(dev.simd))
-        repack_basis += " (as a llama.cpp built on that device: pip builds for its own CPU)"
-    if not repack:
-        repacked, repack_basis = frozenset(), "none: --no-repack"
+    repacked, repack_basis = repack_plan(None if here else dev.simd, repack)
     bandwidth, speed_basis = copy_rate(dev, here=here, emulated=emulated, gpu=bool(gpus))
     rec = recommend(available, n_ctx=n_ctx, repack=repacked, cpu_only=not gpus, bandwidth=bandwidth)
     rec["threads"] = default_threads() if here else dev.threads
@@ -511,8 +512,7 @@ def model_estimate(
     else from the catalog's published shapes, without a download; for the CPU a ``cpuinfo``
     text describes (its llama.cpp's Q4_0 repack) where one is given, else for this one;
     ``repack=False``: without the repacked copy (``--no-repack``)."""
-    simd = simd_features() if cpuinfo is None else native_features(describe_device(cpuinfo).simd)
-    quants = repacked_quants(simd)[0] if repack else frozenset()
+    quants = repack_plan(None if cpuinfo is None else describe_device(cpuinfo).simd, repack)[0]
 
     parsed = parse_ref(ref)
     cached = parsed.is_local or hub._cached_choice(parsed) is not None

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lfm2_edge import ContextOverflowError, ImageError, InvalidParameterError, VisionModel
-from lfm2_edge.local.doctor import repacks
+from lfm2_edge.local.doctor import repack_plan
 from tests.helpers import noise_image, png_bytes
 
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -185,7 +185,7 @@ def test_no_repack_runs_without_llama_cpps_repacked_copy(
 ) -> None:
     # --no-repack: no CPU_REPACK buffer (llama.cpp's plain block kernels), and the API's
     # repack=False answers the same; by default the copy is there exactly where this
-    # llama.cpp repacks Q4_0 (doctor's repacks(), which its estimate counts).
+    # llama.cpp repacks Q4_0 (doctor's repack_plan(), which its estimate counts).
     image = tmp_path / "noise.png"
     noise.save(image)
 
@@ -204,7 +204,7 @@ def test_no_repack_runs_without_llama_cpps_repacked_copy(
     plain, plain_has_copy = chat("--no-repack")
     _, has_copy = chat()
     assert not plain_has_copy
-    assert has_copy == ("Q4_0" in repacks())
+    assert has_copy == ("Q4_0" in repack_plan(None)[0])
     with VisionModel(tiny["Q4_0"], tiny["mmproj"], repack=False) as model:
         again = model.chat("Describe.", images=[image], **GREEDY)
     assert (again.text, again.usage.completion_tokens) == (plain["text"], plain["usage"]["completion_tokens"])
